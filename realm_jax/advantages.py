@@ -1,0 +1,95 @@
+"""Group-relative advantages (GRPO / Dr.GRPO).
+
+Conventions
+- Rewards are laid out prompt-major: `rewards_N` with N = B * G holds the G
+  samples of prompt 0, then the G samples of prompt 1, ... so
+  `rewards_N.reshape(B, G)` groups them.
+- Reductions run in float32. `group_size` is static (a Python int).
+- The advantage of a completion is one scalar per sequence (`adv_N`); the loss
+  broadcasts it over the completion's tokens.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+
+def _grouped(rewards_N: jnp.ndarray, group_size: int) -> jnp.ndarray:
+  """[B * G] -> [B, G] in float32, with shape checks on the host."""
+  if not isinstance(group_size, int) or group_size < 2:
+    raise ValueError(
+        f"group_size must be an int >= 2 (group-relative advantages compare "
+        f"samples of one prompt), got {group_size!r}")
+  rewards_N = jnp.asarray(rewards_N, jnp.float32)
+  if rewards_N.ndim != 1:
+    raise ValueError(
+        f"rewards must be 1-D [B * G] (prompt-major), got shape "
+        f"{rewards_N.shape}")
+  if rewards_N.shape[0] % group_size:
+    raise ValueError(
+        f"number of rewards {rewards_N.shape[0]} is not a multiple of "
+        f"group_size {group_size}; lay rewards out as [B * G]")
+  return rewards_N.reshape(-1, group_size)
+
+
+def zero_variance_mask(rewards_N: jnp.ndarray, group_size: int) -> jnp.ndarray:
+  """bool[B]: True for groups whose G rewards are all equal.
+
+  Such a group has every advantage exactly 0 and gives no policy-gradient
+  signal; the training step may drop it from the loss mask (filter) or only
+  count it. Repeat over G with `jnp.repeat(mask_B, G)` for a per-sample mask.
+  """
+  r_BG = _grouped(rewards_N, group_size)
+  return jnp.all(r_BG == r_BG[:, :1], axis=1)
+
+
+def group_advantages(
+    rewards_N: jnp.ndarray,
+    group_size: int,
+    normalize_std: bool = True,
+    eps: float = 1e-6,
+) -> tuple[jnp.ndarray, dict[str, jnp.ndarray]]:
+  """Group-relative advantages.
+
+      mean_b = (1/G) sum_g r_bg
+      std_b  = sqrt( (1/(G-1)) sum_g (r_bg - mean_b)^2 )     (unbiased, ddof=1)
+      A_bg   = (r_bg - mean_b) / (std_b + eps)   if normalize_std   (GRPO)
+      A_bg   =  r_bg - mean_b                    otherwise          (Dr.GRPO)
+
+  A zero-variance group gets A = 0 for every sample in both modes.
+
+  Args:
+    rewards_N: float[B * G] prompt-major rewards.
+    group_size: G, samples per prompt (static, >= 2).
+    normalize_std: divide by the group's std (GRPO) or not (Dr.GRPO).
+    eps: added to the std before dividing.
+
+  Returns:
+    (adv_N float32[B * G], metrics) with metrics `reward_mean`,
+    `reward_std` (over all samples), `group_std_mean` (mean within-group std),
+    `zero_variance_share` (share of groups with all rewards equal) and
+    `adv_abs_mean`.
+  """
+  r_BG = _grouped(rewards_N, group_size)
+  mean_B1 = jnp.mean(r_BG, axis=1, keepdims=True)
+  centered_BG = r_BG - mean_B1
+  std_B1 = jnp.sqrt(
+      jnp.sum(jnp.square(centered_BG), axis=1, keepdims=True)
+      / (group_size - 1))
+  if normalize_std:
+    adv_BG = centered_BG / (std_B1 + eps)
+  else:
+    adv_BG = centered_BG
+  zero_B = jnp.all(r_BG == r_BG[:, :1], axis=1)
+  # The float mean of G equal rewards need not equal them exactly; pin the
+  # advantage of a zero-variance group to exactly 0.
+  adv_BG = jnp.where(zero_B[:, None], 0.0, adv_BG)
+  adv_N = adv_BG.reshape(-1)
+  metrics = {
+      "reward_mean": jnp.mean(r_BG),
+      "reward_std": jnp.std(r_BG),
+      "group_std_mean": jnp.mean(std_B1),
+      "zero_variance_share": jnp.mean(zero_B.astype(jnp.float32)),
+      "adv_abs_mean": jnp.mean(jnp.abs(adv_N)),
+  }
+  return adv_N, metrics

@@ -1,0 +1,371 @@
+"""Decoder-only transformer for the Llama / Qwen2 / Qwen3 families (Flax Linen).
+
+Pure init/apply: `init_params(config, rng)` returns a plain params pytree and
+`apply(params, config, ...)` is a pure function of it; nothing stateful is held
+by the training step.
+
+Axis legend (used in tensor names and einsum strings):
+  B batch, T query length, S key length (cache slots), D model, N query heads,
+  K kv heads, g query heads per kv head (N = K * g), H head dim, F MLP,
+  V vocab, L layers.
+
+Conventions
+- Batches are left padded. `positions_BT` are the real token positions (for
+  RoPE) and `kv_mask_BS` marks valid key slots. Attention is causal in *slot*
+  space: the query in slot i sees key slots j <= i that are valid.
+- Layers are stacked on a leading axis L (`nn.scan`) and optionally remat'd.
+- Parameter paths mirror Hugging Face names: `model/layers/self_attn/q_proj/
+  kernel` is HF `model.layers.{i}.self_attn.q_proj.weight` transposed and
+  stacked over i; norms keep HF's `weight`; embeddings are `embedding`.
+- Params may be fp32 or bf16; compute dtype is configurable; logits, softmax
+  and RMSNorm statistics are always fp32.
+- Logical axis names on params and activations let `sharding.py` map them to a
+  mesh; without active rules every constraint is a no-op.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Params = Any
+KVCache = dict  # {'k': [L, B, S, K, H], 'v': [L, B, S, K, H]}
+
+FAMILIES = ("llama", "qwen2", "qwen3")
+
+
+@dataclasses.dataclass(frozen=True)
+class RopeScaling:
+  """Llama-3 style frequency-dependent RoPE scaling."""
+  factor: float = 8.0
+  low_freq_factor: float = 1.0
+  high_freq_factor: float = 4.0
+  original_max_position_embeddings: int = 8192
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  vocab_size: int
+  num_layers: int
+  d_model: int
+  num_heads: int
+  num_kv_heads: int
+  head_dim: int
+  mlp_dim: int
+  family: str = "llama"
+  rope_theta: float = 10000.0
+  rope_scaling: RopeScaling | None = None
+  rms_eps: float = 1e-6
+  qkv_bias: bool = False
+  qk_norm: bool = False
+  tie_embeddings: bool = False
+  max_seq_len: int = 2048
+  param_dtype: str = "float32"
+  dtype: str = "float32"
+  cache_dtype: str | None = None  # None: same as `dtype`
+  remat: bool = False
+  init_std: float = 0.02
+
+  def __post_init__(self):
+    if self.family not in FAMILIES:
+      raise ValueError(f"ModelConfig.family={self.family!r}; expected one of {FAMILIES}")
+    for name in ("vocab_size", "num_layers", "d_model", "num_heads",
+                 "num_kv_heads", "head_dim", "mlp_dim"):
+      if getattr(self, name) <= 0:
+        raise ValueError(f"ModelConfig.{name} must be positive, got {getattr(self, name)}")
+    if self.num_heads % self.num_kv_heads:
+      raise ValueError(
+          f"ModelConfig.num_heads={self.num_heads} must be a multiple of "
+          f"num_kv_heads={self.num_kv_heads} (grouped-query attention)")
+    if self.head_dim % 2:
+      raise ValueError(f"ModelConfig.head_dim={self.head_dim} must be even for RoPE")
+    for name in ("param_dtype", "dtype") + (("cache_dtype",) if self.cache_dtype else ()):
+      if getattr(self, name) not in ("float32", "bfloat16", "float16"):
+        raise ValueError(f"ModelConfig.{name}={getattr(self, name)!r}; use float32, bfloat16 or float16")
+
+  @property
+  def num_params(self) -> int:
+    D, N, K, H, F, V = (self.d_model, self.num_heads, self.num_kv_heads,
+                        self.head_dim, self.mlp_dim, self.vocab_size)
+    attn = D * N * H * 2 + D * K * H * 2 + (N * H + 2 * K * H if self.qkv_bias else 0)
+    layer = attn + 3 * D * F + 2 * D + (2 * H if self.qk_norm else 0)
+    return V * D * (1 if self.tie_embeddings else 2) + self.num_layers * layer + D
+
+
+def rope_inv_freq(cfg: ModelConfig) -> jax.Array:
+  """inv_freq[i] = theta^(-2i/H), optionally Llama-3 scaled (as in HF)."""
+  H = cfg.head_dim
+  inv = 1.0 / (cfg.rope_theta ** (jnp.arange(0, H, 2, dtype=jnp.float32) / H))
+  s = cfg.rope_scaling
+  if s is None:
+    return inv
+  low_wavelen = s.original_max_position_embeddings / s.low_freq_factor
+  high_wavelen = s.original_max_position_embeddings / s.high_freq_factor
+  wavelen = 2 * math.pi / inv
+  scaled = jnp.where(wavelen > low_wavelen, inv / s.factor, inv)
+  smooth = (s.original_max_position_embeddings / wavelen - s.low_freq_factor) / (
+      s.high_freq_factor - s.low_freq_factor)
+  smoothed = (1 - smooth) * scaled / s.factor + smooth * scaled
+  medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+  return jnp.where(medium, smoothed, scaled)
+
+
+def apply_rope(x_BTNH: jax.Array, positions_BT: jax.Array, inv_freq: jax.Array) -> jax.Array:
+  """Rotate-half RoPE (HF convention): x*cos + rotate_half(x)*sin, in fp32."""
+  ang_BTh = positions_BT[..., None].astype(jnp.float32) * inv_freq
+  cos = jnp.cos(ang_BTh)[:, :, None, :]
+  sin = jnp.sin(ang_BTh)[:, :, None, :]
+  x = x_BTNH.astype(jnp.float32)
+  x1, x2 = jnp.split(x, 2, axis=-1)
+  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return out.astype(x_BTNH.dtype)
+
+
+def _dt(name: str):
+  return jnp.dtype(name)
+
+
+def constrain(x: jax.Array, axes: tuple[str | None, ...]) -> jax.Array:
+  """Logical sharding constraint; a no-op unless `sharding.py` set rules."""
+  return nn.with_logical_constraint(x, axes)
+
+
+class RMSNorm(nn.Module):
+  eps: float
+  param_dtype: Any
+  axis_name: str = "norm"
+
+  @nn.compact
+  def __call__(self, x):
+    w = self.param("weight", nn.with_logical_partitioning(nn.initializers.ones, (self.axis_name,)),
+                   (x.shape[-1],), self.param_dtype)
+    x32 = x.astype(jnp.float32)
+    x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+    return (w.astype(jnp.float32) * x32).astype(x.dtype)
+
+
+class Linear(nn.Module):
+  """y = x @ kernel (+ bias); kernel is HF's weight transposed, shape [in, out]."""
+  features: int
+  axes: tuple[str, str]
+  use_bias: bool
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x):
+    init = nn.initializers.normal(self.cfg.init_std)
+    k = self.param("kernel", nn.with_logical_partitioning(init, self.axes),
+                   (x.shape[-1], self.features), _dt(self.cfg.param_dtype))
+    y = jnp.dot(x, k.astype(x.dtype))
+    if self.use_bias:
+      b = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, self.axes[1:]),
+                     (self.features,), _dt(self.cfg.param_dtype))
+      y = y + b.astype(y.dtype)
+    return y
+
+
+class Attention(nn.Module):
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x_BTD, positions_BT, kv_mask_BS, inv_freq, layer, cache, cache_index):
+    c = self.cfg
+    B, T, _ = x_BTD.shape
+    N, K, H = c.num_heads, c.num_kv_heads, c.head_dim
+    q_BTNH = Linear(N * H, ("embed", "q_heads"), c.qkv_bias, c, name="q_proj")(x_BTD).reshape(B, T, N, H)
+    k_BTKH = Linear(K * H, ("embed", "kv_heads"), c.qkv_bias, c, name="k_proj")(x_BTD).reshape(B, T, K, H)
+    v_BTKH = Linear(K * H, ("embed", "kv_heads"), c.qkv_bias, c, name="v_proj")(x_BTD).reshape(B, T, K, H)
+    if c.qk_norm:
+      q_BTNH = RMSNorm(c.rms_eps, _dt(c.param_dtype), "head_dim", name="q_norm")(q_BTNH)
+      k_BTKH = RMSNorm(c.rms_eps, _dt(c.param_dtype), "head_dim", name="k_norm")(k_BTKH)
+    q_BTNH = apply_rope(q_BTNH, positions_BT, inv_freq)
+    k_BTKH = apply_rope(k_BTKH, positions_BT, inv_freq)
+
+    if cache is None:
+      keys_BSKH, values_BSKH = k_BTKH, v_BTKH
+      q_slot = jnp.arange(T)
+    else:
+      # Write this call's T keys at slots [cache_index, cache_index + T) of
+      # layer `layer`, in place in the carried [L, B, S, K, H] buffers.
+      cdt = cache["k"].dtype
+      start = (layer, 0, cache_index, 0, 0)
+      cache = {
+          "k": jax.lax.dynamic_update_slice(cache["k"], k_BTKH.astype(cdt)[None], start),
+          "v": jax.lax.dynamic_update_slice(cache["v"], v_BTKH.astype(cdt)[None], start),
+      }
+      keys_BSKH = cache["k"][layer].astype(x_BTD.dtype)
+      values_BSKH = cache["v"][layer].astype(x_BTD.dtype)
+      q_slot = cache_index + jnp.arange(T)
+    S = keys_BSKH.shape[1]
+    allowed_BTS = (jnp.arange(S)[None, None, :] <= q_slot[None, :, None]) & kv_mask_BS[:, None, :]
+
+    g = N // K
+    q_BTKgH = q_BTNH.reshape(B, T, K, g, H)
+    logits_BKgTS = jnp.einsum("BTKgH,BSKH->BKgTS", q_BTKgH, keys_BSKH,
+                              preferred_element_type=jnp.float32) / math.sqrt(H)
+    logits_BKgTS = jnp.where(allowed_BTS[:, None, None], logits_BKgTS, -1e30)
+    probs_BKgTS = jax.nn.softmax(logits_BKgTS, axis=-1).astype(x_BTD.dtype)
+    out_BTKgH = jnp.einsum("BKgTS,BSKH->BTKgH", probs_BKgTS, values_BSKH)
+    out_BTD = Linear(c.d_model, ("q_heads", "embed"), False, c, name="o_proj")(
+        out_BTKgH.reshape(B, T, N * H))
+    return out_BTD, cache
+
+
+class MLP(nn.Module):
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x_BTD):
+    c = self.cfg
+    gate_BTF = Linear(c.mlp_dim, ("embed", "mlp"), False, c, name="gate_proj")(x_BTD)
+    up_BTF = Linear(c.mlp_dim, ("embed", "mlp"), False, c, name="up_proj")(x_BTD)
+    h_BTF = constrain(nn.silu(gate_BTF) * up_BTF, ("batch", "length", "mlp"))
+    return Linear(c.d_model, ("mlp", "embed"), False, c, name="down_proj")(h_BTF)
+
+
+class DecoderLayer(nn.Module):
+  """One pre-norm block; scanned over L with carry (x, cache)."""
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, carry, layer, positions_BT, kv_mask_BS, inv_freq, cache_index):
+    x_BTD, cache = carry
+    c = self.cfg
+    h = RMSNorm(c.rms_eps, _dt(c.param_dtype), name="input_layernorm")(x_BTD)
+    attn, cache = Attention(c, name="self_attn")(h, positions_BT, kv_mask_BS, inv_freq,
+                                                 layer, cache, cache_index)
+    x_BTD = x_BTD + attn
+    h = RMSNorm(c.rms_eps, _dt(c.param_dtype), name="post_attention_layernorm")(x_BTD)
+    x_BTD = constrain(x_BTD + MLP(c, name="mlp")(h), ("batch", "length", "embed"))
+    return (x_BTD, cache), None
+
+
+class Model(nn.Module):
+  """HF `model.*`: embeddings, stacked layers, final norm."""
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, tokens_BT, positions_BT, kv_mask_BS, cache, cache_index):
+    c = self.cfg
+    embed = nn.Embed(c.vocab_size, c.d_model, param_dtype=_dt(c.param_dtype),
+                     dtype=_dt(c.dtype), name="embed_tokens",
+                     embedding_init=nn.with_logical_partitioning(
+                         nn.initializers.normal(c.init_std), ("vocab", "embed")))
+    x_BTD = constrain(embed(tokens_BT), ("batch", "length", "embed"))
+    layer_cls = DecoderLayer
+    if c.remat:
+      layer_cls = nn.remat(layer_cls, prevent_cse=False,
+                           policy=jax.checkpoint_policies.nothing_saveable)
+    layers = nn.scan(layer_cls, variable_axes={"params": 0}, split_rngs={"params": True},
+                     in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
+                     length=c.num_layers, metadata_params={nn.PARTITION_NAME: "layers"})
+    inv_freq = rope_inv_freq(c)
+    (x_BTD, cache), _ = layers(c, name="layers")(
+        (x_BTD, cache), jnp.arange(c.num_layers), positions_BT, kv_mask_BS, inv_freq, cache_index)
+    x_BTD = RMSNorm(c.rms_eps, _dt(c.param_dtype), name="norm")(x_BTD)
+    return x_BTD, embed, cache
+
+
+class Transformer(nn.Module):
+  """HF `*ForCausalLM`: fp32 logits [B, T, V] and the updated cache.
+
+  The untied head sits at HF's path `lm_head/kernel`.
+  """
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, tokens_BT, positions_BT, kv_mask_BS, cache=None, cache_index=0):
+    c = self.cfg
+    x_BTD, embed, cache = Model(c, name="model")(tokens_BT, positions_BT, kv_mask_BS,
+                                                 cache, cache_index)
+    if c.tie_embeddings:
+      w_DV = embed.embedding.T
+    else:
+      w_DV = LMHead(c, name="lm_head")()
+    logits_BTV = jnp.einsum("BTD,DV->BTV", x_BTD, w_DV.astype(x_BTD.dtype),
+                            preferred_element_type=jnp.float32)
+    return constrain(logits_BTV, ("batch", "length", "vocab")), cache
+
+
+class LMHead(nn.Module):
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self):
+    c = self.cfg
+    return self.param("kernel", nn.with_logical_partitioning(
+        nn.initializers.normal(c.init_std), ("embed", "vocab")),
+        (c.d_model, c.vocab_size), _dt(c.param_dtype))
+
+
+# ----------------------------------------------------------------------------
+# Pure functional interface.
+
+
+def init_boxed(cfg: ModelConfig, rng: jax.Array) -> Params:
+  """Params with their logical-axis metadata (`nn.Partitioned` boxes)."""
+  tokens = jnp.zeros((1, 1), jnp.int32)
+  return Transformer(cfg).init(rng, tokens, tokens, jnp.ones((1, 1), bool))["params"]
+
+
+def init_params(cfg: ModelConfig, rng: jax.Array) -> Params:
+  """Plain params pytree (HF-named), unboxed."""
+  return nn.unbox(init_boxed(cfg, rng))
+
+
+def logical_axes(cfg: ModelConfig) -> Params:
+  """Tree of logical-axis PartitionSpecs with the same structure as params."""
+  abstract = jax.eval_shape(lambda: init_boxed(cfg, jax.random.key(0)))
+  return nn.get_partition_spec(abstract)
+
+
+def positions_from_mask(mask_BT: jax.Array) -> jax.Array:
+  """Real positions of left-padded tokens: cumsum(mask) - 1, clipped at 0."""
+  return jnp.maximum(jnp.cumsum(mask_BT.astype(jnp.int32), axis=-1) - 1, 0)
+
+
+def apply(params: Params, cfg: ModelConfig, tokens_BT: jax.Array, mask_BT: jax.Array | None = None,
+          *, positions_BT: jax.Array | None = None, cache: KVCache | None = None,
+          cache_index: jax.Array | int = 0, kv_mask_BS: jax.Array | None = None):
+  """Forward pass. Returns (fp32 logits [B, T, V], updated cache or None).
+
+  Without a cache, `mask_BT` marks real tokens of a left-padded batch. With a
+  cache, the T tokens are written at slots [cache_index, cache_index + T) and
+  `kv_mask_BS` (required) marks which of the S slots hold real tokens.
+  """
+  tokens_BT = jnp.asarray(tokens_BT, jnp.int32)
+  if mask_BT is None:
+    mask_BT = jnp.ones(tokens_BT.shape, bool)
+  mask_BT = jnp.asarray(mask_BT).astype(bool)
+  if positions_BT is None:
+    positions_BT = positions_from_mask(mask_BT)
+  if cache is None:
+    kv_mask_BS = mask_BT
+  elif kv_mask_BS is None:
+    raise ValueError("apply(..., cache=...) needs kv_mask_BS marking valid cache slots")
+  return Transformer(cfg).apply({"params": params}, tokens_BT, positions_BT, kv_mask_BS,
+                            cache, cache_index)
+
+
+def forward(params: Params, tokens: jax.Array, config: ModelConfig) -> jax.Array:
+  """fp32 logits [B, T, V] for an unpadded int32 batch [B, T]."""
+  tokens = jnp.asarray(tokens, jnp.int32)
+  if tokens.ndim != 2:
+    raise ValueError(f"forward expects int32 tokens [B, T], got shape {tokens.shape}")
+  return apply(params, config, tokens)[0]
+
+
+def init_cache(cfg: ModelConfig, batch: int, max_len: int) -> KVCache:
+  """Zeroed KV cache [L, B, S, K, H] in the cache dtype."""
+  dt = _dt(cfg.cache_dtype or cfg.dtype)
+  shape = (cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.head_dim)
+  return {"k": jnp.zeros(shape, dt), "v": jnp.zeros(shape, dt)}
+
+
+def cast_params(params: Params, dtype: str) -> Params:
+  return jax.tree.map(lambda x: x.astype(_dt(dtype)), params)
