@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
   elif args.command == "plot-schedule":
     from realm_jax import configs, plots
     cfg = configs.load_experiment(args.experiment, args.overrides)
-    plots.plot_schedule(cfg.rl.eaai, args.out)
+    plots.plot_schedule(cfg.eaai_config(), args.out)
     print(f"wrote {args.out}")
   elif args.command == "sweep":
     from realm_jax import sweep

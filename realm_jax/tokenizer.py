@@ -1,9 +1,10 @@
 """Tokenizers: one small interface, SentencePiece and Hugging Face backends.
 
 Conventions
-- `encode` never adds special tokens except an optional BOS (`add_bos=True`
-  and the tokenizer has one); chat templates write their own control tokens
-  as text, which both backends match as single tokens.
+- `encode` never adds special tokens except an optional BOS (`add_bos=True`,
+  the tokenizer has one and the text does not already start with it); chat
+  templates write their own control tokens as text, which both backends
+  match as single tokens.
 - `stop_ids` is EOS followed by every end-of-turn token the vocabulary has
   (`<|im_end|>`, `<|eot_id|>`, `<|endoftext|>`, `<|end_of_text|>`).
 - `pad_id` is the configured pad token, else EOS (batches are left padded
@@ -91,7 +92,7 @@ class Tokenizer(abc.ABC):
 
   @abc.abstractmethod
   def encode(self, text: str, add_bos: bool = False) -> list[int]:
-    """Token ids of `text`; BOS first when `add_bos` and the tokenizer has one."""
+    """Token ids of `text`; BOS first when `add_bos` (see `_with_bos`)."""
 
   @abc.abstractmethod
   def decode(self, ids: Sequence[int], skip_special: bool = True) -> str:
@@ -109,6 +110,13 @@ class Tokenizer(abc.ABC):
   @abc.abstractmethod
   def id_to_token(self, token_id: int) -> str:
     """Token string of an id."""
+
+  def _with_bos(self, ids: list[int], add_bos: bool) -> list[int]:
+    # A chat template may already write BOS (Llama-3's <|begin_of_text|>,
+    # SmolLM2-Instruct's bos <|im_start|>): never double it.
+    if add_bos and self.bos_id is not None and ids[:1] != [self.bos_id]:
+      return [self.bos_id] + ids
+    return ids
 
   def _finish(self, bos_id, eos_id, pad_id, chat_template, source) -> None:
     if eos_id is None:
@@ -172,7 +180,7 @@ class SentencePieceTokenizer(Tokenizer):
 
   def encode(self, text: str, add_bos: bool = False) -> list[int]:
     ids = self._sp.encode(text, out_type=int)
-    return ([self.bos_id] if add_bos and self.bos_id is not None else []) + ids
+    return self._with_bos(ids, add_bos)
 
   def decode(self, ids: Sequence[int], skip_special: bool = True) -> str:
     # sp.decode drops control pieces; decode runs of ordinary ids and splice
@@ -196,7 +204,8 @@ def train_sentencepiece(texts: Iterable[str], vocab_size: int, *,
                         user_symbols: Sequence[str] = COMPLETION_TAGS + CHATML_TOKENS,
                         character_coverage: float = 1.0,
                         max_sentence_length: int = 1 << 16,
-                        num_threads: int = 1) -> SentencePieceTokenizer:
+                        num_threads: int = 1,
+                        hard_vocab_limit: bool = True) -> SentencePieceTokenizer:
   """Trains a SentencePiece model for reasoning text and returns it.
 
   Choices: digits split one per piece (`split_digits`), byte fallback (no
@@ -205,6 +214,8 @@ def train_sentencepiece(texts: Iterable[str], vocab_size: int, *,
   a + b`, which prompt/completion concatenation relies on), ids pad=0 unk=1
   bos=2 eos=3, then `user_symbols` (completion tags and ChatML tokens) as
   unsplittable pieces. `out_path` (a `.model` file) is written when given.
+  With `hard_vocab_limit=False`, `vocab_size` is an upper bound: a small,
+  repetitive corpus (a templated domain) yields fewer pieces instead of failing.
   """
   if model_type not in ('unigram', 'bpe'):
     raise ValueError(f"model_type={model_type!r}; use 'unigram' or 'bpe'")
@@ -217,7 +228,8 @@ def train_sentencepiece(texts: Iterable[str], vocab_size: int, *,
         normalization_rule_name='identity', remove_extra_whitespaces=False,
         add_dummy_prefix=False, allow_whitespace_only_pieces=True,
         split_by_whitespace=True, max_sentence_length=max_sentence_length,
-        pad_id=0, unk_id=1, bos_id=2, eos_id=3, num_threads=num_threads)
+        pad_id=0, unk_id=1, bos_id=2, eos_id=3, num_threads=num_threads,
+        hard_vocab_limit=hard_vocab_limit)
   proto = writer.getvalue()
   if out_path is not None:
     Path(out_path).parent.mkdir(parents=True, exist_ok=True)
@@ -311,7 +323,7 @@ class HFTokenizer(Tokenizer):
 
   def encode(self, text: str, add_bos: bool = False) -> list[int]:
     ids = self._tok.encode(text, add_special_tokens=False).ids
-    return ([self.bos_id] if add_bos and self.bos_id is not None else []) + ids
+    return self._with_bos(ids, add_bos)
 
   def decode(self, ids: Sequence[int], skip_special: bool = True) -> str:
     return self._tok.decode([int(i) for i in ids], skip_special_tokens=skip_special)

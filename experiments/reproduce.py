@@ -1,0 +1,141 @@
+"""The miniature reproduction: every method and ablation, several seeds, one table.
+
+    make reproduce        # = python -m experiments.reproduce --out experiments/results
+
+Per seed: one shared weak base (`base_model`), then each method starts from
+it (`init_from`), is trained and evaluated with and without routes. Runs are
+subprocesses of the CLI, so a crash loses one run, and finished runs (eval.json
+present) are skipped: rerunning the command resumes the reproduction.
+Output: results.json, results.md (mean and 95% t-interval over seeds),
+accuracy.png, and the exact command and commit id.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+
+METHODS = ("sft", "rft", "grpo", "cot_synth", "realm_zero", "realm_r1", "ablation_no_negatives",
+           "ablation_no_fading", "ablation_no_verification", "ablation_no_contrast")
+T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+
+
+def mean_ci(values: list[float]) -> tuple[float, float]:
+  """Mean and half-width of the 95% t-interval (0 for a single value)."""
+  n = len(values)
+  if n == 0:
+    return float("nan"), float("nan")
+  m = sum(values) / n
+  if n == 1:
+    return m, 0.0
+  sd = math.sqrt(sum((v - m) ** 2 for v in values) / (n - 1))
+  return m, T975.get(n - 1, 1.96) * sd / math.sqrt(n)
+
+
+def _cli(*args: str, log: str) -> None:
+  cmd = [sys.executable, "-m", "realm_jax", *args]
+  with open(log, "a") as f:
+    f.write(f"$ {' '.join(cmd)}\n")
+    f.flush()
+    subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, check=True)
+
+
+def run_one(experiment: str, workdir: str, overrides: list[str], log: str) -> dict:
+  result_path = os.path.join(workdir, "eval.json")
+  if not os.path.exists(result_path):
+    t0 = time.time()
+    _cli("train", experiment, "--workdir", workdir, *overrides, log=log)
+    _cli("eval", "--workdir", workdir, log=log)
+    with open(os.path.join(workdir, "wall_seconds"), "w") as f:
+      f.write(f"{time.time() - t0:.1f}\n")
+  with open(result_path) as f:
+    return json.load(f)["results"]
+
+
+def final_stage(results: dict) -> dict:
+  return next(v for k, v in results.items() if k.startswith("final"))
+
+
+def summarize(per_method: dict[str, list[dict]], k: int) -> tuple[dict, str]:
+  summary = {}
+  lines = [f"| method | seeds | accuracy without routes | accuracy with routes | pass@{k} (no routes) "
+           f"| maj@{k} (no routes) | route verdict accuracy |", "|---|---|---|---|---|---|---|"]
+  for method, runs in per_method.items():
+    finals = [final_stage(r) for r in runs]
+    row = {}
+    for key, setting, metric in (("acc_no_routes", "without routes", "accuracy"),
+                                 ("acc_routes", "with routes", "accuracy"),
+                                 ("pass_k", "without routes", f"pass@{k}"),
+                                 ("maj_k", "without routes", f"maj@{k}"),
+                                 ("verify", "with routes", "verification_accuracy")):
+      vals = [f[setting][metric] for f in finals if metric in f[setting]]
+      row[key] = mean_ci(vals)
+    summary[method] = {k2: {"mean": v[0], "ci95": v[1]} for k2, v in row.items()}
+    fmt = lambda mc: f"{mc[0]:.3f} ± {mc[1]:.3f}"
+    lines.append(f"| {method} | {len(runs)} | {fmt(row['acc_no_routes'])} | {fmt(row['acc_routes'])} | "
+                 f"{fmt(row['pass_k'])} | {fmt(row['maj_k'])} | {fmt(row['verify'])} |")
+  return summary, "\n".join(lines) + "\n"
+
+
+def plot(summary: dict, path: str) -> None:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  names = list(summary)
+  x = range(len(names))
+  fig, ax = plt.subplots(figsize=(max(8, len(names) * 0.9), 4))
+  for off, key, label in ((-0.2, "acc_no_routes", "without routes"), (0.2, "acc_routes", "with routes")):
+    ax.bar([i + off for i in x], [summary[n][key]["mean"] for n in names], width=0.4,
+           yerr=[summary[n][key]["ci95"] for n in names], label=label, capsize=3)
+  ax.set_xticks(list(x), names, rotation=30, ha="right")
+  ax.set_ylabel("greedy accuracy (eval set)")
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--out", default="experiments/results")
+  p.add_argument("--runs", default="runs/reproduce")
+  p.add_argument("--seeds", type=int, default=3)
+  p.add_argument("--methods", default=",".join(METHODS))
+  p.add_argument("overrides", nargs="*", help="applied to every run, e.g. rl.steps=20")
+  args = p.parse_args(argv)
+  os.makedirs(args.out, exist_ok=True)
+  log = os.path.join(args.runs, "reproduce.log")
+  os.makedirs(args.runs, exist_ok=True)
+  methods = [m for m in args.methods.split(",") if m]
+  per_method: dict[str, list[dict]] = {"base_model": []}
+  per_method.update({m: [] for m in methods})
+  t0 = time.time()
+  for seed in range(args.seeds):
+    base = os.path.join(args.runs, f"seed{seed}", "base_model")
+    per_method["base_model"].append(run_one("base_model", base, [f"seed={seed}", *args.overrides], log))
+    for m in methods:
+      wd = os.path.join(args.runs, f"seed{seed}", m)
+      per_method[m].append(run_one(m, wd, [f"seed={seed}", f"init_from={base}", *args.overrides], log))
+      print(f"[reproduce] seed {seed} {m} done ({(time.time() - t0) / 60:.1f} min)", flush=True)
+  k = 4
+  summary, table = summarize(per_method, k)
+  commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+  command = "python -m experiments.reproduce " + " ".join(argv if argv is not None else sys.argv[1:])
+  with open(os.path.join(args.out, "results.json"), "w") as f:
+    json.dump({"command": command, "commit": commit, "seeds": args.seeds, "summary": summary,
+               "wall_minutes": (time.time() - t0) / 60}, f, indent=2)
+  with open(os.path.join(args.out, "results.md"), "w") as f:
+    f.write(f"# Miniature reproduction\n\nCommand: `{command}`  \nCommit: `{commit}`  \n"
+            f"Seeds: {args.seeds}; mean ± 95% t-interval over seeds; eval set of the tariff domain.\n\n"
+            + table)
+  plot(summary, os.path.join(args.out, "accuracy.png"))
+  print(table)
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,58 @@
+"""`realm-jax data stats|routes`: route pools of a source, their statistics, token lengths."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from realm_jax import corpus, sources, teachers
+from realm_jax.configs import DataConfig
+from realm_jax.records import Example
+
+
+def examples_with_routes(source: str, n: int, seed: int, difficulty: int, negatives: int = 3,
+                         route_file: str | None = None) -> list[Example]:
+  """A source's examples with labelled route pools (`routes:FILE` reads a written pool)."""
+  if source.startswith("routes:"):
+    return teachers.read_route_pool(source.split(":", 1)[1])
+  examples = sources.load_source(source, n, seed, difficulty)
+  cfg = DataConfig(source=source, negatives_per_question=negatives)
+  examples = corpus._with_routes(examples, source, cfg, seed)
+  if route_file:
+    examples = teachers.file_teacher(route_file, examples)
+  return examples
+
+
+def stats_table(examples: list[Example], tokenizer=None) -> str:
+  s = teachers.route_pool_stats(examples)
+  rows = [("items", s["items"]), ("items with a positive route", s["items_with_positive"]),
+          ("items with a negative route", s["items_with_negative"]), ("routes", s["routes"]),
+          ("positive routes", f"{s['positive']} ({s['positive_share']:.1%})"),
+          ("negative routes", f"{s['negative']} ({s['negative_share']:.1%})")]
+  rows += [(f"  negatives: {e}", f"{share:.1%}") for e, share in s["error_share"].items()]
+  rows += [(f"  source: {src}", f"{share:.1%}") for src, share in s["source_share"].items()]
+  if tokenizer is not None and examples:
+    for name, texts in (("question tokens", [ex.question for ex in examples]),
+                        ("CoT tokens", [ex.cot or "" for ex in examples]),
+                        ("route tokens", [r.text for ex in examples for r in ex.routes])):
+      if texts:
+        lens = np.array([len(tokenizer.encode(t)) for t in texts])
+        rows.append((f"{name} min/median/max", f"{lens.min()}/{int(np.median(lens))}/{lens.max()}"))
+  width = max(len(r[0]) for r in rows)
+  return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
+
+
+def print_stats(source: str, tokenizer: str | None = None, n: int = 200, seed: int = 0,
+                difficulty: int = 0) -> None:
+  tok = None
+  if tokenizer:
+    from realm_jax.tokenizer import load_tokenizer
+    tok = load_tokenizer(tokenizer)
+  print(stats_table(examples_with_routes(source, n, seed, difficulty), tok))
+
+
+def write_routes(source: str, out: str, n: int = 200, seed: int = 0, difficulty: int = 0,
+                 negatives: int = 3, route_file: str | None = None) -> None:
+  examples = examples_with_routes(source, n, seed, difficulty, negatives, route_file)
+  teachers.write_route_pool(out, examples)
+  print(f"wrote {len(examples)} items to {out}")
+  print(stats_table(examples))

@@ -1,0 +1,107 @@
+"""Guided CoT distillation (METHOD §4) and the supervised loop it runs on.
+
+The teacher sees the question *and the rule book* (the domain solver cites
+rules; a model teacher is prompted with them, see `teachers.model_teacher`);
+teacher CoTs whose final answer does not verify are dropped; the student is
+trained on (question [+ routes with gold verdicts], teacher CoT) pairs and
+never sees the rules, so they must end up in its weights. Loss: next-token
+cross-entropy on completion tokens, optionally mixed with token-level KD when
+the teacher is a model sharing the tokenizer.
+
+`run_sft` is the one supervised loop (base warm-up, distillation, RFT). It
+resumes from its phase's latest checkpoint, data iterator included.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+
+from realm_jax import checkpoint, data, metrics as metrics_lib, train_step
+from realm_jax.answers import is_equivalent, extract_answer
+from realm_jax.configs import SFTConfig
+from realm_jax.records import Example
+
+
+def verified_teacher_examples(examples: Sequence[Example]) -> tuple[list[Example], int]:
+  """Keeps examples whose teacher CoT ends in an answer that verifies; counts the rest."""
+  kept, dropped = [], 0
+  for ex in examples:
+    if not ex.cot:
+      dropped += 1
+      continue
+    predicted = extract_answer(ex.cot)
+    # Teacher CoTs that state no final answer are judged by the recorded answer.
+    if predicted is not None and not is_equivalent(predicted, ex.answer):
+      dropped += 1
+      continue
+    kept.append(ex)
+  return kept, dropped
+
+
+@dataclasses.dataclass
+class SFTContext:
+  """Everything the loop needs that is not the config."""
+  model_cfg: Any
+  tokenizer: Any
+  workdir: str
+  writer: metrics_lib.MetricsWriter
+  buckets: tuple[int, ...]
+  seed: int
+  state_shardings: Any = None
+  put_batch: Any = None  # host batch -> device arrays (sharded); identity when None
+
+
+def run_sft(phase: str, ctx: SFTContext, params: Any, pairs: Sequence[tuple[str, str]],
+            cfg: SFTConfig) -> Any:
+  """Trains `params` on (prompt, completion) pairs for cfg.steps; returns new params."""
+  optimizer = train_step.make_optimizer(cfg.lr, cfg.warmup, cfg.steps, cfg.weight_decay,
+                                        cfg.grad_clip)
+  state = train_step.init_state(params, optimizer)
+  batches = data.sft_batches(list(pairs), ctx.tokenizer, cfg.batch_size, ctx.buckets, ctx.seed)
+  ckpt = checkpoint.Checkpointer(os.path.join(ctx.workdir, "ckpt", phase), max_to_keep=1)
+  start = 0
+  latest = ckpt.latest_step()
+  if latest is not None:
+    state, extra = ckpt.restore(latest, abstract_state=jax.eval_shape(lambda: state))
+    data.restore(batches, extra["data"])
+    start = int(state.step)
+  if start >= cfg.steps:
+    ckpt.close()
+    return state.params
+  step_fn = train_step.make_sft_step(ctx.model_cfg, optimizer, cfg.kd_alpha, cfg.kd_temperature)
+  put = ctx.put_batch or (lambda b: b)
+  bar = metrics_lib.progress(cfg.steps, start, phase)
+  pending = None
+  t0 = time.perf_counter()
+  tokens_seen = 0
+  for step in range(start, cfg.steps):
+    batch = next(batches)
+    tokens_seen += int(batch["mask"].sum())
+    state, m = step_fn(state, put(batch))
+    if pending is not None:  # read step n-1's metrics after dispatching step n
+      _log(ctx, phase, *pending, bar, t0, tokens_seen)
+    pending = (step, m)
+    last = step + 1 == cfg.steps
+    if last or (step + 1) % 100 == 0:
+      _log(ctx, phase, *pending, bar, t0, tokens_seen)
+      pending = None
+      ckpt.save(step + 1, state, extra={"data": data.get_state(batches)}, force=last)
+  ckpt.wait()
+  ckpt.close()
+  bar.close()
+  return state.params
+
+
+def _log(ctx: SFTContext, phase: str, step: int, m: Any, bar, t0: float, tokens: int) -> None:
+  host = metrics_lib.to_host(m)
+  metrics_lib.check_finite(host, step, phase)
+  host["tokens_per_s"] = tokens / max(time.perf_counter() - t0, 1e-9)
+  ctx.writer.write(phase, step, host)
+  bar.update(step + 1 - bar.n)
+  bar.set_postfix(loss=f"{host.get('loss', float('nan')):.3f}")

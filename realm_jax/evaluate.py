@@ -1,0 +1,160 @@
+"""Evaluation: greedy accuracy, pass@k and maj@k, with routes and without.
+
+`evaluate_params` is the measurement (host IO only through the sampler);
+`run(workdir)` evaluates a finished run's stages and writes eval.json,
+eval.md and PNG plots into the workdir.
+
+Confidence intervals: Wilson 95% intervals over questions for one run
+(binomial); `experiments/reproduce.py` reports t intervals over seeds.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import math
+import os
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from realm_jax import answers, corpus, data, mrpv, sampling
+from realm_jax.configs import EvalConfig
+from realm_jax.records import Example
+
+
+def wilson_interval(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:
+  """Wilson score interval for a binomial proportion."""
+  if n == 0:
+    return (float("nan"), float("nan"))
+  p = successes / n
+  denom = 1 + z * z / n
+  centre = (p + z * z / (2 * n)) / denom
+  half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+  return (centre - half, centre + half)
+
+
+def majority_vote(predictions: Sequence[str | None]) -> str | None:
+  """Most common extracted answer; equivalent answers vote together (first seen wins ties)."""
+  groups: list[list[str]] = []
+  for p in predictions:
+    if p is None:
+      continue
+    for g in groups:
+      if answers.is_equivalent(p, g[0]):
+        g.append(p)
+        break
+    else:
+      groups.append([p])
+  if not groups:
+    return None
+  return max(groups, key=len)[0]
+
+
+def _prompts(examples: Sequence[Example], mrpv_cfg: mrpv.MRPVConfig, with_routes: bool,
+             seed: int) -> tuple[list[str], list[list[bool]]]:
+  prompts, labels = [], []
+  for i, ex in enumerate(examples):
+    rng = np.random.default_rng([seed, i])
+    p, lab, _ = corpus.route_prompt(ex, rng, mrpv_cfg, mrpv_cfg.num_routes if with_routes else 0)
+    prompts.append(p)
+    labels.append(lab)
+  return prompts, labels
+
+
+def _generate_all(params, model_cfg, tok, prompts, scfg, batch_size, chat, seed) -> list[list[str]]:
+  from realm_jax.rl_loop import completion_texts, encode_prompts
+  gen = sampling.make_generate_fn(model_cfg, scfg)
+  buckets = (max(len(tok.encode(p, add_bos=True)) for p in prompts) + 8,)
+  out: list[list[str]] = []
+  for start in range(0, len(prompts), batch_size):
+    chunk = prompts[start:start + batch_size]
+    real = len(chunk)
+    chunk = chunk + [chunk[-1]] * (batch_size - real)  # fixed shapes: one compile
+    tokens, mask, _ = encode_prompts(tok, chunk, buckets, chat)
+    roll = gen(params, jnp.asarray(tokens), jnp.asarray(mask), jax.random.key(seed + start))
+    texts = completion_texts(tok, roll)
+    G = scfg.num_samples
+    out.extend(texts[i * G:(i + 1) * G] for i in range(real))
+  return out
+
+
+def evaluate_params(params: Any, model_cfg, tok, examples: Sequence[Example], cfg: EvalConfig,
+                    mrpv_cfg: mrpv.MRPVConfig, *, with_routes: bool, seed: int = 0,
+                    chat: bool = False) -> dict[str, float]:
+  prompts, labels = _prompts(examples, mrpv_cfg, with_routes, seed)
+  golds = [ex.answer for ex in examples]
+  n = len(examples)
+  stop = tuple(tok.stop_ids)
+  greedy = _generate_all(params, model_cfg, tok, prompts,
+                         sampling.SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=0.0,
+                                                 stop_ids=stop, num_samples=1),
+                         cfg.batch_size, chat, seed)
+  greedy_texts = [g[0] for g in greedy]
+  correct = np.array([_correct(t, g) for t, g in zip(greedy_texts, golds)], np.float32)
+  res = {"n": n, "accuracy": float(correct.mean())}
+  res["accuracy_ci_low"], res["accuracy_ci_high"] = wilson_interval(correct.sum(), n)
+  if with_routes:
+    K = mrpv_cfg.num_routes
+    v = mrpv.parse_verdicts_batch(greedy_texts, K)
+    hits = [np.mean([v[i, k] == int(l) for k, l in enumerate(lab)]) for i, lab in enumerate(labels) if lab]
+    res["verification_accuracy"] = float(np.mean(hits)) if hits else float("nan")
+  if cfg.k > 1:
+    bs = max(1, cfg.batch_size // cfg.k)
+    samples = _generate_all(params, model_cfg, tok, prompts,
+                            sampling.SamplingConfig(max_new_tokens=cfg.max_new_tokens,
+                                                    temperature=cfg.temperature, stop_ids=stop,
+                                                    num_samples=cfg.k), bs, chat, seed + 1)
+    pass_k = [any(_correct(t, g) for t in s) for s, g in zip(samples, golds)]
+    maj = [majority_vote([answers.extract_answer(t) for t in s]) for s in samples]
+    maj_k = [m is not None and answers.is_equivalent(m, g) for m, g in zip(maj, golds)]
+    res[f"pass@{cfg.k}"] = float(np.mean(pass_k))
+    res[f"maj@{cfg.k}"] = float(np.mean(maj_k))
+  return res
+
+
+def _correct(text: str, gold: str) -> bool:
+  pred = answers.extract_answer(text)
+  return pred is not None and answers.is_equivalent(pred, gold)
+
+
+def markdown_table(results: dict[str, dict[str, dict[str, float]]], k: int) -> str:
+  """results[stage][setting] -> metrics; one row per (stage, setting)."""
+  head = f"| model | routes at test | accuracy (95% CI) | pass@{k} | maj@{k} | route verdicts |\n"
+  head += "|---|---|---|---|---|---|\n"
+  rows = []
+  for stage, settings in results.items():
+    for setting, r in settings.items():
+      ver = r.get("verification_accuracy")
+      rows.append(
+          f"| {stage} | {setting} | {r['accuracy']:.3f} ({r['accuracy_ci_low']:.3f}-"
+          f"{r['accuracy_ci_high']:.3f}) | {r.get(f'pass@{k}', float('nan')):.3f} | "
+          f"{r.get(f'maj@{k}', float('nan')):.3f} | "
+          f"{'' if ver is None else f'{ver:.3f}'} |")
+  return head + "\n".join(rows) + "\n"
+
+
+def run(workdir: str, overrides: list[str] | None = None) -> dict:
+  """Evaluates the run's starting point and final params; writes eval.json/eval.md/plots."""
+  from realm_jax import plots, train
+  run_info = train.load_run_info(workdir)
+  cfg = train.load_config(workdir, overrides)
+  ctx = train.prepare(cfg, workdir)
+  results: dict[str, dict[str, dict[str, float]]] = {}
+  for stage, params in train.stage_params(ctx, workdir).items():
+    results[stage] = {}
+    for with_routes, name in ((False, "without routes"), (True, "with routes")):
+      results[stage][name] = evaluate_params(
+          params, ctx.model_cfg, ctx.tokenizer, ctx.data.eval[:cfg.eval.num_questions], cfg.eval,
+          cfg.rl.mrpv, with_routes=with_routes, seed=cfg.seed, chat=ctx.chat)
+  table = markdown_table(results, cfg.eval.k)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "eval.json"), "w") as f:
+      json.dump({"experiment": run_info.get("experiment"), "results": results}, f, indent=2)
+    with open(os.path.join(workdir, "eval.md"), "w") as f:
+      f.write(f"# {run_info.get('experiment')} ({workdir})\n\n{table}")
+    plots.plot_training(workdir)
+  print(table)
+  return results

@@ -1,0 +1,135 @@
+"""Wiring: optimizer, train state, and the jitted per-phase functions.
+
+One jit per phase, built once per run and reused every step:
+  - `logprob_fn(params, tokens, mask) -> logp [B, T-1]` (old and reference
+    log-probs, route log-likelihoods),
+  - `sft_step(state, batch) -> (state, metrics)`,
+  - `rl_step(state, batch) -> (state, metrics)`.
+State is donated. Batches are dicts of arrays; their shapes are bucketed by
+the data layer so these compile a handful of times per run, not per step.
+
+Shift convention: `logp[:, t] = log p(tokens[:, t+1] | tokens[:, :t+1])`, so a
+mask over tokens becomes `mask[:, 1:]` over log-probs.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from realm_jax import losses, model, mrpv
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  opt_state: Any
+
+
+def make_optimizer(lr: float, warmup: int, total_steps: int, weight_decay: float,
+                   grad_clip: float) -> optax.GradientTransformation:
+  """AdamW with linear warm-up then cosine decay to 10%, global-norm clipping."""
+  total = max(total_steps, warmup + 1)
+  schedule = optax.warmup_cosine_decay_schedule(0.0 if warmup else lr, lr, max(warmup, 1), total,
+                                                end_value=lr * 0.1)
+  return optax.chain(optax.clip_by_global_norm(grad_clip),
+                     optax.adamw(schedule, b1=0.9, b2=0.95, weight_decay=weight_decay))
+
+
+def init_state(params: Any, optimizer: optax.GradientTransformation) -> TrainState:
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params))
+
+
+def token_logprobs(params, cfg: model.ModelConfig, tokens_BT, mask_BT):
+  """logp[:, t] of token t+1 under the model, fp32 [B, T-1]."""
+  logits_BTV, _ = model.apply(params, cfg, tokens_BT, mask_BT)
+  return losses.token_logprobs(logits_BTV[:, :-1], tokens_BT[:, 1:])
+
+
+def _finish(state: TrainState, optimizer, grads, metrics):
+  grad_norm = optax.global_norm(grads)
+  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  metrics = dict(metrics, grad_norm=grad_norm)
+  return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+def make_logprob_fn(cfg: model.ModelConfig) -> Callable:
+  return jax.jit(lambda params, tokens, mask: token_logprobs(params, cfg, tokens, mask))
+
+
+def make_sft_step(cfg: model.ModelConfig, optimizer, kd_alpha: float = 0.0,
+                  kd_temperature: float = 1.0) -> Callable:
+  """batch: tokens, mask, loss_mask [B, T] (+ teacher_logits [B, T-1, V] when kd_alpha > 0).
+
+  loss = (1 - a) * CE(completion tokens) + a * KL_T(teacher || student).
+  """
+
+  def loss_fn(params, batch):
+    logits_BTV, _ = model.apply(params, cfg, batch["tokens"], batch["mask"])
+    logits_BTV = logits_BTV[:, :-1]
+    loss_mask = batch["loss_mask"][:, 1:]
+    loss, metrics = losses.sft_loss(logits_BTV, batch["tokens"][:, 1:], loss_mask)
+    if kd_alpha > 0:
+      kd, kd_metrics = losses.kd_loss(logits_BTV, batch["teacher_logits"], loss_mask, kd_temperature)
+      loss = (1 - kd_alpha) * loss + kd_alpha * kd
+      metrics = dict(metrics, **{f"kd_{k}": v for k, v in kd_metrics.items()})
+    return loss, dict(metrics, loss=loss)
+
+  def step(state: TrainState, batch):
+    (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch)
+    return _finish(state, optimizer, grads, metrics)
+
+  return jax.jit(step, donate_argnums=0)
+
+
+def route_loglik(params, cfg: model.ModelConfig, tokens_RT, mask_RT, loss_mask_RT):
+  """Sequence log-likelihood of each route's tokens given its question, [R]."""
+  logp = token_logprobs(params, cfg, tokens_RT, mask_RT)
+  return jnp.sum(jnp.where(loss_mask_RT[:, 1:] > 0, logp, 0.0), axis=-1)
+
+
+def rl_loss(params, batch, cfg: model.ModelConfig, loss_cfg: losses.LossConfig,
+            contrast_coef: float, contrast_beta: float):
+  """PPO-clip/GRPO loss on completions, plus the MRPV route-contrast term.
+
+  batch: tokens, mask, completion_mask [N, T]; old_logp, ref_logp [N, T-1];
+  adv [N]; with contrast_coef > 0 also route_tokens/route_mask/route_loss_mask
+  [B*K, Tr], route_ref_logp, route_labels, route_valid [B, K].
+  """
+  logits_NTV, _ = model.apply(params, cfg, batch["tokens"], batch["mask"])
+  logits_NTV = logits_NTV[:, :-1]
+  logp = losses.token_logprobs(logits_NTV, batch["tokens"][:, 1:])
+  cmask = batch["completion_mask"][:, 1:]
+  entropy = losses.token_entropy(logits_NTV)
+  loss, metrics = losses.ppo_loss(logp, batch["old_logp"], batch["adv"], cmask, loss_cfg,
+                                  ref_logp_BT=batch["ref_logp"], entropy_BT=entropy)
+  if "entropy" not in metrics:
+    ent = jnp.sum(jnp.where(cmask > 0, jax.lax.stop_gradient(entropy), 0.0))
+    metrics = dict(metrics, entropy=ent / jnp.maximum(jnp.sum(cmask), 1))
+  if contrast_coef > 0:
+    B, K = batch["route_labels"].shape
+    pol = route_loglik(params, cfg, batch["route_tokens"], batch["route_mask"],
+                       batch["route_loss_mask"]).reshape(B, K)
+    margins, pair_mask = mrpv.route_pair_margins(pol, batch["route_ref_logp"],
+                                                 batch["route_labels"], batch["route_valid"])
+    c_loss, c_metrics = losses.route_contrast_loss(margins, pair_mask, contrast_beta)
+    loss = loss + contrast_coef * c_loss
+    metrics = dict(metrics, **{f"contrast_{k}": v for k, v in c_metrics.items()})
+  return loss, dict(metrics, loss=loss)
+
+
+def make_rl_step(cfg: model.ModelConfig, optimizer, loss_cfg: losses.LossConfig,
+                 contrast_coef: float = 0.0, contrast_beta: float = 0.1) -> Callable:
+
+  def step(state: TrainState, batch):
+    grad_fn = jax.value_and_grad(rl_loss, has_aux=True)
+    (_, metrics), grads = grad_fn(state.params, batch, cfg, loss_cfg, contrast_coef, contrast_beta)
+    return _finish(state, optimizer, grads, metrics)
+
+  return jax.jit(step, donate_argnums=0)

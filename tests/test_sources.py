@@ -1,0 +1,195 @@
+"""Sources: the GSM8K and route-file fixtures (hand-written), bad input, reasoning-gym, specs."""
+
+import json
+import pathlib
+
+import pytest
+
+from realm_jax.records import Example
+from realm_jax.sources import (
+    DataFormatError,
+    domain_examples,
+    gym_score,
+    label_route,
+    load_gsm8k_jsonl,
+    load_route_file,
+    load_source,
+    read_gsm8k_jsonl,
+    reasoning_gym_examples,
+)
+
+DATA = pathlib.Path(__file__).parent / "data"
+GSM = DATA / "gsm8k_small.jsonl"
+ROUTES = DATA / "routes_small.jsonl"
+
+
+def _write(tmp_path, lines, name="bad.jsonl"):
+  path = tmp_path / name
+  path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+  return path
+
+
+def test_gsm8k_fixture():
+  examples, report = read_gsm8k_jsonl(GSM)
+  assert [e.answer for e in examples] == ["31", "6", "2000", "210", "6"]
+  assert [e.id for e in examples] == [f"gsm8k_small-{i}" for i in range(1, 6)]
+  assert all(e.domain == "gsm8k" and e.routes == () for e in examples)
+  assert (
+      examples[0].cot
+      == "Tom has 3 * 12 = 36 pencils.\nAfter giving away 5 he has 36 - 5 = 31 pencils."
+  )
+  assert (
+      examples[3].question == "Sara reads 15 pages a day. How many pages does she read in 2 weeks?"
+  )
+  assert report.n_lines == 5 and report.n_examples == 5 and report.n_excluded == 0
+
+
+def test_gsm8k_counts_unusable_items(tmp_path):
+  path = _write(
+      tmp_path,
+      [
+          json.dumps({"question": "1 + 1?", "answer": "1 + 1 = 2\n#### 2"}),
+          json.dumps({"question": "   ", "answer": "#### 3"}),
+          "",
+          json.dumps({"question": "2 + 2?", "answer": "it is four"}),
+          json.dumps({"question": "3 + 3?", "answer": "6\n####  "}),
+      ],
+  )
+  examples, report = read_gsm8k_jsonl(path)
+  assert [e.answer for e in examples] == ["2"]
+  assert report.empty_questions == [2]
+  assert report.missing_answers == [4, 5]  # blank line 3 is skipped, line numbers are the file's
+  assert report.n_lines == 4 and report.n_examples == 1
+  with pytest.warns(UserWarning, match="without a gold answer"):
+    assert len(load_gsm8k_jsonl(path)) == 1
+
+
+@pytest.mark.parametrize(
+    "bad_line, field",
+    [
+        ('{"question": "q", "answer": "#### 1"', "<line>"),
+        ('["question", "answer"]', "<line>"),
+        ('{"question": "q"}', "answer"),
+        ('{"answer": "#### 1"}', "question"),
+        ('{"question": 7, "answer": "#### 1"}', "question"),
+    ],
+)
+def test_gsm8k_malformed_line_names_file_line_and_field(tmp_path, bad_line, field):
+  good = json.dumps({"question": "1 + 1?", "answer": "#### 2"})
+  path = _write(tmp_path, [good, good, bad_line])
+  with pytest.raises(DataFormatError) as info:
+    read_gsm8k_jsonl(path)
+  message = str(info.value)
+  assert f"{path}:3:" in message and f"field '{field}'" in message
+
+
+def test_route_file_fixture_labels():
+  examples, _ = read_gsm8k_jsonl(GSM)
+  labelled, report = load_route_file(ROUTES, examples)
+  assert [e.id for e in labelled] == [e.id for e in examples]
+  by_id = {e.id: e for e in labelled}
+  # Hand-labelled from tests/data/routes_small.jsonl (gold: 31, 6, 2000, 210).
+  q1, q2, q3, q4, q5 = (by_id[f"gsm8k_small-{i}"].routes for i in range(1, 6))
+  assert [(r.positive, r.answer, r.source, r.error) for r in q1] == [
+      (True, "31", "teacher-a", None),
+      (False, "41", "teacher-b", "wrong_answer"),
+  ]
+  assert [(r.positive, r.answer, r.error) for r in q2] == [
+      (True, "6", None),
+      (False, None, "no_answer"),
+  ]
+  assert [(r.positive, r.answer) for r in q3] == [(True, "2,000"), (False, "950")]
+  assert [(r.positive, r.answer, r.source) for r in q4] == [
+      (True, "210 pages", "file:routes_small.jsonl")
+  ]
+  assert q5 == ()
+  assert report.n_lines == 8 and report.n_positive == 4 and report.n_negative == 3
+  assert report.no_answer == [4] and report.unknown_ids == [8]
+
+
+def test_route_file_keeps_existing_routes_and_int_ids(tmp_path):
+  ex = Example("17", "2 + 3?", "5", None, "custom")
+  path = _write(tmp_path, [json.dumps({"question_id": 17, "route": "<answer>5</answer>"})])
+  first, _ = load_route_file(path, [ex])
+  second, _ = load_route_file(path, first)
+  assert [r.positive for r in second[0].routes] == [True, True]
+
+
+@pytest.mark.parametrize(
+    "bad_line, field",
+    [
+        ('{"route": "Answer: 1"}', "question_id"),
+        ('{"question_id": "a"}', "route"),
+        ('{"question_id": "a", "route": 5}', "route"),
+        ('{"question_id": "a", "route": "x", "source": null}', "source"),
+        ('{"question_id": true, "route": "x"}', "question_id"),
+    ],
+)
+def test_route_file_malformed(tmp_path, bad_line, field):
+  path = _write(
+      tmp_path, [json.dumps({"question_id": "a", "route": "Answer: 1"}), bad_line], "routes.jsonl"
+  )
+  with pytest.raises(DataFormatError, match=rf"routes.jsonl:2: field '{field}'"):
+    load_route_file(path, [Example("a", "q", "1", None, "custom")])
+
+
+def test_label_route():
+  assert label_route("so $12.50 in all.\nAnswer: $12.50", "12.5", "s").positive
+  wrong = label_route("<answer>13</answer>", "12", "s")
+  assert (wrong.positive, wrong.answer, wrong.error) == (False, "13", "wrong_answer")
+  assert label_route("no idea", "12", "s").error == "no_answer"
+
+
+def test_domain_examples_and_specs():
+  a = domain_examples("tariff", 4, 0, 1)
+  assert a == load_source("domain:tariff", 4, 0, 1)
+  assert all(e.domain == "tariff" for e in a)
+  subset = load_source(f"gsm8k:{GSM}", 3, seed=0)
+  ids = [e.id for e in subset]
+  assert len(ids) == 3 and ids == sorted(ids, key=lambda i: int(i.rsplit("-", 1)[1]))
+  assert subset == load_source(f"gsm8k:{GSM}", 3, seed=0)
+  assert len(load_source(f"gsm8k:{GSM}", None, seed=0)) == 5
+  assert len(load_source(f"gsm8k:{GSM}", 50, seed=0)) == 5
+
+
+@pytest.mark.parametrize(
+    "spec, match",
+    [
+        ("tariff", "expected one of domain:<name>, gym:<task>, gsm8k:<path>"),
+        ("web:foo", "expected one of"),
+        ("domain:", "expected one of"),
+        ("domain:shipping", "valid domains: dosing, tariff, tax"),
+        ("gym:sudoku", "supported tasks: basic_arithmetic, chain_sum, gsm_symbolic, syllogism"),
+    ],
+)
+def test_bad_specs(spec, match):
+  with pytest.raises(ValueError, match=match):
+    load_source(spec, 3, 0)
+
+
+def test_missing_gsm8k_file(tmp_path):
+  with pytest.raises(FileNotFoundError):
+    load_source(f"gsm8k:{tmp_path / 'nope.jsonl'}", 3, 0)
+
+
+@pytest.mark.parametrize("task", ["basic_arithmetic", "chain_sum", "gsm_symbolic", "syllogism"])
+def test_reasoning_gym_examples(task):
+  rg = pytest.importorskip("reasoning_gym")
+  examples = reasoning_gym_examples(task, 6, seed=4)
+  reference = list(rg.create_dataset(task, size=6, seed=4))
+  assert [e.question for e in examples] == [r["question"] for r in reference]
+  assert [e.answer for e in examples] == [r["answer"] for r in reference]
+  assert examples == reasoning_gym_examples(task, 6, seed=4)
+  json.dumps([e.to_dict() for e in examples])  # the stored entry is JSON-safe
+  for ex in examples:
+    assert ex.domain == f"gym:{task}"
+    assert gym_score(ex, ex.answer) == 1.0
+    if task == "gsm_symbolic":
+      assert ex.cot and "####" not in ex.cot
+    else:
+      assert ex.cot is None
+
+
+def test_gym_score_rejects_other_examples():
+  with pytest.raises(ValueError, match="did not come from reasoning-gym"):
+    gym_score(Example("a", "q", "1", None, "custom"), "1")
