@@ -25,7 +25,7 @@ def tiny(name: str, domain: str = "tariff") -> configs.ExperimentConfig:
       name=name,
       data=configs.DataConfig(source=f"domain:{domain}", difficulty=0, num_train=2000, num_eval=128,
                               prompt_buckets=(96, 160, 256, 320), sft_buckets=(128, 192, 256, 384)),
-      base=configs.SFTConfig(steps=150, batch_size=32, lr=2e-3, warmup=20, route_share=0.5,
+      base=configs.SFTConfig(steps=100, batch_size=16, lr=2e-3, warmup=20, route_share=0.5,
                              num_items=400),
       rl=configs.RLConfig(batch_prompts=8, group_size=4, lr=2e-4, warmup=3, max_new_tokens=128,
                           temperature=1.0, loss=losses.LossConfig(kl_coef=0.04),

@@ -50,16 +50,11 @@ _LAST_NUMBER = re.compile(r"(?<![\w.])-?(?:\d{1,3}(?:,\d{3})+(?![\d])|\d+)(?:\.\
 
 _INT = r"(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)"
 _NUMBER = re.compile(
-    r"""^(?P<sign1>[-+])?\s*(?P<cur>[$€£¥])?\s*(?P<sign2>[-+])?\s*
-  (?:
-      \\d?frac\{\s*(?P<fn>\d+)\s*\}\{\s*(?P<fd>\d+)\s*\}
-    | (?P<num>\d+)\s*/\s*(?P<den>\d+)
-    | (?P<dec>"""
-    + _INT
-    + r"""(?:\.\d*)?|\.\d+)(?P<exp>[eE][-+]?\d+)?
- )
- \s*(?P<pct>%)?\s*(?P<cur2>[$€£¥])?\s*(?P<unit>[^\W\d_][^\d]*)?$""",
-    re.VERBOSE,
+    r"^(?P<sign1>[-+])?\s*(?P<cur>[$€£¥])?\s*(?P<sign2>[-+])?\s*"  # -$-
+    r"(?:\\d?frac\{\s*(?P<fn>\d+)\s*\}\{\s*(?P<fd>\d+)\s*\}"  # \frac{3}{4}
+    r"|(?P<num>\d+)\s*/\s*(?P<den>\d+)"  # 3/4
+    rf"|(?P<dec>{_INT}(?:\.\d*)?|\.\d+)(?P<exp>[eE][-+]?\d+)?)"  # 1,234.5e3
+    r"\s*(?P<pct>%)?\s*(?P<cur2>[$€£¥])?\s*(?P<unit>[^\W\d_][^\d]*)?$"  # % € kg
 )
 _ASSIGN_PREFIX = re.compile(r"^[A-Za-z_]\w*\s*=\s*(?=\S)")
 _LATEX_TEXT = re.compile(r"\\(?:text|mathrm|textbf)\{([^{}]*)\}")

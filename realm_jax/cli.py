@@ -69,7 +69,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-  args = _parser().parse_args(argv)
+  parser = _parser()
+  args, extra = parser.parse_known_args(argv)
+  # Dotted overrides may follow flags (`train X --workdir D a.b=1`): argparse leaves them over.
+  bad = [e for e in extra if "=" not in e or e.startswith("-")]
+  if bad or (extra and not hasattr(args, "overrides")):
+    parser.error(f"unrecognized arguments: {' '.join(bad or extra)}")
+  if extra:
+    args.overrides = list(args.overrides) + extra
   if args.command == "train":
     from realm_jax import train
     train.run(args.experiment, args.workdir, args.overrides)
@@ -100,7 +107,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"wrote {args.out}")
   elif args.command == "sweep":
     from realm_jax import sweep
-    sweep.main(args.args)
+    sys.exit(sweep.main(args.args))
 
 
 if __name__ == "__main__":

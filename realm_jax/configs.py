@@ -24,8 +24,8 @@ from typing import Any
 from realm_jax import eaai, losses, mrpv
 from realm_jax.model import ModelConfig
 
-TINY_MODEL = ModelConfig(vocab_size=512, num_layers=4, d_model=192, num_heads=6,
-                         num_kv_heads=3, head_dim=32, mlp_dim=512, rope_theta=10000.0,
+TINY_MODEL = ModelConfig(vocab_size=512, num_layers=4, d_model=128, num_heads=4,
+                         num_kv_heads=2, head_dim=32, mlp_dim=384, rope_theta=10000.0,
                          tie_embeddings=True, max_seq_len=1024)
 
 
@@ -181,9 +181,18 @@ class ExperimentConfig:
   log_every: int = 1
   max_memory_fraction: float = 0.9
 
+  def __post_init__(self):
+    pool = 1 + self.data.negatives_per_question
+    if self.rl.routes != "never" and self.rl.mrpv.num_routes > pool:
+      raise ValueError(
+          f"rl.mrpv.num_routes={self.rl.mrpv.num_routes} exceeds the route pool of each question "
+          f"(1 positive + data.negatives_per_question={self.data.negatives_per_question}); lower "
+          f"rl.mrpv.num_routes or raise data.negatives_per_question")
+
   def eaai_config(self) -> eaai.EAAIConfig:
-    """The EAAI schedule over this run's RL horizon (total_steps = rl.steps)."""
-    return dataclasses.replace(self.rl.eaai, total_steps=max(self.rl.steps, 1))
+    """The EAAI schedule over this run's RL horizon (total_steps = rl.steps, max_routes = K)."""
+    return dataclasses.replace(self.rl.eaai, total_steps=max(self.rl.steps, 1),
+                               max_routes=self.rl.mrpv.num_routes)
 
 
 # ---------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
-from realm_jax import checkpoint, data, metrics as metrics_lib, train_step
+from realm_jax import checkpoint, data, metrics as metrics_lib, preemption, train_step
 from realm_jax.answers import is_equivalent, extract_answer
 from realm_jax.configs import SFTConfig
 from realm_jax.records import Example
@@ -55,6 +55,7 @@ class SFTContext:
   seed: int
   state_shardings: Any = None
   put_batch: Any = None  # host batch -> device arrays (sharded); identity when None
+  checkpoint_every: int = 100
 
 
 def run_sft(phase: str, ctx: SFTContext, params: Any, pairs: Sequence[tuple[str, str]],
@@ -64,11 +65,11 @@ def run_sft(phase: str, ctx: SFTContext, params: Any, pairs: Sequence[tuple[str,
                                         cfg.grad_clip)
   state = train_step.init_state(params, optimizer)
   batches = data.sft_batches(list(pairs), ctx.tokenizer, cfg.batch_size, ctx.buckets, ctx.seed)
-  ckpt = checkpoint.Checkpointer(os.path.join(ctx.workdir, "ckpt", phase), max_to_keep=1)
+  ckpt = checkpoint.Checkpointer(os.path.join(ctx.workdir, "ckpt", phase), keep_last=1)
   start = 0
   latest = ckpt.latest_step()
   if latest is not None:
-    state, extra = ckpt.restore(latest, abstract_state=jax.eval_shape(lambda: state))
+    state, extra = ckpt.restore(abstract_state=jax.eval_shape(lambda: state))
     data.restore(batches, extra["data"])
     start = int(state.step)
   if start >= cfg.steps:
@@ -88,10 +89,15 @@ def run_sft(phase: str, ctx: SFTContext, params: Any, pairs: Sequence[tuple[str,
       _log(ctx, phase, *pending, bar, t0, tokens_seen)
     pending = (step, m)
     last = step + 1 == cfg.steps
-    if last or (step + 1) % 100 == 0:
-      _log(ctx, phase, *pending, bar, t0, tokens_seen)
+    stop = preemption.requested()
+    if last or stop or (step + 1) % ctx.checkpoint_every == 0:
+      _log(ctx, phase, *pending, bar, t0, tokens_seen)  # NaN stops here, before saving
       pending = None
-      ckpt.save(step + 1, state, extra={"data": data.get_state(batches)}, force=last)
+      ckpt.save(step + 1, state, extra={"data": data.get_state(batches)}, force=last or stop)
+    if stop:
+      ckpt.wait()
+      ckpt.close()
+      raise preemption.Preempted(f"{phase} step {step + 1}")
   ckpt.wait()
   ckpt.close()
   bar.close()

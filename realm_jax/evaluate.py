@@ -90,12 +90,12 @@ def evaluate_params(params: Any, model_cfg, tok, examples: Sequence[Example], cf
   stop = tuple(tok.stop_ids)
   greedy = _generate_all(params, model_cfg, tok, prompts,
                          sampling.SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=0.0,
-                                                 stop_ids=stop, num_samples=1),
+                                                 stop_ids=stop, num_samples=1, pad_id=tok.pad_id),
                          cfg.batch_size, chat, seed)
   greedy_texts = [g[0] for g in greedy]
   correct = np.array([_correct(t, g) for t, g in zip(greedy_texts, golds)], np.float32)
   res = {"n": n, "accuracy": float(correct.mean())}
-  res["accuracy_ci_low"], res["accuracy_ci_high"] = wilson_interval(correct.sum(), n)
+  res["accuracy_ci_low"], res["accuracy_ci_high"] = wilson_interval(float(correct.sum()), n)
   if with_routes:
     K = mrpv_cfg.num_routes
     v = mrpv.parse_verdicts_batch(greedy_texts, K)
@@ -106,7 +106,8 @@ def evaluate_params(params: Any, model_cfg, tok, examples: Sequence[Example], cf
     samples = _generate_all(params, model_cfg, tok, prompts,
                             sampling.SamplingConfig(max_new_tokens=cfg.max_new_tokens,
                                                     temperature=cfg.temperature, stop_ids=stop,
-                                                    num_samples=cfg.k), bs, chat, seed + 1)
+                                                    num_samples=cfg.k, pad_id=tok.pad_id),
+                            bs, chat, seed + 1)
     pass_k = [any(_correct(t, g) for t in s) for s, g in zip(samples, golds)]
     maj = [majority_vote([answers.extract_answer(t) for t in s]) for s in samples]
     maj_k = [m is not None and answers.is_equivalent(m, g) for m, g in zip(maj, golds)]

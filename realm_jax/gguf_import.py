@@ -9,8 +9,8 @@ Conventions
   (its `ne` reversed) is already HF's `[out, in]`.
 - For `general.architecture == 'llama'` llama.cpp's converter interleaves the
   two RoPE halves of every q/k head (its rotary pairs adjacent dims, ours
-  pairs dim j with j + H/2). Within each head of H rows it stored row
-  2j + s at HF row s*H/2 + j (s in {0, 1}); loading undoes that:
+  pairs dim j with j + H/2). Within each head of H rows, GGUF row 2j + s
+  holds HF row s*H/2 + j (s in {0, 1}); loading undoes that:
       hf[h, s, j] = gguf[h, j, s]   (rows viewed as [heads, 2, H/2] vs [heads, H/2, 2])
   with heads = num_heads for q and num_kv_heads for k. qwen2/qwen3 files keep
   HF's layout.
@@ -34,6 +34,7 @@ from tokenizers import AddedToken, Regex, decoders, normalizers, pre_tokenizers
 
 from realm_jax import hf_import
 from realm_jax.model import ModelConfig, Params
+from realm_jax.tokenizer import HFTokenizer
 
 ARCHITECTURES = ('llama', 'qwen2', 'qwen3')
 SMOLLM2_FILE = 'SmolLM2-135M-Instruct.Q4_1.gguf'
@@ -62,6 +63,18 @@ def hf_name(gguf_name: str) -> str:
   if m and m.group(2) in _LAYER_NAMES:
     return f'model.layers.{m.group(1)}.{_LAYER_NAMES[m.group(2)]}'
   return gguf_name
+
+
+def gguf_name(hf: str) -> str:
+  """llama.cpp name of an HF tensor name (inverse of `hf_name`)."""
+  for g, h in _GLOBAL_NAMES.items():
+    if h == hf:
+      return g
+  m = re.fullmatch(r'model\.layers\.(\d+)\.(.+)', hf)
+  inverse = {h: g for g, h in _LAYER_NAMES.items()}
+  if m and m.group(2) in inverse:
+    return f'blk.{m.group(1)}.{inverse[m.group(2)]}'
+  return hf
 
 
 def unpermute_rope(w: np.ndarray, heads: int) -> np.ndarray:
@@ -103,7 +116,8 @@ def config_from_gguf(reader: gguf.GGUFReader, dtype: str | None = None) -> Model
   src = reader.data.filename
   arch = metadata(reader, 'general.architecture')
   if arch not in ARCHITECTURES:
-    raise ValueError(f"{src}: GGUF field 'general.architecture' is {arch!r}; supported: {list(ARCHITECTURES)}")
+    raise ValueError(f"{src}: GGUF field 'general.architecture' is {arch!r}; "
+                     f'supported: {list(ARCHITECTURES)}')
   meta = lambda key, default=_REQUIRED: metadata(reader, f'{arch}.{key}', default)
   scaling = meta('rope.scaling.type', 'none')
   if scaling != 'none' or any(t.name == 'rope_freqs.weight' for t in reader.tensors):
@@ -116,7 +130,8 @@ def config_from_gguf(reader: gguf.GGUFReader, dtype: str | None = None) -> Model
   num_kv_heads = meta('attention.head_count_kv', num_heads)
   for key, v in (('attention.head_count', num_heads), ('attention.head_count_kv', num_kv_heads)):
     if not isinstance(v, int):
-      raise ValueError(f'{src}: GGUF field {arch}.{key}={v!r}; only one head count for all layers is supported')
+      raise ValueError(f'{src}: GGUF field {arch}.{key}={v!r}; only one head count for all '
+                       'layers is supported')
   head_dim = int(meta('attention.key_length', d_model // num_heads))
   rope_dim = int(meta('rope.dimension_count', head_dim))
   if rope_dim != head_dim:
@@ -127,9 +142,9 @@ def config_from_gguf(reader: gguf.GGUFReader, dtype: str | None = None) -> Model
   if declared != vocab_size:
     raise ValueError(f"{src}: GGUF field {arch}.vocab_size={declared} but 'token_embd.weight' has "
                      f'{vocab_size} rows')
-  dtype = hf_import._dtype_name(dtype or 'float32', src)
-  return ModelConfig(
-      vocab_size=vocab_size, num_layers=int(meta('block_count')), d_model=d_model,
+  dtype = hf_import.dtype_name(dtype or 'float32', src)
+  return hf_import.checked_config(
+      src, vocab_size=vocab_size, num_layers=int(meta('block_count')), d_model=d_model,
       num_heads=num_heads, num_kv_heads=num_kv_heads, head_dim=head_dim,
       mlp_dim=int(meta('feed_forward_length')), family=arch,
       rope_theta=float(meta('rope.freq_base', 10000.0)),
@@ -165,8 +180,7 @@ class GGUFSource(hf_import.TensorSource):
     return w
 
   def where(self, name):
-    t = self._tensors.get(name)
-    return f'{self._path} (tensor {t.name!r})' if t is not None else str(self._path)
+    return f'{self._path} (llama.cpp tensor {gguf_name(name)!r})'
 
 
 def load_gguf(path: str | os.PathLike, dtype: str | None = None) -> tuple[ModelConfig, Params]:
@@ -211,7 +225,8 @@ def tokenizer_from_gguf(reader: gguf.GGUFReader) -> tokenizers.Tokenizer:
                      '(byte-level BPE) is supported')
   pre = metadata(reader, 'tokenizer.ggml.pre', 'default')
   if pre not in PRE_TOKENIZERS:
-    raise ValueError(f"{src}: GGUF field 'tokenizer.ggml.pre' is {pre!r}; supported: {sorted(PRE_TOKENIZERS)}")
+    raise ValueError(f"{src}: GGUF field 'tokenizer.ggml.pre' is {pre!r}; "
+                     f'supported: {sorted(PRE_TOKENIZERS)}')
   pieces, nfc, ignore_merges = PRE_TOKENIZERS[pre]
   tokens = metadata(reader, 'tokenizer.ggml.tokens')
   types = metadata(reader, 'tokenizer.ggml.token_type', [1] * len(tokens))
@@ -237,12 +252,11 @@ def tokenizer_from_gguf(reader: gguf.GGUFReader) -> tokenizers.Tokenizer:
 
 def load_gguf_tokenizer(path: str | os.PathLike):
   """`realm_jax.tokenizer.HFTokenizer` from a GGUF file's tokenizer metadata."""
-  from realm_jax.tokenizer import HFTokenizer
-
   reader = open_gguf(path)
   tok = tokenizer_from_gguf(reader)
   ids = [metadata(reader, f'tokenizer.ggml.{k}_token_id', None) for k in ('bos', 'eos', 'padding')]
-  return HFTokenizer.from_tokenizers_object(tok, *ids, chat_template=metadata(reader, 'tokenizer.chat_template', None))
+  template = metadata(reader, 'tokenizer.chat_template', None)
+  return HFTokenizer.from_tokenizers_object(tok, *ids, chat_template=template)
 
 
 def smollm2_gguf_path() -> Path:

@@ -20,6 +20,7 @@ Conventions
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import dataclasses
 import json
@@ -42,11 +43,19 @@ IGNORED_SUFFIXES = ('rotary_emb.inv_freq',)
 
 
 # ------------------------------------------------------------------ config
-def _dtype_name(value, source: str) -> str:
+def dtype_name(value, source: str) -> str:
   name = str(value).removeprefix('torch.')
   if name not in NP_DTYPES:
     raise ValueError(f'{source}: dtype {value!r} is not supported; use one of {sorted(NP_DTYPES)}')
   return name
+
+
+def checked_config(source: str, **fields) -> ModelConfig:
+  """ModelConfig(**fields); a validation error names the file it came from."""
+  try:
+    return ModelConfig(**fields)
+  except ValueError as e:
+    raise ValueError(f'{source}: {e}') from e
 
 
 def config_from_hf(hf: dict, source: str = 'config.json', dtype: str | None = None) -> ModelConfig:
@@ -89,9 +98,9 @@ def config_from_hf(hf: dict, source: str = 'config.json', dtype: str | None = No
                      "is not supported; supported: 'default', 'llama3'")
 
   num_heads = need('num_attention_heads')
-  dtype = _dtype_name(dtype or hf.get('torch_dtype') or hf.get('dtype') or 'float32', source)
-  return ModelConfig(
-      vocab_size=need('vocab_size'), num_layers=need('num_hidden_layers'),
+  dtype = dtype_name(dtype or hf.get('torch_dtype') or hf.get('dtype') or 'float32', source)
+  return checked_config(
+      source, vocab_size=need('vocab_size'), num_layers=need('num_hidden_layers'),
       d_model=need('hidden_size'), num_heads=num_heads,
       num_kv_heads=hf.get('num_key_value_heads') or num_heads,
       head_dim=hf.get('head_dim') or need('hidden_size') // num_heads,
@@ -179,21 +188,24 @@ def expected_names(config: ModelConfig) -> dict[str, tuple[int, ...]]:
   return out
 
 
-class TensorSource:
+class TensorSource(abc.ABC):
   """What `assemble_params` reads from: HF-named tensors in HF layout."""
 
+  @abc.abstractmethod
   def names(self) -> set[str]:
-    raise NotImplementedError
+    """Every tensor name the source holds."""
 
+  @abc.abstractmethod
   def shape(self, name: str) -> tuple[int, ...]:
-    raise NotImplementedError
+    """HF-layout shape, without reading the data."""
 
+  @abc.abstractmethod
   def get(self, name: str) -> np.ndarray:
-    raise NotImplementedError
+    """The tensor in HF layout (any float dtype)."""
 
+  @abc.abstractmethod
   def where(self, name: str) -> str:
     """The file `name` is (or should be) in, for error messages."""
-    raise NotImplementedError
 
 
 def check_source(config: ModelConfig, src: TensorSource, ignore: Callable[[str], bool]) -> None:

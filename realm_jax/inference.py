@@ -10,15 +10,16 @@ from realm_jax import data, sampling
 
 def generate_text(model_path: str, prompt: str, *, chat: bool = False, max_new_tokens: int = 64,
                   temperature: float = 0.0, seed: int = 0) -> str:
-  from realm_jax import hf_import
-  path = hf_import.smollm2_gguf_path() if model_path == "smollm2" else model_path
-  cfg, params = hf_import.load_pretrained(path)
-  tok = hf_import.load_pretrained_tokenizer(path)
+  from realm_jax import gguf_import, pretrained
+  path = gguf_import.smollm2_gguf_path() if model_path == "smollm2" else model_path
+  cfg, params = pretrained.load_pretrained(path)
+  tok = pretrained.load_pretrained_tokenizer(path)
   text = tok.apply_chat_template([{"role": "user", "content": prompt}]) if chat else prompt
   ids = tok.encode(text, add_bos=True)
   tokens, mask = data.pad_left([ids], len(ids), tok.pad_id)
   scfg = sampling.SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature,
-                                 stop_ids=tuple(tok.stop_ids), num_samples=1)
+                                 stop_ids=tuple(tok.stop_ids), num_samples=1,
+                                 pad_id=tok.pad_id)
   roll = sampling.generate(params, cfg, jnp.asarray(tokens), jnp.asarray(mask),
                            jax.random.key(seed), scfg)
   out = [int(t) for t, m in zip(roll.tokens[0], roll.completion_mask[0]) if m]

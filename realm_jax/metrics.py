@@ -30,8 +30,12 @@ def to_host(metrics: dict[str, Any]) -> dict[str, float]:
 
 def check_finite(metrics: dict[str, float], step: int, phase: str,
                  keys: tuple[str, ...] = ("loss", "grad_norm")) -> None:
-  """Raises NonFiniteError naming the step and the first non-finite metric."""
-  for k in keys + tuple(sorted(set(metrics) - set(keys))):
+  """Raises NonFiniteError naming the step and the first non-finite metric of `keys`.
+
+  Only `keys` are checked: some metrics are legitimately NaN (e.g. accuracy
+  over prompts without routes when every prompt carried routes).
+  """
+  for k in keys:
     if k in metrics and not math.isfinite(metrics[k]):
       raise NonFiniteError(f"{phase} step {step}: metric {k!r} is {metrics[k]}; stopping "
                            "(the last checkpoint on disk predates this step)")

@@ -14,6 +14,13 @@ Conventions
   RoPE) and `kv_mask_BS` marks valid key slots. Attention is causal in *slot*
   space: the query in slot i sees key slots j <= i that are valid.
 - Layers are stacked on a leading axis L (`nn.scan`) and optionally remat'd.
+- Decode layout (for compiled sampling loops): `unstack_layers(params)` and
+  `unstack_cache(cache)` give one buffer per layer (`model/layers_{l}/...`,
+  cache {'k': (L x [B, S, K, H]), 'v': ...}). With a layer-list cache, `apply`
+  runs the layers unrolled and updates each layer's buffer in place, so a
+  while-loop carry holds no stacked array that would be sliced (copied) each
+  step; a single-token query then attends by multiply-and-reduce over the
+  [B, S, K, H] buffer, which needs no transposed copy of the cache.
 - Parameter paths mirror Hugging Face names: `model/layers/self_attn/q_proj/
   kernel` is HF `model.layers.{i}.self_attn.q_proj.weight` transposed and
   stacked over i; norms keep HF's `weight`; embeddings are `embedding`.
@@ -186,34 +193,64 @@ class Attention(nn.Module):
     q_BTNH = apply_rope(q_BTNH, positions_BT, inv_freq)
     k_BTKH = apply_rope(k_BTKH, positions_BT, inv_freq)
 
+    per_layer = cache is not None and cache["k"].ndim == 4
     if cache is None:
       keys_BSKH, values_BSKH = k_BTKH, v_BTKH
       q_slot = jnp.arange(T)
     else:
-      # Write this call's T keys at slots [cache_index, cache_index + T) of
-      # layer `layer`, in place in the carried [L, B, S, K, H] buffers.
+      # Write this call's T keys at slots [cache_index, cache_index + T), in
+      # place: into this layer's [B, S, K, H] buffer, or into layer `layer`
+      # of the carried [L, B, S, K, H] buffers.
       cdt = cache["k"].dtype
-      start = (layer, 0, cache_index, 0, 0)
+      if per_layer:
+        start, new_k, new_v = (0, cache_index, 0, 0), k_BTKH, v_BTKH
+      else:
+        start, new_k, new_v = (layer, 0, cache_index, 0, 0), k_BTKH[None], v_BTKH[None]
       cache = {
-          "k": jax.lax.dynamic_update_slice(cache["k"], k_BTKH.astype(cdt)[None], start),
-          "v": jax.lax.dynamic_update_slice(cache["v"], v_BTKH.astype(cdt)[None], start),
+          "k": jax.lax.dynamic_update_slice(cache["k"], new_k.astype(cdt), start),
+          "v": jax.lax.dynamic_update_slice(cache["v"], new_v.astype(cdt), start),
       }
-      keys_BSKH = cache["k"][layer].astype(x_BTD.dtype)
-      values_BSKH = cache["v"][layer].astype(x_BTD.dtype)
+      keys_BSKH = cache["k"] if per_layer else cache["k"][layer]
+      values_BSKH = cache["v"] if per_layer else cache["v"][layer]
+      keys_BSKH = keys_BSKH.astype(x_BTD.dtype)
+      values_BSKH = values_BSKH.astype(x_BTD.dtype)
       q_slot = cache_index + jnp.arange(T)
     S = keys_BSKH.shape[1]
     allowed_BTS = (jnp.arange(S)[None, None, :] <= q_slot[None, :, None]) & kv_mask_BS[:, None, :]
 
     g = N // K
-    q_BTKgH = q_BTNH.reshape(B, T, K, g, H)
-    logits_BKgTS = jnp.einsum("BTKgH,BSKH->BKgTS", q_BTKgH, keys_BSKH,
-                              preferred_element_type=jnp.float32) / math.sqrt(H)
-    logits_BKgTS = jnp.where(allowed_BTS[:, None, None], logits_BKgTS, -1e30)
-    probs_BKgTS = jax.nn.softmax(logits_BKgTS, axis=-1).astype(x_BTD.dtype)
-    out_BTKgH = jnp.einsum("BKgTS,BSKH->BTKgH", probs_BKgTS, values_BSKH)
+    if per_layer and T == 1:
+      out_BTKgH = _decode_attention(q_BTNH.reshape(B, K, g, H), keys_BSKH, values_BSKH,
+                                    allowed_BTS[:, 0]).astype(x_BTD.dtype)[:, None]
+    else:
+      q_BTKgH = q_BTNH.reshape(B, T, K, g, H)
+      logits_BKgTS = jnp.einsum("BTKgH,BSKH->BKgTS", q_BTKgH, keys_BSKH,
+                                preferred_element_type=jnp.float32) / math.sqrt(H)
+      logits_BKgTS = jnp.where(allowed_BTS[:, None, None], logits_BKgTS, -1e30)
+      probs_BKgTS = jax.nn.softmax(logits_BKgTS, axis=-1).astype(x_BTD.dtype)
+      out_BTKgH = jnp.einsum("BKgTS,BSKH->BTKgH", probs_BKgTS, values_BSKH)
     out_BTD = Linear(c.d_model, ("q_heads", "embed"), False, c, name="o_proj")(
         out_BTKgH.reshape(B, T, N * H))
     return out_BTD, cache
+
+
+def _decode_attention(q_BKgH, keys_BSKH, values_BSKH, allowed_BS):
+  """Single-query attention read straight from a [B, S, K, H] cache buffer.
+
+      p_BSKg = softmax_S( sum_H q_BKgH k_BSKH / sqrt(H) )   (masked slots -1e30)
+      out_BKgH = sum_S p_BSKg v_BSKH
+
+  The same math as the einsum path, written as fused multiply-reduces so the
+  cache is read in its own layout (a dot would transpose it to [B, K, S, H]
+  first). Products and sums in fp32.
+  """
+  H = q_BKgH.shape[-1]
+  f32 = jnp.float32
+  logits_BSKg = jnp.sum(q_BKgH.astype(f32)[:, None] * keys_BSKH.astype(f32)[:, :, :, None, :],
+                        axis=-1) / math.sqrt(H)
+  logits_BSKg = jnp.where(allowed_BS[:, :, None, None], logits_BSKg, -1e30)
+  probs_BSKg = jax.nn.softmax(logits_BSKg, axis=1)
+  return jnp.sum(probs_BSKg[..., None] * values_BSKH.astype(f32)[:, :, :, None, :], axis=1)
 
 
 class MLP(nn.Module):
@@ -246,8 +283,13 @@ class DecoderLayer(nn.Module):
 
 
 class Model(nn.Module):
-  """HF `model.*`: embeddings, stacked layers, final norm."""
+  """HF `model.*`: embeddings, stacked layers, final norm.
+
+  `unrolled`: one `layers_{l}` module per layer and a layer-list cache (the
+  decode layout, see the module docstring) instead of `nn.scan` over `layers`.
+  """
   cfg: ModelConfig
+  unrolled: bool = False
 
   @nn.compact
   def __call__(self, tokens_BT, positions_BT, kv_mask_BS, cache, cache_index):
@@ -261,12 +303,20 @@ class Model(nn.Module):
     if c.remat:
       layer_cls = nn.remat(layer_cls, prevent_cse=False,
                            policy=jax.checkpoint_policies.nothing_saveable)
-    layers = nn.scan(layer_cls, variable_axes={"params": 0}, split_rngs={"params": True},
-                     in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
-                     length=c.num_layers, metadata_params={nn.PARTITION_NAME: "layers"})
     inv_freq = rope_inv_freq(c)
-    (x_BTD, cache), _ = layers(c, name="layers")(
-        (x_BTD, cache), jnp.arange(c.num_layers), positions_BT, kv_mask_BS, inv_freq, cache_index)
+    if self.unrolled:
+      ks, vs = list(cache["k"]), list(cache["v"])
+      for l in range(c.num_layers):
+        (x_BTD, cache_l), _ = layer_cls(c, name=f"layers_{l}")(
+            (x_BTD, {"k": ks[l], "v": vs[l]}), l, positions_BT, kv_mask_BS, inv_freq, cache_index)
+        ks[l], vs[l] = cache_l["k"], cache_l["v"]
+      cache = {"k": tuple(ks), "v": tuple(vs)}
+    else:
+      layers = nn.scan(layer_cls, variable_axes={"params": 0}, split_rngs={"params": True},
+                       in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
+                       length=c.num_layers, metadata_params={nn.PARTITION_NAME: "layers"})
+      (x_BTD, cache), _ = layers(c, name="layers")(
+          (x_BTD, cache), jnp.arange(c.num_layers), positions_BT, kv_mask_BS, inv_freq, cache_index)
     x_BTD = RMSNorm(c.rms_eps, _dt(c.param_dtype), name="norm")(x_BTD)
     return x_BTD, embed, cache
 
@@ -274,15 +324,20 @@ class Model(nn.Module):
 class Transformer(nn.Module):
   """HF `*ForCausalLM`: fp32 logits [B, T, V] and the updated cache.
 
-  The untied head sits at HF's path `lm_head/kernel`.
+  The untied head sits at HF's path `lm_head/kernel`. `last_only` computes
+  logits for the last position only ([B, 1, V]).
   """
   cfg: ModelConfig
+  unrolled: bool = False
 
   @nn.compact
-  def __call__(self, tokens_BT, positions_BT, kv_mask_BS, cache=None, cache_index=0):
+  def __call__(self, tokens_BT, positions_BT, kv_mask_BS, cache=None, cache_index=0,
+               last_only=False):
     c = self.cfg
-    x_BTD, embed, cache = Model(c, name="model")(tokens_BT, positions_BT, kv_mask_BS,
-                                                 cache, cache_index)
+    x_BTD, embed, cache = Model(c, self.unrolled, name="model")(
+        tokens_BT, positions_BT, kv_mask_BS, cache, cache_index)
+    if last_only:
+      x_BTD = x_BTD[:, -1:]
     if c.tie_embeddings:
       w_DV = embed.embedding.T
     else:
@@ -331,12 +386,16 @@ def positions_from_mask(mask_BT: jax.Array) -> jax.Array:
 
 def apply(params: Params, cfg: ModelConfig, tokens_BT: jax.Array, mask_BT: jax.Array | None = None,
           *, positions_BT: jax.Array | None = None, cache: KVCache | None = None,
-          cache_index: jax.Array | int = 0, kv_mask_BS: jax.Array | None = None):
+          cache_index: jax.Array | int = 0, kv_mask_BS: jax.Array | None = None,
+          last_only: bool = False):
   """Forward pass. Returns (fp32 logits [B, T, V], updated cache or None).
 
   Without a cache, `mask_BT` marks real tokens of a left-padded batch. With a
   cache, the T tokens are written at slots [cache_index, cache_index + T) and
-  `kv_mask_BS` (required) marks which of the S slots hold real tokens.
+  `kv_mask_BS` (required) marks which of the S slots hold real tokens. A
+  layer-list cache (`unstack_cache`) runs the unrolled decode layout and comes
+  back as a layer-list; params may then be stacked or `unstack_layers`'d.
+  `last_only=True` returns logits of the last position only, [B, 1, V].
   """
   tokens_BT = jnp.asarray(tokens_BT, jnp.int32)
   if mask_BT is None:
@@ -348,8 +407,14 @@ def apply(params: Params, cfg: ModelConfig, tokens_BT: jax.Array, mask_BT: jax.A
     kv_mask_BS = mask_BT
   elif kv_mask_BS is None:
     raise ValueError("apply(..., cache=...) needs kv_mask_BS marking valid cache slots")
-  return Transformer(cfg).apply({"params": params}, tokens_BT, positions_BT, kv_mask_BS,
-                            cache, cache_index)
+  unrolled = cache is not None and isinstance(cache["k"], (tuple, list))
+  if unrolled and "layers" in params["model"]:
+    params = unstack_layers(params)
+  elif not unrolled and "layers" not in params["model"]:
+    raise ValueError("params from unstack_layers need a layer-list cache (unstack_cache); "
+                     "use the stacked params otherwise")
+  return Transformer(cfg, unrolled).apply({"params": params}, tokens_BT, positions_BT,
+                                          kv_mask_BS, cache, cache_index, last_only)
 
 
 def forward(params: Params, tokens: jax.Array, config: ModelConfig) -> jax.Array:
@@ -365,6 +430,30 @@ def init_cache(cfg: ModelConfig, batch: int, max_len: int) -> KVCache:
   dt = _dt(cfg.cache_dtype or cfg.dtype)
   shape = (cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.head_dim)
   return {"k": jnp.zeros(shape, dt), "v": jnp.zeros(shape, dt)}
+
+
+def unstack_cache(cache: KVCache) -> KVCache:
+  """{'k': [L, B, S, K, H]} -> layer-list {'k': (L x [B, S, K, H])} (the decode layout)."""
+  return {name: tuple(buf) for name, buf in cache.items()}
+
+
+def stack_cache(cache: KVCache) -> KVCache:
+  """Layer-list cache -> {'k': [L, B, S, K, H], 'v': ...}."""
+  return {name: jnp.stack(bufs) for name, bufs in cache.items()}
+
+
+def unstack_layers(params: Params) -> Params:
+  """Stacked `model/layers/...` [L, ...] -> one subtree per layer, `model/layers_{l}/...`.
+
+  Slice once, outside a decode loop, so the loop body reads each layer's
+  weights in place instead of slicing the stacked arrays every step.
+  """
+  model = dict(params["model"])
+  layers = model.pop("layers")
+  L = jax.tree.leaves(layers)[0].shape[0]
+  for l in range(L):
+    model[f"layers_{l}"] = jax.tree.map(lambda x, l=l: x[l], layers)
+  return {**params, "model": model}
 
 
 def cast_params(params: Params, dtype: str) -> Params:

@@ -34,7 +34,8 @@ def run_rft(ctx: Any, sft_ctx: distill.SFTContext, params: Any, cfg: RFTConfig) 
   scfg = sampling.SamplingConfig(max_new_tokens=ctx.cfg.rl.max_new_tokens,
                                  temperature=cfg.temperature,
                                  stop_ids=tuple(ctx.tokenizer.stop_ids),
-                                 num_samples=cfg.samples_per_question)
+                                 num_samples=cfg.samples_per_question,
+                                 pad_id=ctx.tokenizer.pad_id)
   for r in range(cfg.rounds):
     start = (r * cfg.questions) % len(train)
     chunk = (train[start:] + train[:start])[:cfg.questions]

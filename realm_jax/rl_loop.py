@@ -90,7 +90,8 @@ class RLLoop:
     stop_ids = tuple(ctx.tokenizer.stop_ids)
     self.scfg = sampling.SamplingConfig(max_new_tokens=cfg.max_new_tokens,
                                         temperature=cfg.temperature, stop_ids=stop_ids,
-                                        num_samples=cfg.group_size)
+                                        num_samples=cfg.group_size,
+                                        pad_id=ctx.tokenizer.pad_id)
     self.generate = sampling.make_generate_fn(ctx.model_cfg, self.scfg)
     self.logprob_fn = train_step.make_logprob_fn(ctx.model_cfg)
     self.route_fn = jax.jit(lambda p, t, m, lm: train_step.route_loglik(p, ctx.model_cfg, t, m, lm))
@@ -207,7 +208,6 @@ class RLLoop:
     routes_N = rep(show)
     gen_tokens = int(cm.sum())
     out = {
-        **{f"reward_{n}": float(r_NR[:, i].mean()) for i, n in enumerate(names)},
         "reward": float(reward_N.mean()), "accuracy": float(acc_N.mean()),
         "accuracy_no_routes": float(acc_N[~routes_N].mean()) if (~routes_N).any() else float("nan"),
         "accuracy_routes": float(acc_N[routes_N].mean()) if routes_N.any() else float("nan"),

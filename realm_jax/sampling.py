@@ -234,14 +234,17 @@ def _generate(params: model_lib.Params, cfg: model_lib.ModelConfig, prompt_token
   tokens_BT = prompt_tokens_BT.astype(jnp.int32)
   mask_BT = prompt_mask_BT.astype(bool)
 
+  # Decode layout: one weight and cache buffer per layer, sliced once here so
+  # the loop body reads and updates them in place (see model.py).
+  params = model_lib.unstack_layers(params)
   # Prefill the B prompts into slots [0, T); generated slots are valid keys
   # from the start (causality hides the ones not yet written).
   kv_mask_BS = jnp.concatenate([mask_BT, jnp.ones((B, M), bool)], axis=1)
-  logits_BTV, cache = model_lib.apply(
-      params, cfg, tokens_BT, mask_BT, cache=model_lib.init_cache(cfg, B, S), cache_index=0,
-      kv_mask_BS=kv_mask_BS)
-  rep = lambda x, axis=0: jnp.repeat(x, G, axis=axis) if G > 1 else x
-  cache = jax.tree.map(lambda c: rep(c, axis=1), cache)
+  cache = model_lib.unstack_cache(model_lib.init_cache(cfg, B, S))
+  logits_B1V, cache = model_lib.apply(params, cfg, tokens_BT, mask_BT, cache=cache, cache_index=0,
+                                      kv_mask_BS=kv_mask_BS, last_only=True)
+  rep = lambda x: jnp.repeat(x, G, axis=0) if G > 1 else x
+  cache = jax.tree.map(rep, cache)
   kv_mask_NS = rep(kv_mask_BS)
   prompt_len_N = rep(jnp.sum(mask_BT, axis=1, dtype=jnp.int32))
 
@@ -252,7 +255,7 @@ def _generate(params: model_lib.Params, cfg: model_lib.ModelConfig, prompt_token
       model_logprobs_NM=jnp.zeros((N, M), jnp.float32),
       lengths_N=jnp.zeros((N,), jnp.int32),
       done_N=jnp.zeros((N,), bool),
-      logits_NV=rep(logits_BTV[:, -1]),
+      logits_NV=rep(logits_B1V[:, 0]),
       cache=cache,
   )
   state = _record(state, state.logits_NV, jax.random.fold_in(rng, 0), scfg)

@@ -30,7 +30,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from realm_jax import checkpoint, configs, corpus, data, distill, metrics as metrics_lib, model
-from realm_jax import rl_loop, tokenizer as tokenizer_lib, train_step
+from realm_jax import preemption, rl_loop, tokenizer as tokenizer_lib, train_step
 
 PHASES = ("base", "sft", "rft", "rl")
 
@@ -93,8 +93,8 @@ def _tokenizer(cfg: configs.ExperimentConfig, workdir: str, run_data: corpus.Run
   if spec.tokenizer:
     return tokenizer_lib.load_tokenizer(spec.tokenizer)
   if spec.pretrained:
-    from realm_jax import hf_import
-    return hf_import.load_pretrained_tokenizer(_pretrained_path(spec.pretrained))
+    from realm_jax import pretrained
+    return pretrained.load_pretrained_tokenizer(_pretrained_path(spec.pretrained))
   if cfg.init_from:
     return tokenizer_lib.load_tokenizer(os.path.join(cfg.init_from, "tokenizer.model"))
   path = os.path.join(workdir, "tokenizer.model")
@@ -108,8 +108,8 @@ def _tokenizer(cfg: configs.ExperimentConfig, workdir: str, run_data: corpus.Run
 
 def _pretrained_path(name: str) -> str:
   if name == "smollm2":
-    from realm_jax import hf_import
-    return hf_import.smollm2_gguf_path()
+    from realm_jax import gguf_import
+    return gguf_import.smollm2_gguf_path()
   return name
 
 
@@ -119,8 +119,8 @@ def prepare(cfg: configs.ExperimentConfig, workdir: str) -> Context:
   spec = cfg.model
   pretrained_params = None
   if spec.pretrained:
-    from realm_jax import hf_import
-    model_cfg, pretrained_params = hf_import.load_pretrained(_pretrained_path(spec.pretrained))
+    from realm_jax import pretrained
+    model_cfg, pretrained_params = pretrained.load_pretrained(_pretrained_path(spec.pretrained))
   else:
     model_cfg = dataclasses.replace(spec.tiny, vocab_size=tok.vocab_size)
   model_cfg = dataclasses.replace(model_cfg, dtype=spec.dtype, param_dtype=spec.param_dtype,
@@ -187,10 +187,13 @@ def run(experiment: str, workdir: str, overrides: list[str] | None = None) -> An
   ctx = prepare(cfg, workdir)
   writer = metrics_lib.MetricsWriter(workdir)
   params, source = initial_params(ctx, workdir)
+  ref_source = source
   print(f"[realm-jax] {experiment}: model {ctx.model_cfg.num_params / 1e6:.2f}M params, "
         f"init from {source}; {len(ctx.data.train)} train / {len(ctx.data.eval)} eval items")
+  preemption.install()
   sft_ctx = distill.SFTContext(model_cfg=ctx.model_cfg, tokenizer=ctx.tokenizer, workdir=workdir,
-                               writer=writer, buckets=cfg.data.sft_buckets, seed=cfg.seed)
+                               writer=writer, buckets=cfg.data.sft_buckets, seed=cfg.seed,
+                               checkpoint_every=cfg.checkpoint_every)
   rng = np.random.default_rng(cfg.seed)
   K = cfg.rl.mrpv.num_routes
   for phase, scfg in (("base", cfg.base), ("sft", cfg.sft)):
@@ -198,12 +201,14 @@ def run(experiment: str, workdir: str, overrides: list[str] | None = None) -> An
       continue
     if _finished(workdir, phase):
       params = load_params(params_path(workdir, phase), ctx.model_cfg)
+      ref_source = f"{workdir}:{phase}"
       continue
     teacher, dropped = distill.verified_teacher_examples(ctx.data.train[:scfg.num_items])
     pairs = corpus.sft_pairs(teacher, rng, cfg.rl.mrpv, scfg.route_share, K)
     writer.write(phase, 0, {"teacher_examples": len(teacher), "teacher_dropped": dropped})
     params = distill.run_sft(phase, sft_ctx, params, pairs, scfg)
     save_params(workdir, phase, params)
+    ref_source = f"{workdir}:{phase}"
   if cfg.rft.rounds:
     if _finished(workdir, "rft"):
       params = load_params(params_path(workdir, "rft"), ctx.model_cfg)
@@ -211,11 +216,12 @@ def run(experiment: str, workdir: str, overrides: list[str] | None = None) -> An
       from realm_jax import rft
       params = rft.run_rft(ctx, sft_ctx, params, cfg.rft)
       save_params(workdir, "rft", params)
+    ref_source = f"{workdir}:rft"
   if cfg.rl.steps:
     if _finished(workdir, "rl"):
       params = load_params(params_path(workdir, "rl"), ctx.model_cfg)
     else:
-      params = run_rl(ctx, workdir, writer, params)
+      params = run_rl(ctx, workdir, writer, params, ref_source)
       save_params(workdir, "rl", params)
   writer.close()
   with open(os.path.join(workdir, "DONE"), "w") as f:
@@ -223,20 +229,23 @@ def run(experiment: str, workdir: str, overrides: list[str] | None = None) -> An
   return params
 
 
-def run_rl(ctx: Context, workdir: str, writer: metrics_lib.MetricsWriter, params: Any) -> Any:
+def run_rl(ctx: Context, workdir: str, writer: metrics_lib.MetricsWriter, params: Any,
+           ref_source: str) -> Any:
   cfg = ctx.cfg
-  ref_params = params
+  # A copy: the train state's buffers are donated every step, the reference must survive.
+  ref_params = jax.tree.map(lambda x: x.copy(), params)
   eaai_cfg = cfg.eaai_config()
   optimizer = train_step.make_optimizer(cfg.rl.lr, cfg.rl.warmup, cfg.rl.steps * cfg.rl.num_inner_updates
                                         * cfg.rl.num_minibatches, cfg.rl.weight_decay, cfg.rl.grad_clip)
   state = train_step.init_state(params, optimizer)
   batches = data.rl_batches(ctx.data.train, cfg.rl.batch_prompts, cfg.seed)
-  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "ckpt", "rl"), max_to_keep=cfg.keep_checkpoints)
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "ckpt", "rl"), keep_last=cfg.keep_checkpoints,
+                                 best_metric="accuracy")
   start, clock, acc_ema = 0, 0, None
   latest = ckpt.latest_step()
   if latest is not None:
     abstract = jax.eval_shape(lambda: state)
-    state, extra = ckpt.restore(latest, abstract_state=abstract)
+    state, extra = ckpt.restore(abstract_state=abstract)
     data.restore(batches, extra["data"])
     start, clock, acc_ema = int(extra["step"]), int(extra["eaai_clock"]), extra.get("acc_ema")
   rl_ctx = rl_loop.RLContext(model_cfg=ctx.model_cfg, tokenizer=ctx.tokenizer,
@@ -248,7 +257,7 @@ def run_rl(ctx: Context, workdir: str, writer: metrics_lib.MetricsWriter, params
   for step in range(start, cfg.rl.steps):
     examples = next(batches)
     state, m = loop.step(state, ref_params, examples, step, clock)
-    metrics_lib.check_finite(m, step, "rl")
+    metrics_lib.check_finite(m, step, "rl", keys=("loss", "grad_norm", "reward"))
     writer.write("rl", step, m)
     # The gate reads a running (EMA) autonomous accuracy; none yet -> the clock advances.
     auto = m["accuracy_no_routes"]
@@ -258,11 +267,16 @@ def run_rl(ctx: Context, workdir: str, writer: metrics_lib.MetricsWriter, params
     bar.update(1)
     bar.set_postfix(reward=f"{m['reward']:.2f}", acc=f"{m['accuracy']:.2f}", p=f"{m['p_routes']:.2f}")
     last = step + 1 == cfg.rl.steps
-    if last or (cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0):
+    stop = preemption.requested()
+    if last or stop or (cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0):
       ckpt.save(step + 1, state, extra={"data": data.get_state(batches), "step": step + 1,
                                         "eaai_clock": clock, "acc_ema": acc_ema,
-                                        "reference": "start of rl"},
-                metrics={"accuracy": m["accuracy"]}, force=last)
+                                        "reference": ref_source},
+                metrics={"accuracy": m["accuracy"]}, force=last or stop)
+    if stop:
+      ckpt.wait()
+      ckpt.close()
+      raise preemption.Preempted(f"rl step {step + 1}")
   ckpt.wait()
   ckpt.close()
   bar.close()

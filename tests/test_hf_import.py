@@ -261,3 +261,13 @@ def test_save_hf_rejects_mismatched_architecture(tmp_path):
   with pytest.raises(ValueError, match='LlamaForCausalLM cannot hold this model'):
     hf_import.save_hf(tmp_path, cfg, {}, architecture='LlamaForCausalLM')
   assert not (tmp_path / 'model.safetensors').exists()
+
+
+def test_invalid_config_values_name_the_file(llama_dir):
+  cfg_path = llama_dir / 'config.json'
+  hf = json.loads(cfg_path.read_text())
+  hf['num_key_value_heads'] = 3  # 4 query heads are not a multiple of 3
+  cfg_path.write_text(json.dumps(hf))
+  with pytest.raises(ValueError, match='num_heads=4 must be a multiple of num_kv_heads=3') as e:
+    hf_import.load_hf(llama_dir)
+  assert str(cfg_path) in str(e.value)

@@ -1,0 +1,150 @@
+"""Experiment configs, overrides, and smoke runs of every experiment on a micro model."""
+
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+
+from realm_jax import configs, evaluate, metrics, train
+
+# A micro model and micro stages: each experiment runs its real code path in seconds.
+MICRO = [
+    "model.tiny.num_layers=1", "model.tiny.d_model=32", "model.tiny.num_heads=2",
+    "model.tiny.num_kv_heads=1", "model.tiny.head_dim=16", "model.tiny.mlp_dim=64",
+    "data.num_train=48", "data.num_eval=8", "base.steps=2", "base.batch_size=4",
+    "rl.batch_prompts=2", "rl.group_size=2", "rl.max_new_tokens=12", "eval.num_questions=4",
+    "eval.k=2", "eval.max_new_tokens=12", "eval.batch_size=4", "rft.questions=4",
+    "rft.steps_per_round=2", "rft.batch_size=2", "checkpoint_every=1",
+]
+
+
+def small_stages(experiment):
+  """Shrinks the stages an experiment has, adds none it lacks."""
+  cfg = configs.load_experiment(experiment)
+  out = ["sft.steps=2", "sft.batch_size=4"] if cfg.sft.steps else []
+  return out + (["rl.steps=2"] if cfg.rl.steps else [])
+
+
+def test_every_experiment_loads_and_documents_its_command():
+  names = configs.experiment_names()
+  assert {"demo", "sft", "rft", "grpo", "cot_synth", "realm_zero", "realm_r1", "base_model",
+          "ablation_no_negatives", "ablation_no_fading", "ablation_no_verification",
+          "ablation_no_contrast"} <= set(names)
+  import importlib
+  for name in names:
+    cfg = configs.load_experiment(name)
+    assert isinstance(cfg, configs.ExperimentConfig)
+    doc = importlib.import_module(f"experiments.{name}").__doc__
+    assert "realm-jax train" in doc or "make " in doc, name
+
+
+def test_methods_differ_as_documented():
+  get = configs.load_experiment
+  assert get("grpo").rl.routes == "never"
+  assert get("cot_synth").rl.routes == "always" and get("cot_synth").rl.mrpv.w_ver == 0
+  assert get("realm_zero").rl.routes == "eaai" and get("realm_zero").sft.steps == 0
+  assert get("realm_r1").sft.steps > 0 and get("realm_r1").rl.mrpv.contrast_coef > 0
+  assert get("ablation_no_negatives").rl.negatives is False
+  assert get("ablation_no_fading").rl.routes == "always"
+  assert get("ablation_no_verification").rl.mrpv.w_ver == 0
+  assert get("ablation_no_contrast").rl.mrpv.contrast_coef == 0
+
+
+def test_overrides_are_typed_and_checked():
+  cfg = configs.load_experiment("demo", ["rl.steps=7", "rl.eaai.shape=cosine", "rl.negatives=false",
+                                         "data.prompt_buckets=64,128", "init_from=none"])
+  assert cfg.rl.steps == 7 and cfg.rl.eaai.shape == "cosine" and cfg.rl.negatives is False
+  assert cfg.data.prompt_buckets == (64, 128) and cfg.init_from is None
+  assert cfg.eaai_config().total_steps == 7
+  with pytest.raises(ValueError, match="unknown field 'stepz'.*valid: steps"):
+    configs.load_experiment("demo", ["rl.stepz=3"])
+  with pytest.raises(ValueError, match="expected int"):
+    configs.load_experiment("demo", ["rl.steps=many"])
+  with pytest.raises(ValueError, match="unknown experiment 'nope'; valid: .*demo"):
+    configs.load_experiment("nope")
+
+
+def test_inconsistent_sizes_are_refused_with_what_to_change():
+  with pytest.raises(ValueError, match="not divisible by rl.num_minibatches=3"):
+    configs.load_experiment("demo", ["rl.num_minibatches=3"])
+  with pytest.raises(ValueError, match="num_routes=5 exceeds the route pool.*raise data.negatives"):
+    configs.load_experiment("demo", ["rl.mrpv.num_routes=5"])
+  with pytest.raises(ValueError, match="group_size=1"):
+    configs.load_experiment("demo", ["rl.group_size=1"])
+
+
+@pytest.fixture(scope="module")
+def micro_base(tmp_path_factory):
+  wd = str(tmp_path_factory.mktemp("base"))
+  train.run("base_model", wd, MICRO)
+  return wd
+
+
+def test_base_run_writes_params_tokenizer_metrics(micro_base):
+  assert os.path.exists(os.path.join(micro_base, "DONE"))
+  assert os.path.exists(os.path.join(micro_base, "tokenizer.model"))
+  rows = metrics.read_metrics(micro_base, "base")
+  assert [r["step"] for r in rows if "loss" in r] == [0, 1]
+  assert all(math.isfinite(r["loss"]) for r in rows if "loss" in r)
+
+
+@pytest.mark.parametrize("experiment", ["sft", "rft", "grpo", "cot_synth", "realm_zero", "realm_r1",
+                                        "ablation_no_negatives", "ablation_no_fading",
+                                        "ablation_no_verification", "ablation_no_contrast"])
+def test_smoke_every_method(experiment, micro_base, tmp_path):
+  wd = str(tmp_path / experiment)
+  train.run(experiment, wd, MICRO + small_stages(experiment) + [f"init_from={micro_base}"])
+  cfg = train.load_config(wd)
+  rl_rows = metrics.read_metrics(wd, "rl")
+  if cfg.rl.steps:
+    assert [r["step"] for r in rl_rows] == [0, 1]
+    for r in rl_rows:
+      for key in ("reward/answer", "reward/verification", "reward/format", "kl_k1", "kl_k2",
+                  "kl_k3", "clip_frac", "entropy", "completion_len_mean", "zero_variance_share",
+                  "sampler_trainer_logp_gap", "rollout_tokens_per_s", "update_tokens_per_s"):
+        assert key in r and math.isfinite(r[key]), (key, r)
+      if cfg.rl.routes == "never":
+        assert r["p_routes"] == 0
+      if cfg.rl.routes == "always":
+        assert r["p_routes"] == 1
+  results = evaluate.run(wd)
+  final = next(v for k, v in results.items() if k.startswith("final"))
+  for setting in ("without routes", "with routes"):
+    r = final[setting]
+    assert 0 <= r["accuracy_ci_low"] <= r["accuracy"] <= r["accuracy_ci_high"] <= 1
+  with open(os.path.join(wd, "eval.json")) as f:
+    assert json.load(f)["results"].keys() == results.keys()
+  assert os.path.getsize(os.path.join(wd, "eval.md")) > 0
+
+
+def test_nan_stops_the_run_naming_step_and_metric(micro_base, tmp_path):
+  wd = str(tmp_path / "nan")
+  with pytest.raises(metrics.NonFiniteError, match=r"sft step \d+: metric '(loss|grad_norm)'"):
+    train.run("sft", wd, MICRO + ["sft.steps=3", "sft.batch_size=4", "sft.lr=1e30",
+                                  "sft.grad_clip=1e30", f"init_from={micro_base}"])
+  assert not os.path.exists(train.params_path(wd, "sft"))
+
+
+def test_wilson_interval_and_majority_vote_by_hand():
+  lo, hi = evaluate.wilson_interval(8, 10)
+  # p=0.8, n=10, z=1.96: centre=(0.8+0.19208)/1.38416=0.71674, half=0.22646...
+  assert lo == pytest.approx(0.4902, abs=1e-3) and hi == pytest.approx(0.9433, abs=1e-3)
+  assert evaluate.majority_vote(["12", "12.0", "$13", None, "13"]) == "12"
+  assert evaluate.majority_vote([None, None]) is None
+
+
+def test_route_prompt_shares_context_and_labels():
+  from realm_jax import corpus, domains
+  from realm_jax.teachers import domain_teacher
+  d = domains.get_domain("tariff")
+  ex = domain_teacher(d, d.generate(0, 1, 0), np.random.default_rng(0), 3)[0]
+  cfg = configs.load_experiment("demo").rl.mrpv
+  prompt, labels, texts = corpus.route_prompt(ex, np.random.default_rng(1), cfg, 2)
+  assert len(labels) == 2 and all(t in prompt for t in texts)
+  assert "Route A" in prompt and "Route B" in prompt
+  pos = [r.text for r in ex.routes if r.positive]
+  assert sum(t in pos for t in texts) == sum(labels)
+  comp = corpus.format_completion("x", "5", [True, False])
+  assert comp == "<verify>A: correct; B: wrong</verify><think>x</think><answer>5</answer>"
