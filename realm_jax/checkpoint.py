@@ -25,6 +25,7 @@ Conventions
 from __future__ import annotations
 
 import dataclasses
+import os
 import json
 import logging
 import warnings
@@ -99,7 +100,9 @@ class Checkpointer:
       raise ValueError(f"Checkpointer keep_last={keep_last}; keep at least 1 (None keeps all)")
     if best_metric is not None and keep_best < 1:
       raise ValueError(f"Checkpointer keep_best={keep_best}; must be >= 1 with best_metric")
-    self.directory = epath.Path(directory)
+    # orbax needs absolute paths; remote ones (gs://...) already are.
+    directory = str(directory)
+    self.directory = epath.Path(directory if "://" in directory else os.path.abspath(directory))
     self.best_metric = best_metric
     policies: list[ocm.PreservationPolicy] = [ocm.LatestN(n=keep_last)]
     best_fn = None

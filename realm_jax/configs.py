@@ -175,7 +175,7 @@ class ExperimentConfig:
   rl: RLConfig = RLConfig()
   eval: EvalConfig = EvalConfig()
   init_from: str | None = None  # another run's workdir: start from its final params
-  mesh: tuple[int, int, int] = (1, 1, 1)  # (data, fsdp, tensor); -1 = all remaining
+  mesh: tuple[int, int, int] = (-1, 1, 1)  # (data, fsdp, tensor); -1 = all remaining devices
   checkpoint_every: int = 50
   keep_checkpoints: int = 2
   log_every: int = 1

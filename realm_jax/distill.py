@@ -22,7 +22,7 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
-from realm_jax import checkpoint, data, metrics as metrics_lib, preemption, train_step
+from realm_jax import checkpoint, data, metrics as metrics_lib, preemption, sharding, train_step
 from realm_jax.answers import is_equivalent, extract_answer
 from realm_jax.configs import SFTConfig
 from realm_jax.records import Example
@@ -53,9 +53,9 @@ class SFTContext:
   writer: metrics_lib.MetricsWriter
   buckets: tuple[int, ...]
   seed: int
-  state_shardings: Any = None
-  put_batch: Any = None  # host batch -> device arrays (sharded); identity when None
+  mesh: Any = None
   checkpoint_every: int = 100
+  chat: bool = False  # wrap prompts in the tokenizer's chat template, as RL and eval do
 
 
 def run_sft(phase: str, ctx: SFTContext, params: Any, pairs: Sequence[tuple[str, str]],
@@ -63,20 +63,26 @@ def run_sft(phase: str, ctx: SFTContext, params: Any, pairs: Sequence[tuple[str,
   """Trains `params` on (prompt, completion) pairs for cfg.steps; returns new params."""
   optimizer = train_step.make_optimizer(cfg.lr, cfg.warmup, cfg.steps, cfg.weight_decay,
                                         cfg.grad_clip)
-  state = train_step.init_state(params, optimizer)
+  state, shardings = train_step.shard_state(train_step.init_state(params, optimizer), optimizer,
+                                           ctx.model_cfg, ctx.mesh)
+  if ctx.chat:
+    pairs = [(ctx.tokenizer.apply_chat_template([{"role": "user", "content": p}]), c)
+             for p, c in pairs]
   batches = data.sft_batches(list(pairs), ctx.tokenizer, cfg.batch_size, ctx.buckets, ctx.seed)
   ckpt = checkpoint.Checkpointer(os.path.join(ctx.workdir, "ckpt", phase), keep_last=1)
   start = 0
   latest = ckpt.latest_step()
   if latest is not None:
-    state, extra = ckpt.restore(abstract_state=jax.eval_shape(lambda: state))
+    state, extra = ckpt.restore(abstract_state=train_step.abstract_state(state, shardings))
     data.restore(batches, extra["data"])
     start = int(state.step)
   if start >= cfg.steps:
     ckpt.close()
     return state.params
-  step_fn = train_step.make_sft_step(ctx.model_cfg, optimizer, cfg.kd_alpha, cfg.kd_temperature)
-  put = ctx.put_batch or (lambda b: b)
+  step_fn = train_step.make_sft_step(ctx.model_cfg, optimizer, cfg.kd_alpha, cfg.kd_temperature,
+                                     shardings)
+  # This process's rows of the global batch -> one global array per field.
+  put = lambda b: {k: sharding.host_array_to_global(v, shardings.batch) for k, v in b.items()}
   bar = metrics_lib.progress(cfg.steps, start, phase)
   pending = None
   t0 = time.perf_counter()

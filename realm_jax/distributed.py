@@ -108,3 +108,10 @@ def maybe_initialize(coordinator_address: str | None = None, num_processes: int 
 def is_main_process() -> bool:
   """True on process 0, the one that writes logs, metrics and plots."""
   return jax.process_index() == 0
+
+
+def barrier(name: str) -> None:
+  """Waits until every process reaches this point (a no-op in a single process)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)

@@ -140,9 +140,16 @@ def markdown_table(results: dict[str, dict[str, dict[str, float]]], k: int) -> s
 def run(workdir: str, overrides: list[str] | None = None) -> dict:
   """Evaluates the run's starting point and final params; writes eval.json/eval.md/plots."""
   from realm_jax import plots, train
+  from realm_jax import sharding
   run_info = train.load_run_info(workdir)
   cfg = train.load_config(workdir, overrides)
-  ctx = train.prepare(cfg, workdir)
+  mesh = train.make_mesh(cfg.mesh)
+  with sharding.use_mesh(mesh):
+    return _run(workdir, run_info, cfg, train.prepare(cfg, workdir, mesh))
+
+
+def _run(workdir: str, run_info: dict, cfg, ctx) -> dict:
+  from realm_jax import plots, train
   results: dict[str, dict[str, dict[str, float]]] = {}
   for stage, params in train.stage_params(ctx, workdir).items():
     results[stage] = {}

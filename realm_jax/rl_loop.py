@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from realm_jax import advantages, corpus, data, eaai, losses, metrics as metrics_lib
-from realm_jax import mrpv, rewards, sampling, train_step
+from realm_jax import mrpv, rewards, sampling, sharding, train_step
 from realm_jax.configs import RLConfig
 from realm_jax.records import Example
 
@@ -38,7 +38,6 @@ class RLContext:
   route_buckets: tuple[int, ...]
   seed: int
   chat: bool = False
-  put_batch: Callable = lambda b: b
 
 
 def encode_prompts(tok, prompts: list[str], buckets, chat: bool) -> tuple[np.ndarray, np.ndarray, int]:
@@ -54,9 +53,24 @@ def encode_prompts(tok, prompts: list[str], buckets, chat: bool) -> tuple[np.nda
   return tokens, mask, too_long
 
 
-def completion_texts(tok, rollout: sampling.Rollout) -> list[str]:
-  toks = np.asarray(rollout.tokens)
-  cm = np.asarray(rollout.completion_mask).astype(bool)
+@dataclasses.dataclass
+class HostRollout:
+  """The host-side numbers of a rollout (all-gathered across processes)."""
+  tokens: np.ndarray
+  mask: np.ndarray
+  completion_mask: np.ndarray
+  lengths: np.ndarray
+  truncated: np.ndarray
+
+  @classmethod
+  def of(cls, rollout: sampling.Rollout) -> "HostRollout":
+    return cls(**{f.name: sharding.to_host(getattr(rollout, f.name))
+                  for f in dataclasses.fields(cls)})
+
+
+def completion_texts(tok, rollout: HostRollout | sampling.Rollout) -> list[str]:
+  toks = sharding.to_host(rollout.tokens)
+  cm = sharding.to_host(rollout.completion_mask).astype(bool)
   stops = set(tok.stop_ids)
   return [tok.decode([t for t in row[m] if t not in stops]) for row, m in zip(toks, cm)]
 
@@ -85,7 +99,8 @@ def _route_batch(tok, examples, shown_texts, K: int, buckets) -> dict[str, np.nd
 class RLLoop:
   """Holds the compiled phase functions; `step(...)` runs one RL step."""
 
-  def __init__(self, ctx: RLContext, cfg: RLConfig, eaai_cfg: eaai.EAAIConfig, optimizer):
+  def __init__(self, ctx: RLContext, cfg: RLConfig, eaai_cfg: eaai.EAAIConfig, optimizer,
+               shardings: train_step.StepShardings | None = None):
     self.ctx, self.cfg, self.eaai_cfg = ctx, cfg, eaai_cfg
     stop_ids = tuple(ctx.tokenizer.stop_ids)
     self.scfg = sampling.SamplingConfig(max_new_tokens=cfg.max_new_tokens,
@@ -100,7 +115,9 @@ class RLLoop:
       loss_cfg = dataclasses.replace(loss_cfg, max_len=cfg.max_new_tokens)
     self.loss_cfg = loss_cfg
     self.update = train_step.make_rl_step(ctx.model_cfg, optimizer, loss_cfg,
-                                          cfg.mrpv.contrast_coef, cfg.mrpv.contrast_beta)
+                                          cfg.mrpv.contrast_coef, cfg.mrpv.contrast_beta, shardings)
+    self.put = ((lambda b: {k: sharding.put(v, shardings.batch) for k, v in b.items()})
+                if shardings is not None else (lambda b: b))
     self.K = cfg.mrpv.num_routes
 
   def routes_for(self, clock: int, rng: np.random.Generator, B: int) -> tuple[np.ndarray, int, float]:
@@ -130,7 +147,8 @@ class RLLoop:
 
     key = jax.random.fold_in(jax.random.key(ctx.seed), step)
     rollout = self.generate(state.params, jnp.asarray(p_tokens), jnp.asarray(p_mask), key)
-    texts = completion_texts(tok, rollout)
+    host = HostRollout.of(rollout)
+    texts = completion_texts(tok, host)
     t_rollout = time.perf_counter()
 
     golds = [ex.answer for ex in examples for _ in range(G)]
@@ -146,18 +164,20 @@ class RLLoop:
     t_reward = time.perf_counter()
 
     tokens, mask = rollout.tokens, rollout.mask
-    old_logp = self.logprob_fn(state.params, tokens, mask)
     ref_logp = self.logprob_fn(ref_params, tokens, mask)
-    cmask = np.asarray(rollout.completion_mask).astype(np.int32)
+    sampler_logp = rollout.model_logprobs[:, 1:]
+    several = cfg.num_inner_updates * cfg.num_minibatches > 1
+    old_logp = self.logprob_fn(state.params, tokens, mask) if several else None
+    cmask = host.completion_mask.astype(np.int32)
     if self.loss_cfg.kl_in_reward and self.loss_cfg.kl_coef:
       reward_N = reward_N - np.asarray(losses.kl_reward_penalty(
-          old_logp, ref_logp, jnp.asarray(cmask[:, 1:]), self.loss_cfg))
+          sampler_logp, ref_logp, jnp.asarray(cmask[:, 1:]), self.loss_cfg))
     adv_N, adv_metrics = advantages.group_advantages(jnp.asarray(reward_N), G, cfg.normalize_std)
     keep = np.ones(B * G, bool)
     if cfg.filter_zero_variance:
       keep &= ~np.asarray(advantages.zero_variance_mask(jnp.asarray(reward_N), G))
     if cfg.mask_truncated:
-      keep &= ~np.asarray(rollout.truncated)
+      keep &= ~host.truncated
     cmask = cmask * keep[:, None]
 
     route = _route_batch(tok, examples, shown, K, ctx.route_buckets) if show.any() else None
@@ -172,7 +192,9 @@ class RLLoop:
     t_ref = time.perf_counter()
 
     full = {"tokens": tokens, "mask": mask, "completion_mask": jnp.asarray(cmask),
-            "old_logp": old_logp, "ref_logp": ref_logp, "adv": adv_N}
+            "ref_logp": ref_logp, "adv": adv_N, "sampler_logp": sampler_logp}
+    if several:
+      full["old_logp"] = old_logp
     if cfg.mrpv.contrast_coef > 0:
       if route is None:  # keep shapes static: an all-invalid route batch
         route = _route_batch(tok, examples, [[] for _ in examples], K, ctx.route_buckets)
@@ -187,23 +209,24 @@ class RLLoop:
       for j in range(n_mb):
         groups = order[j * (B // n_mb):(j + 1) * (B // n_mb)]
         rows = (groups[:, None] * G + np.arange(G)).reshape(-1)
-        mb = {k: (v[rows] if v.shape[0] == B * G else v) for k, v in full.items()
-              if not k.startswith("route")}
+        if n_mb == 1 and epoch == 0:  # the whole batch in order: no gather
+          mb = {k: v for k, v in full.items() if not k.startswith("route")}
+        else:
+          mb = {k: (v[rows] if v.shape[0] == B * G else v) for k, v in full.items()
+                if not k.startswith("route")}
         if cfg.mrpv.contrast_coef > 0:
           rrows = (groups[:, None] * K + np.arange(K)).reshape(-1)
           for k in ("route_tokens", "route_mask", "route_loss_mask"):
             mb[k] = full[k][rrows]
           for k in ("route_ref_logp", "route_labels", "route_valid"):
             mb[k] = full[k][groups]
-        state, m = self.update(state, ctx.put_batch(mb))
+        state, m = self.update(state, self.put(mb))
         update_metrics.append(m)
     m_host = metrics_lib.to_host(jax.tree.map(lambda *x: jnp.mean(jnp.stack(x)), *update_metrics))
     t_update = time.perf_counter()
 
-    lengths = np.asarray(rollout.lengths)
-    sampler_lp = np.asarray(rollout.model_logprobs)[:, 1:]
-    cm = np.asarray(rollout.completion_mask)[:, 1:].astype(bool)
-    gap = float(np.abs(np.asarray(old_logp) - sampler_lp)[cm].mean()) if cm.any() else 0.0
+    lengths = host.lengths
+    cm = host.completion_mask[:, 1:].astype(bool)
     acc_N = r_NR[:, names.index("answer")]
     routes_N = rep(show)
     gen_tokens = int(cm.sum())
@@ -213,10 +236,10 @@ class RLLoop:
         "accuracy_routes": float(acc_N[routes_N].mean()) if routes_N.any() else float("nan"),
         "p_routes": float(show.mean()), "num_routes": k_show, "prefix_fraction": frac,
         "eaai_clock": clock, "completion_len_mean": float(lengths.mean()),
-        "completion_len_max": float(lengths.max()), "truncated": float(np.mean(rollout.truncated)),
-        "sampler_trainer_logp_gap": gap, "prompts_too_long": too_long,
+        "completion_len_max": float(lengths.max()), "truncated": float(np.mean(host.truncated)),
+        "prompts_too_long": too_long,
         "rollout_tokens_per_s": gen_tokens / max(t_rollout - t0, 1e-9),
-        "update_tokens_per_s": float(np.asarray(mask).sum()) * cfg.num_inner_updates
+        "update_tokens_per_s": float(host.mask.sum()) * cfg.num_inner_updates
         / max(t_update - t_ref, 1e-9),
         "time_rollout": t_rollout - t0, "time_reward": t_reward - t_rollout,
         "time_reference": t_ref - t_reward, "time_update": t_update - t_ref,

@@ -297,3 +297,28 @@ def host_array_to_global(x: np.ndarray, sharding: NamedSharding) -> jax.Array:
   if jax.process_count() == 1:
     return jax.device_put(x, sharding)
   return jax.make_array_from_process_local_data(sharding, x)
+
+
+def put(x: Any, sharding: NamedSharding) -> jax.Array:
+  """Place `x` with `sharding`: host values must be identical on every process.
+
+  A jax.Array is resharded (`device_put`); a host array becomes a global
+  array whose addressable shards each process fills from its own copy.
+  """
+  if isinstance(x, jax.Array):
+    return jax.device_put(x, sharding)
+  x = np.asarray(x)
+  return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
+
+
+def to_host(x: Any) -> np.ndarray:
+  """A global array's full value on this host (all-gathered across processes if needed)."""
+  if not isinstance(x, jax.Array) or x.is_fully_addressable or x.is_fully_replicated:
+    return np.asarray(x)
+  from jax.experimental import multihost_utils
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def leading_axis_sharding(mesh: Mesh, rules: Rules = RULES) -> NamedSharding:
+  """Shards only the leading (batch) axis of arrays of any rank, for batch dicts."""
+  return logical_sharding(mesh, P("batch"), rules)

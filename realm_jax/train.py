@@ -29,7 +29,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from realm_jax import checkpoint, configs, corpus, data, distill, metrics as metrics_lib, model
+from realm_jax import checkpoint, configs, corpus, data, distill, distributed, metrics as metrics_lib
+from realm_jax import model, sharding
 from realm_jax import preemption, rl_loop, tokenizer as tokenizer_lib, train_step
 
 PHASES = ("base", "sft", "rft", "rl")
@@ -43,6 +44,7 @@ class Context:
   data: corpus.RunData
   chat: bool
   pretrained_params: Any = None
+  mesh: Any = None
 
 
 def load_run_info(workdir: str) -> dict:
@@ -98,11 +100,13 @@ def _tokenizer(cfg: configs.ExperimentConfig, workdir: str, run_data: corpus.Run
   if cfg.init_from:
     return tokenizer_lib.load_tokenizer(os.path.join(cfg.init_from, "tokenizer.model"))
   path = os.path.join(workdir, "tokenizer.model")
-  if not os.path.exists(path):
+  if not os.path.exists(path) and jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
     texts = list(corpus.tokenizer_corpus(run_data.train, cfg.rl.mrpv))
-    tokenizer_lib.train_sentencepiece(texts, spec.tokenizer_vocab, out_path=path,
+    tokenizer_lib.train_sentencepiece(texts, spec.tokenizer_vocab, out_path=path + ".tmp",
                                       model_type="bpe", hard_vocab_limit=False)
+    os.replace(path + ".tmp", path)  # atomic: a crash never leaves half a tokenizer
+  distributed.barrier("tokenizer")
   return tokenizer_lib.load_tokenizer(path)
 
 
@@ -113,7 +117,7 @@ def _pretrained_path(name: str) -> str:
   return name
 
 
-def prepare(cfg: configs.ExperimentConfig, workdir: str) -> Context:
+def prepare(cfg: configs.ExperimentConfig, workdir: str, mesh=None) -> Context:
   run_data = corpus.build_run_data(cfg.data)
   tok = _tokenizer(cfg, workdir, run_data)
   spec = cfg.model
@@ -128,7 +132,8 @@ def prepare(cfg: configs.ExperimentConfig, workdir: str) -> Context:
   if pretrained_params is not None:
     pretrained_params = model.cast_params(pretrained_params, spec.param_dtype)
   return Context(cfg=cfg, model_cfg=model_cfg, tokenizer=tok, data=run_data,
-                 chat=bool(spec.pretrained), pretrained_params=pretrained_params)
+                 chat=bool(spec.pretrained), pretrained_params=pretrained_params,
+                 mesh=mesh if mesh is not None else make_mesh(cfg.mesh))
 
 
 def initial_params(ctx: Context, workdir: str) -> tuple[Any, str]:
@@ -163,6 +168,14 @@ def stage_params(ctx: Context, workdir: str) -> dict[str, Any]:
 # The run.
 
 
+def make_mesh(sizes: tuple[int, int, int]):
+  """The run's (data, fsdp, tensor) mesh; fixed sizes using fewer devices than
+  present take the first ones (e.g. (1, 1, 1) on a multi-device host)."""
+  cfg = sharding.MeshConfig(*sizes)
+  n = jax.device_count() if -1 in cfg.sizes else int(np.prod(cfg.sizes))
+  return sharding.make_mesh(cfg, jax.devices()[:n])
+
+
 def _write_run_info(workdir: str, experiment: str, overrides: list[str]) -> None:
   path = os.path.join(workdir, "run.json")
   info = {"experiment": experiment, "overrides": list(overrides)}
@@ -179,12 +192,18 @@ def _write_run_info(workdir: str, experiment: str, overrides: list[str]) -> None
 
 
 def run(experiment: str, workdir: str, overrides: list[str] | None = None) -> Any:
-  from realm_jax import distributed
+  """Runs (or resumes) every enabled stage of `experiment` in `workdir`."""
   distributed.maybe_initialize()
   overrides = list(overrides or [])
   cfg = configs.load_experiment(experiment, overrides)
   _write_run_info(workdir, experiment, overrides)
-  ctx = prepare(cfg, workdir)
+  mesh = make_mesh(cfg.mesh)
+  with sharding.use_mesh(mesh):
+    return _run(cfg, experiment, workdir, prepare(cfg, workdir, mesh))
+
+
+def _run(cfg: configs.ExperimentConfig, experiment: str, workdir: str, ctx: Context) -> Any:
+  sharding.check_divisibility(ctx.model_cfg, ctx.mesh, cfg.rl.batch_prompts)
   writer = metrics_lib.MetricsWriter(workdir)
   params, source = initial_params(ctx, workdir)
   ref_source = source
@@ -193,8 +212,8 @@ def run(experiment: str, workdir: str, overrides: list[str] | None = None) -> An
   preemption.install()
   sft_ctx = distill.SFTContext(model_cfg=ctx.model_cfg, tokenizer=ctx.tokenizer, workdir=workdir,
                                writer=writer, buckets=cfg.data.sft_buckets, seed=cfg.seed,
-                               checkpoint_every=cfg.checkpoint_every)
-  rng = np.random.default_rng(cfg.seed)
+                               checkpoint_every=cfg.checkpoint_every, mesh=ctx.mesh,
+                               chat=ctx.chat)
   K = cfg.rl.mrpv.num_routes
   for phase, scfg in (("base", cfg.base), ("sft", cfg.sft)):
     if not scfg.steps or (phase == "base" and cfg.init_from):  # init_from replaces the warm-up
@@ -204,6 +223,8 @@ def run(experiment: str, workdir: str, overrides: list[str] | None = None) -> An
       ref_source = f"{workdir}:{phase}"
       continue
     teacher, dropped = distill.verified_teacher_examples(ctx.data.train[:scfg.num_items])
+    # One generator per phase: a resumed run that skips a finished phase draws the same pairs.
+    rng = np.random.default_rng([cfg.seed, PHASES.index(phase)])
     pairs = corpus.sft_pairs(teacher, rng, cfg.rl.mrpv, scfg.route_share, K)
     writer.write(phase, 0, {"teacher_examples": len(teacher), "teacher_dropped": dropped})
     params = distill.run_sft(phase, sft_ctx, params, pairs, scfg)
@@ -234,24 +255,28 @@ def run_rl(ctx: Context, workdir: str, writer: metrics_lib.MetricsWriter, params
   cfg = ctx.cfg
   # A copy: the train state's buffers are donated every step, the reference must survive.
   ref_params = jax.tree.map(lambda x: x.copy(), params)
+  ref_params = jax.tree.map(sharding.put, ref_params, sharding.param_shardings(ctx.model_cfg, ctx.mesh))
   eaai_cfg = cfg.eaai_config()
   optimizer = train_step.make_optimizer(cfg.rl.lr, cfg.rl.warmup, cfg.rl.steps * cfg.rl.num_inner_updates
                                         * cfg.rl.num_minibatches, cfg.rl.weight_decay, cfg.rl.grad_clip)
-  state = train_step.init_state(params, optimizer)
-  batches = data.rl_batches(ctx.data.train, cfg.rl.batch_prompts, cfg.seed)
+  state, shardings = train_step.shard_state(train_step.init_state(params, optimizer), optimizer,
+                                           ctx.model_cfg, ctx.mesh)
+  # Every process draws the same global batch of prompts (text is tiny); the
+  # device work (rollouts, updates) is what is sharded over the mesh.
+  batches = data.rl_batches(ctx.data.train, cfg.rl.batch_prompts, cfg.seed, process_index=0,
+                            process_count=1)
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "ckpt", "rl"), keep_last=cfg.keep_checkpoints,
                                  best_metric="accuracy")
   start, clock, acc_ema = 0, 0, None
   latest = ckpt.latest_step()
   if latest is not None:
-    abstract = jax.eval_shape(lambda: state)
-    state, extra = ckpt.restore(abstract_state=abstract)
+    state, extra = ckpt.restore(abstract_state=train_step.abstract_state(state, shardings))
     data.restore(batches, extra["data"])
     start, clock, acc_ema = int(extra["step"]), int(extra["eaai_clock"]), extra.get("acc_ema")
   rl_ctx = rl_loop.RLContext(model_cfg=ctx.model_cfg, tokenizer=ctx.tokenizer,
                              prompt_buckets=cfg.data.prompt_buckets, route_buckets=cfg.data.sft_buckets,
                              seed=cfg.seed, chat=ctx.chat)
-  loop = rl_loop.RLLoop(rl_ctx, cfg.rl, eaai_cfg, optimizer)
+  loop = rl_loop.RLLoop(rl_ctx, cfg.rl, eaai_cfg, optimizer, shardings)
   bar = metrics_lib.progress(cfg.rl.steps, start, "rl")
   from realm_jax import eaai
   for step in range(start, cfg.rl.steps):

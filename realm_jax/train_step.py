@@ -14,6 +14,7 @@ mask over tokens becomes `mask[:, 1:]` over log-probs.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable
 
 import flax.struct
@@ -21,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from realm_jax import losses, model, mrpv
+from realm_jax import losses, model, mrpv, sharding
 
 
 @flax.struct.dataclass
@@ -29,6 +30,14 @@ class TrainState:
   step: jax.Array
   params: Any
   opt_state: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class StepShardings:
+  """Explicit shardings of a train step: the state tree, the batch (leading axis), metrics."""
+  state: Any
+  batch: Any
+  replicated: Any
 
 
 def make_optimizer(lr: float, warmup: int, total_steps: int, weight_decay: float,
@@ -43,6 +52,25 @@ def make_optimizer(lr: float, warmup: int, total_steps: int, weight_decay: float
 
 def init_state(params: Any, optimizer: optax.GradientTransformation) -> TrainState:
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params))
+
+
+def shard_state(state: TrainState, optimizer, model_cfg: model.ModelConfig, mesh
+                ) -> tuple[TrainState, StepShardings]:
+  """Places a train state on the mesh (params by their logical axes, optimizer
+  moments like their params, counters replicated) and returns the step shardings."""
+  param_sh = sharding.param_shardings(model_cfg, mesh)
+  abstract = jax.eval_shape(lambda: state.params)
+  state_sh = TrainState(step=sharding.replicated(mesh), params=param_sh,
+                        opt_state=sharding.opt_state_shardings(optimizer, abstract, param_sh))
+  state = jax.tree.map(sharding.put, state, state_sh)
+  return state, StepShardings(state=state_sh, batch=sharding.leading_axis_sharding(mesh),
+                              replicated=sharding.replicated(mesh))
+
+
+def abstract_state(state: TrainState, shardings: StepShardings) -> TrainState:
+  """Restore target: shapes, dtypes and this run's shardings (any mesh wrote it)."""
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                      state, shardings.state)
 
 
 def token_logprobs(params, cfg: model.ModelConfig, tokens_BT, mask_BT):
@@ -64,7 +92,7 @@ def make_logprob_fn(cfg: model.ModelConfig) -> Callable:
 
 
 def make_sft_step(cfg: model.ModelConfig, optimizer, kd_alpha: float = 0.0,
-                  kd_temperature: float = 1.0) -> Callable:
+                  kd_temperature: float = 1.0, shardings: StepShardings | None = None) -> Callable:
   """batch: tokens, mask, loss_mask [B, T] (+ teacher_logits [B, T-1, V] when kd_alpha > 0).
 
   loss = (1 - a) * CE(completion tokens) + a * KL_T(teacher || student).
@@ -85,7 +113,7 @@ def make_sft_step(cfg: model.ModelConfig, optimizer, kd_alpha: float = 0.0,
     (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch)
     return _finish(state, optimizer, grads, metrics)
 
-  return jax.jit(step, donate_argnums=0)
+  return _jit_step(step, shardings)
 
 
 def route_loglik(params, cfg: model.ModelConfig, tokens_RT, mask_RT, loss_mask_RT):
@@ -98,8 +126,9 @@ def rl_loss(params, batch, cfg: model.ModelConfig, loss_cfg: losses.LossConfig,
             contrast_coef: float, contrast_beta: float):
   """PPO-clip/GRPO loss on completions, plus the MRPV route-contrast term.
 
-  batch: tokens, mask, completion_mask [N, T]; old_logp, ref_logp [N, T-1];
-  adv [N]; with contrast_coef > 0 also route_tokens/route_mask/route_loss_mask
+  batch: tokens, mask, completion_mask [N, T]; ref_logp [N, T-1]; adv [N];
+  old_logp [N, T-1] when the rollout feeds several updates (else the current
+  log-probs, stop-gradient, are the old ones); optional sampler_logp [N, T-1]; with contrast_coef > 0 also route_tokens/route_mask/route_loss_mask
   [B*K, Tr], route_ref_logp, route_labels, route_valid [B, K].
   """
   logits_NTV, _ = model.apply(params, cfg, batch["tokens"], batch["mask"])
@@ -107,8 +136,14 @@ def rl_loss(params, batch, cfg: model.ModelConfig, loss_cfg: losses.LossConfig,
   logp = losses.token_logprobs(logits_NTV, batch["tokens"][:, 1:])
   cmask = batch["completion_mask"][:, 1:]
   entropy = losses.token_entropy(logits_NTV)
-  loss, metrics = losses.ppo_loss(logp, batch["old_logp"], batch["adv"], cmask, loss_cfg,
+  # One update per rollout: the old policy *is* this policy, so no separate forward pass.
+  old_logp = batch["old_logp"] if "old_logp" in batch else jax.lax.stop_gradient(logp)
+  loss, metrics = losses.ppo_loss(logp, old_logp, batch["adv"], cmask, loss_cfg,
                                   ref_logp_BT=batch["ref_logp"], entropy_BT=entropy)
+  if "sampler_logp" in batch:  # how far the sampler's numbers are from the trainer's
+    gap = jnp.abs(jax.lax.stop_gradient(logp) - batch["sampler_logp"])
+    metrics = dict(metrics, sampler_trainer_logp_gap=jnp.sum(jnp.where(cmask > 0, gap, 0.0))
+                   / jnp.maximum(jnp.sum(cmask), 1))
   if "entropy" not in metrics:
     ent = jnp.sum(jnp.where(cmask > 0, jax.lax.stop_gradient(entropy), 0.0))
     metrics = dict(metrics, entropy=ent / jnp.maximum(jnp.sum(cmask), 1))
@@ -125,11 +160,20 @@ def rl_loss(params, batch, cfg: model.ModelConfig, loss_cfg: losses.LossConfig,
 
 
 def make_rl_step(cfg: model.ModelConfig, optimizer, loss_cfg: losses.LossConfig,
-                 contrast_coef: float = 0.0, contrast_beta: float = 0.1) -> Callable:
+                 contrast_coef: float = 0.0, contrast_beta: float = 0.1,
+                 shardings: StepShardings | None = None) -> Callable:
 
   def step(state: TrainState, batch):
     grad_fn = jax.value_and_grad(rl_loss, has_aux=True)
     (_, metrics), grads = grad_fn(state.params, batch, cfg, loss_cfg, contrast_coef, contrast_beta)
     return _finish(state, optimizer, grads, metrics)
 
-  return jax.jit(step, donate_argnums=0)
+  return _jit_step(step, shardings)
+
+
+def _jit_step(step: Callable, shardings: StepShardings | None) -> Callable:
+  """jit with the state donated and, on a mesh, explicit in/out shardings."""
+  if shardings is None:
+    return jax.jit(step, donate_argnums=0)
+  return jax.jit(step, donate_argnums=0, in_shardings=(shardings.state, shardings.batch),
+                 out_shardings=(shardings.state, shardings.replicated))

@@ -16,7 +16,7 @@ MICRO = [
     "data.num_train=48", "data.num_eval=8", "base.steps=2", "base.batch_size=4",
     "rl.batch_prompts=2", "rl.group_size=2", "rl.max_new_tokens=12", "eval.num_questions=4",
     "eval.k=2", "eval.max_new_tokens=12", "eval.batch_size=4", "rft.questions=4",
-    "rft.steps_per_round=2", "rft.batch_size=2", "checkpoint_every=1",
+    "rft.steps_per_round=2", "rft.batch_size=2", "checkpoint_every=1", "mesh=1,1,1",
 ]
 
 

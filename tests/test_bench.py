@@ -1,0 +1,76 @@
+"""Benchmark harness: FLOP formulas against a hand count, and a tiny end-to-end run."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from realm_jax import bench
+from realm_jax import model as model_lib
+
+TINY = model_lib.ModelConfig(vocab_size=10, num_layers=2, d_model=4, num_heads=2, num_kv_heads=1,
+                             head_dim=2, mlp_dim=6)
+
+
+def test_matmul_params_hand_count():
+  # per layer: q 4*2*2=16, k 4*1*2=8, v 8, o 2*2*4=16, gate/up/down 3*4*6=72 -> 120
+  # 2 layers -> 240, lm_head 4*10=40 -> 280
+  assert bench.matmul_params(TINY) == 280
+  # Independently: every kernel in the params tree (the embedding is a lookup, not a matmul).
+  params = jax.jit(model_lib.init_params, static_argnums=0)(TINY, jax.random.key(0))
+  kernels = [x for path, x in jax.tree_util.tree_leaves_with_path(params)
+             if "kernel" in jax.tree_util.keystr(path)]
+  assert sum(int(np.prod(k.shape)) for k in kernels) == 280
+
+
+def test_flop_formulas_hand_count():
+  # attention: 4 * N * H * L = 4 * 2 * 2 * 2 = 32 FLOPs per (query, key) pair
+  assert bench.attention_flops(TINY, 1) == 32
+  assert bench.causal_pairs(0, 3) == 1 + 2 + 3
+  assert bench.causal_pairs(3, 5) == 4 + 5
+  f = bench.sampling_flops(TINY, B=2, T=3, M=3)
+  # prefill per row: 2*(280-40)*3 + 2*40 (last slot's logits) + 32*6 = 1440 + 80 + 192
+  assert f["prefill"] == 2 * 1712
+  # decode per row: M-1 = 2 tokens fed: 2*280*2 + 32*(4+5) = 1120 + 288
+  assert f["decode"] == 2 * 1408
+  assert f["total"] == f["prefill"] + f["decode"]
+  # training per row: 6*280*3 + 3*32*6 = 5040 + 576
+  assert bench.train_flops(TINY, B=2, T=3) == 2 * 5616
+
+
+def test_run_bench_tiny(capsys, monkeypatch):
+  shape = bench.BenchShape(sample_batch=2, prompt_len=4, new_tokens=3, train_batch=2,
+                           train_len=8, matmul_sizes=(32, 64))
+  r = bench.run_bench(1, model_cfg=TINY, shape=shape,
+                      extra_benchmarks={"dummy": lambda repeats: {"repeats": repeats, "s": 0.5}})
+  json.loads(json.dumps(r))  # JSON-able
+  assert set(r) >= {"machine", "model", "matmul", "sampling", "train", "extra", "repeats"}
+  assert r["matmul"]["peak_gflops"] == max(r["matmul"][n]["gflops"] for n in ("32", "64")) > 0
+  s, t = r["sampling"], r["train"]
+  for k in ("median_s", "tokens_per_s", "gflops", "frac_of_peak", "prefill_median_s", "first_call_s"):
+    assert s[k] > 0, k
+  for k in ("median_s", "tokens_per_s", "gflops", "frac_of_peak", "first_call_s"):
+    assert t[k] > 0, k
+  assert s["generated_tokens"] == 2 * 3 and t["tokens"] == 2 * 8
+  assert s["tokens_per_s"] == pytest.approx(6 / s["median_s"])
+  assert s["flops"] == bench.sampling_flops(TINY, 2, 4, 3)
+  assert s["frac_of_peak"] == pytest.approx(s["flops"]["total"] / s["median_s"] / 1e9
+                                            / r["matmul"]["peak_gflops"])
+  assert t["flops"] == bench.train_flops(TINY, 2, 8)
+  assert r["extra"] == {"dummy": {"repeats": 1, "s": 0.5}}
+  report = bench.format_report(r)
+  assert "gen tok/s" in report and "dummy" in report
+
+  # The CLI entry point prints the same dict as JSON.
+  monkeypatch.setattr(bench, "run_bench", lambda repeats, **kw: {**r, "repeats": repeats})
+  capsys.readouterr()
+  bench.main(["--json", "--repeats", "2"])
+  assert json.loads(capsys.readouterr().out)["repeats"] == 2
+
+
+def test_bench_shape_validation():
+  with pytest.raises(ValueError, match="new_tokens"):
+    bench.BenchShape(new_tokens=1)
+  with pytest.raises(ValueError, match="train_len"):
+    bench.BenchShape(train_len=0)

@@ -1,0 +1,346 @@
+"""Fault tolerance of `realm-jax train`: kill -9, SIGTERM, a truncated checkpoint, NaN, a raising reward.
+
+Every run is a subprocess of the CLI on a micro model (one CPU device, one
+bucket per length so each function compiles once), sharing a persistent
+compilation cache so that only the first run of each shape pays for XLA.
+
+Resume is checked against an uninterrupted run of the same command: on CPU
+the per-step metrics of the resumed run must equal the reference's bitwise
+(every metric except wall-clock ones: `time_*`, `*_per_s`). A checkpoint holds
+everything a step depends on (train state, data-iterator position, EAAI clock,
+accuracy EMA); per-step randomness is keyed by (seed, step).
+"""
+
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from realm_jax import checkpoint, metrics
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# tests/test_train.py's micro model and stages, with a single length bucket each.
+MICRO = [
+    "model.tiny.num_layers=1", "model.tiny.d_model=32", "model.tiny.num_heads=2",
+    "model.tiny.num_kv_heads=1", "model.tiny.head_dim=16", "model.tiny.mlp_dim=64",
+    "data.num_train=48", "data.num_eval=8", "base.steps=2", "base.batch_size=4",
+    "rl.batch_prompts=2", "rl.group_size=2", "rl.max_new_tokens=12",
+    "data.prompt_buckets=320", "data.sft_buckets=384",
+]
+RL_STEPS = 10
+SFT_STEPS = 6
+TIMEOUT = 600  # seconds a subprocess may take: the CI machine is small and shared
+# A preempted run gets ~30 s between SIGTERM and SIGKILL on a TPU VM; the step
+# in flight plus one checkpoint must fit in it.
+PREEMPT_GRACE = 30
+
+
+def _env(cache: str) -> dict:
+  env = dict(os.environ)
+  flags = [f for f in env.get("XLA_FLAGS", "").split()
+           if not f.startswith("--xla_force_host_platform_device_count")]
+  env.update(JAX_PLATFORMS="cpu", XLA_FLAGS=" ".join(flags), PYTHONUNBUFFERED="1",
+             JAX_COMPILATION_CACHE_DIR=cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+  return env
+
+
+def _train_cmd(experiment: str, workdir: str, overrides: list[str]) -> list[str]:
+  return [sys.executable, "-m", "realm_jax", "train", experiment, "--workdir", workdir, *overrides]
+
+
+class Runner:
+  """Starts CLI runs in their own process group, with their output in files next to the workdir."""
+
+  def __init__(self, cache: str):
+    self.env = _env(cache)
+
+  def start(self, cmd: list[str], log: str) -> subprocess.Popen:
+    out = open(log + ".out", "w")
+    err = open(log + ".err", "w")
+    return subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=out, stderr=err,
+                            start_new_session=True)
+
+  def run(self, cmd: list[str], log: str, expect_ok: bool = True) -> tuple[int, str]:
+    proc = self.start(cmd, log)
+    try:
+      rc = proc.wait(TIMEOUT)
+    except subprocess.TimeoutExpired:
+      os.killpg(proc.pid, signal.SIGKILL)
+      raise
+    stderr = _read(log + ".err")
+    if expect_ok:
+      assert rc == 0, f"{' '.join(cmd[3:])} exited {rc}:\n{stderr[-3000:]}"
+    return rc, stderr
+
+
+def _read(path: str) -> str:
+  with open(path) as f:
+    return f.read()
+
+
+def _wait_until(proc: subprocess.Popen, cond, what: str, timeout: float = TIMEOUT) -> None:
+  t0 = time.monotonic()
+  while not cond():
+    if proc.poll() is not None:
+      raise AssertionError(f"the run exited ({proc.returncode}) before {what}")
+    if time.monotonic() - t0 > timeout:
+      os.killpg(proc.pid, signal.SIGKILL)
+      raise AssertionError(f"timed out waiting for {what}")
+    time.sleep(0.01)
+
+
+def _steps(workdir: str, phase: str) -> list[int]:
+  """The step of every training-metrics line of `phase`, in file order (duplicates kept)."""
+  return [r["step"] for r in metrics.read_metrics(workdir, phase) if "loss" in r]
+
+
+def _ckpt_steps(workdir: str, phase: str) -> list[int]:
+  return checkpoint.finalized_steps(os.path.join(workdir, "ckpt", phase))
+
+
+def _last_of_each_step(workdir: str, phase: str) -> dict[int, dict]:
+  return {r["step"]: r for r in metrics.read_metrics(workdir, phase) if "loss" in r}
+
+
+def _deterministic(row: dict) -> dict:
+  return {k: v for k, v in row.items() if not k.startswith("time_") and not k.endswith("_per_s")}
+
+
+def _same(a: float, b: float) -> bool:
+  """Bitwise equality of two JSON numbers (NaN equals NaN: e.g. accuracy over no prompts)."""
+  if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+    return True
+  return a == b
+
+
+def _assert_same_metrics(workdir: str, reference: str, phase: str, steps) -> None:
+  got, want = _last_of_each_step(workdir, phase), _last_of_each_step(reference, phase)
+  for step in steps:
+    g, w = _deterministic(got[step]), _deterministic(want[step])
+    assert g.keys() == w.keys(), (step, g.keys() ^ w.keys())
+    diff = {k: (g[k], w[k]) for k in w if not _same(g[k], w[k])}
+    assert not diff, f"{phase} step {step}: resumed != uninterrupted on {diff}"
+
+
+# ---------------------------------------------------------------------------
+# Shared runs.
+
+
+@pytest.fixture(scope="module")
+def runner(tmp_path_factory):
+  return Runner(str(tmp_path_factory.mktemp("xla_cache")))
+
+
+@pytest.fixture(scope="module")
+def base(runner, tmp_path_factory):
+  wd = str(tmp_path_factory.mktemp("faults") / "base")
+  runner.run(_train_cmd("base_model", wd, MICRO), wd)
+  return wd
+
+
+def _rl_cmd(base: str, workdir: str, *extra: str) -> list[str]:
+  """ReaLM-Zero on the micro base: routes (EAAI), verification, route contrast, accuracy EMA."""
+  return _train_cmd("realm_zero", workdir, MICRO + [f"init_from={base}", f"rl.steps={RL_STEPS}",
+                                                    "checkpoint_every=2", *extra])
+
+
+@pytest.fixture(scope="module")
+def reference_rl(runner, base):
+  wd = os.path.join(os.path.dirname(base), "rl_reference")
+  runner.run(_rl_cmd(base, wd), wd)
+  assert _steps(wd, "rl") == list(range(RL_STEPS))
+  return wd
+
+
+@pytest.fixture(scope="module")
+def killed_rl(runner, base, reference_rl):
+  """A run SIGKILLed once two checkpoints were final; returns (workdir, pristine copy, lines)."""
+  wd = os.path.join(os.path.dirname(base), "rl_killed")
+  proc = runner.start(_rl_cmd(base, wd), wd)
+  _wait_until(proc, lambda: len(_ckpt_steps(wd, "rl")) >= 2, "two finalized checkpoints")
+  os.killpg(proc.pid, signal.SIGKILL)
+  assert proc.wait(TIMEOUT) == -signal.SIGKILL
+  assert not os.path.exists(os.path.join(wd, "DONE")), "the run finished before it was killed"
+  copy = wd + "_copy"
+  shutil.copytree(wd, copy)
+  return wd, copy, len(_steps(wd, "rl"))
+
+
+# ---------------------------------------------------------------------------
+# 1. kill -9 mid-way.
+
+
+def test_kill9_resumes_from_last_checkpoint_with_identical_metrics(runner, base, reference_rl,
+                                                                   killed_rl):
+  wd, _, lines_before = killed_rl
+  restored = _ckpt_steps(wd, "rl")[-1]
+  runner.run(_rl_cmd(base, wd), wd + ".resume")
+  assert os.path.exists(os.path.join(wd, "DONE"))
+  # The rerun starts at the checkpoint, not at 0 and not after it.
+  assert _steps(wd, "rl")[lines_before:] == list(range(restored, RL_STEPS))
+  # Every step, whichever process ran it last, matches the uninterrupted run bitwise.
+  _assert_same_metrics(wd, reference_rl, "rl", range(RL_STEPS))
+
+
+# ---------------------------------------------------------------------------
+# 2. SIGTERM (preemption notice).
+
+
+def _preempt(runner, cmd, wd, phase):
+  """Starts `cmd`, SIGTERMs it after its first `phase` step; returns (seconds to exit, steps)."""
+  proc = runner.start(cmd, wd)
+  _wait_until(proc, lambda: bool(_steps(wd, phase)), f"the first {phase} metrics line")
+  t0 = time.monotonic()
+  os.kill(proc.pid, signal.SIGTERM)
+  try:
+    rc = proc.wait(PREEMPT_GRACE)
+  except subprocess.TimeoutExpired:
+    os.killpg(proc.pid, signal.SIGKILL)
+    raise AssertionError(f"still running {PREEMPT_GRACE} s after SIGTERM")
+  assert rc == 0, f"SIGTERM exit status {rc}:\n{_read(wd + '.err')[-3000:]}"
+  return time.monotonic() - t0, _steps(wd, phase)
+
+
+def test_sigterm_in_rl_saves_exits_0_and_resumes(runner, base, reference_rl):
+  wd = os.path.join(os.path.dirname(base), "rl_sigterm")
+  _, done = _preempt(runner, _rl_cmd(base, wd), wd, "rl")
+  stopped = done[-1] + 1
+  assert done == list(range(stopped)) and stopped < RL_STEPS
+  # The step it stopped at was saved, though checkpoint_every=2 may not have asked for it.
+  assert _ckpt_steps(wd, "rl")[-1] == stopped
+  assert not os.path.exists(os.path.join(wd, "DONE"))
+  runner.run(_rl_cmd(base, wd), wd + ".resume")
+  assert _steps(wd, "rl") == list(range(RL_STEPS)), "steps before the checkpoint were redone"
+  _assert_same_metrics(wd, reference_rl, "rl", range(RL_STEPS))
+
+
+def test_sigterm_in_sft_after_base_saves_and_resumes(runner, base):
+  # No init_from: the base stage runs in this workdir and is finished when SFT is preempted.
+  def cmd(wd):
+    return _train_cmd("sft", wd, MICRO + [f"sft.steps={SFT_STEPS}", "sft.batch_size=4",
+                                          "checkpoint_every=100"])
+  root = os.path.dirname(base)
+  ref = os.path.join(root, "sft_reference")
+  runner.run(cmd(ref), ref)
+  wd = os.path.join(root, "sft_sigterm")
+  _, done = _preempt(runner, cmd(wd), wd, "sft")
+  stopped = done[-1] + 1
+  assert done == list(range(stopped)) and stopped < SFT_STEPS
+  assert _ckpt_steps(wd, "sft") == [stopped]  # checkpoint_every=100: only the preemption save
+  runner.run(cmd(wd), wd + ".resume")
+  assert _steps(wd, "sft") == list(range(SFT_STEPS))
+  _assert_same_metrics(wd, ref, "sft", range(SFT_STEPS))
+
+
+# ---------------------------------------------------------------------------
+# 3. A truncated checkpoint.
+
+
+def test_truncated_checkpoint_falls_back_to_previous(runner, base, reference_rl, killed_rl):
+  _, wd, lines_before = killed_rl
+  steps = _ckpt_steps(wd, "rl")
+  latest, previous = steps[-1], steps[-2]
+  state = os.path.join(wd, "ckpt", "rl", str(latest), "state")
+  files = [os.path.join(d, f) for d, _, fs in os.walk(state) for f in fs]
+  biggest = max(files, key=os.path.getsize)
+  with open(biggest, "r+b") as f:
+    f.truncate(os.path.getsize(biggest) // 2)
+  _, stderr = runner.run(_rl_cmd(base, wd), wd + ".resume")
+  assert f"checkpoint step {latest}" in stderr and "unreadable" in stderr, stderr[-3000:]
+  assert _steps(wd, "rl")[lines_before:] == list(range(previous, RL_STEPS))
+  _assert_same_metrics(wd, reference_rl, "rl", range(RL_STEPS))
+  # The unreadable checkpoint was replaced by a good one when its step came round again.
+  ckpt = checkpoint.Checkpointer(os.path.join(wd, "ckpt", "rl"), keep_last=None)
+  try:
+    for step in ckpt.all_steps():
+      ckpt.restore(step=step)
+  finally:
+    ckpt.close()
+
+
+# ---------------------------------------------------------------------------
+# 4. NaN.
+
+
+def test_nan_stops_naming_step_and_metric_and_saves_nothing_bad(runner, base):
+  wd = os.path.join(os.path.dirname(base), "rl_nan")
+  cmd = _rl_cmd(base, wd, "rl.lr=1e30", "rl.grad_clip=1e30", "rl.warmup=0", "checkpoint_every=1")
+  rc, stderr = runner.run(cmd, wd, expect_ok=False)
+  assert rc != 0
+  found = re.search(r"NonFiniteError: rl step (\d+): metric '(loss|grad_norm|reward)' is "
+                    r"(nan|inf|-inf)", stderr)
+  assert found, stderr[-3000:]
+  bad = int(found.group(1))
+  logged = _steps(wd, "rl")
+  assert logged == list(range(bad)), "the non-finite step was logged or earlier steps are missing"
+  assert not os.path.exists(os.path.join(wd, "params", "rl"))
+  # Checkpoint s holds the state after s updates: none may include the non-finite step's update.
+  saved = _ckpt_steps(wd, "rl")
+  assert all(s <= bad for s in saved), saved
+  ckpt = checkpoint.Checkpointer(os.path.join(wd, "ckpt", "rl"), keep_last=None)
+  try:
+    for s in saved:
+      state, _ = ckpt.restore(step=s)
+      leaves = [np.asarray(x) for x in jax.tree.leaves(state)]
+      assert all(np.isfinite(x).all() for x in leaves if x.dtype.kind == "f"), f"step {s}"
+  finally:
+    ckpt.close()
+
+
+# ---------------------------------------------------------------------------
+# 5. A reward function raising on strange completions.
+
+_FLAKY_SCORER = textwrap.dedent("""
+    import json, sys
+    from realm_jax import rewards, train
+
+    LOG = sys.argv[1]
+    real = rewards.default_scorers
+
+    def scorers():
+      out = real()
+      fmt = out["format"]
+      def flaky(batch):
+        if len(batch["completions"]) > 1:  # the whole-batch call, once per step
+          with open(LOG, "a") as f:
+            f.write(json.dumps(batch["completions"]) + "\\n")
+        if any(len(c) % 3 == 0 for c in batch["completions"]):
+          raise ValueError("strange completion")
+        return fmt(batch)
+      out["format"] = flaky
+      return out
+
+    rewards.default_scorers = scorers
+    train.run(sys.argv[2], sys.argv[3], sys.argv[4:])
+    """)
+
+
+def test_raising_reward_scores_zero_counts_and_training_goes_on(runner, base):
+  wd = os.path.join(os.path.dirname(base), "rl_flaky_reward")
+  log = wd + ".completions"
+  cmd = _rl_cmd(base, wd)
+  cmd = [sys.executable, "-c", _FLAKY_SCORER, log] + cmd[cmd.index("train") + 1:]
+  cmd.remove("--workdir")
+  runner.run(cmd, wd)
+  rows = metrics.read_metrics(wd, "rl")
+  assert [r["step"] for r in rows] == list(range(RL_STEPS))
+  with open(log) as f:
+    batches = [json.loads(line) for line in f]
+  assert len(batches) == RL_STEPS
+  strange = [sum(len(c) % 3 == 0 for c in b) for b in batches]
+  assert any(strange), "no completion of this run hit the raising branch"
+  assert [r["reward/format_errors"] for r in rows] == strange
+  for r, b in zip(rows, batches):
+    assert math.isfinite(r["loss"]) and r["reward/answer_errors"] == 0
