@@ -68,7 +68,12 @@ def run_sft(phase: str, ctx: SFTContext, params: Any, pairs: Sequence[tuple[str,
   if ctx.chat:
     pairs = [(ctx.tokenizer.apply_chat_template([{"role": "user", "content": p}]), c)
              for p, c in pairs]
-  batches = data.sft_batches(list(pairs), ctx.tokenizer, cfg.batch_size, ctx.buckets, ctx.seed)
+  # cfg.batch_size is global: each process feeds its share of the rows.
+  if cfg.batch_size % jax.process_count():
+    raise ValueError(f"batch_size={cfg.batch_size} is not divisible by the {jax.process_count()} "
+                     "processes; pick a multiple of the process count")
+  batches = data.sft_batches(list(pairs), ctx.tokenizer, cfg.batch_size // jax.process_count(),
+                             ctx.buckets, ctx.seed)
   ckpt = checkpoint.Checkpointer(os.path.join(ctx.workdir, "ckpt", phase), keep_last=1)
   start = 0
   latest = ckpt.latest_step()

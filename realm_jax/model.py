@@ -365,7 +365,9 @@ class LMHead(nn.Module):
 def init_boxed(cfg: ModelConfig, rng: jax.Array) -> Params:
   """Params with their logical-axis metadata (`nn.Partitioned` boxes)."""
   tokens = jnp.zeros((1, 1), jnp.int32)
-  return Transformer(cfg).init(rng, tokens, tokens, jnp.ones((1, 1), bool))["params"]
+  # A 1-token dummy batch: no activation constraints (they need divisible batches).
+  with nn.logical_axis_rules(()):
+    return Transformer(cfg).init(rng, tokens, tokens, jnp.ones((1, 1), bool))["params"]
 
 
 def init_params(cfg: ModelConfig, rng: jax.Array) -> Params:

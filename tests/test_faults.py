@@ -135,7 +135,8 @@ def _assert_same_metrics(workdir: str, reference: str, phase: str, steps) -> Non
 
 
 # ---------------------------------------------------------------------------
-# Shared runs.
+# Shared runs (independent ones run two at a time: most of a micro run is single-threaded
+# start-up and tracing).
 
 
 @pytest.fixture(scope="module")
@@ -144,65 +145,19 @@ def runner(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def base(runner, tmp_path_factory):
-  wd = str(tmp_path_factory.mktemp("faults") / "base")
-  runner.run(_train_cmd("base_model", wd, MICRO), wd)
-  return wd
+def root(tmp_path_factory):
+  return str(tmp_path_factory.mktemp("faults"))
 
 
-def _rl_cmd(base: str, workdir: str, *extra: str) -> list[str]:
-  """ReaLM-Zero on the micro base: routes (EAAI), verification, route contrast, accuracy EMA."""
-  return _train_cmd("realm_zero", workdir, MICRO + [f"init_from={base}", f"rl.steps={RL_STEPS}",
-                                                    "checkpoint_every=2", *extra])
+def _sft_cmd(workdir: str) -> list[str]:
+  """Base warm-up then guided distillation, both in this workdir (no init_from)."""
+  return _train_cmd("sft", workdir, MICRO + [f"sft.steps={SFT_STEPS}", "sft.batch_size=4",
+                                             "checkpoint_every=100"])
 
 
-@pytest.fixture(scope="module")
-def reference_rl(runner, base):
-  wd = os.path.join(os.path.dirname(base), "rl_reference")
-  runner.run(_rl_cmd(base, wd), wd)
-  assert _steps(wd, "rl") == list(range(RL_STEPS))
-  return wd
-
-
-@pytest.fixture(scope="module")
-def killed_rl(runner, base, reference_rl):
-  """A run SIGKILLed once two checkpoints were final; returns (workdir, pristine copy, lines)."""
-  wd = os.path.join(os.path.dirname(base), "rl_killed")
-  proc = runner.start(_rl_cmd(base, wd), wd)
-  _wait_until(proc, lambda: len(_ckpt_steps(wd, "rl")) >= 2, "two finalized checkpoints")
-  os.killpg(proc.pid, signal.SIGKILL)
-  assert proc.wait(TIMEOUT) == -signal.SIGKILL
-  assert not os.path.exists(os.path.join(wd, "DONE")), "the run finished before it was killed"
-  copy = wd + "_copy"
-  shutil.copytree(wd, copy)
-  return wd, copy, len(_steps(wd, "rl"))
-
-
-# ---------------------------------------------------------------------------
-# 1. kill -9 mid-way.
-
-
-def test_kill9_resumes_from_last_checkpoint_with_identical_metrics(runner, base, reference_rl,
-                                                                   killed_rl):
-  wd, _, lines_before = killed_rl
-  restored = _ckpt_steps(wd, "rl")[-1]
-  runner.run(_rl_cmd(base, wd), wd + ".resume")
-  assert os.path.exists(os.path.join(wd, "DONE"))
-  # The rerun starts at the checkpoint, not at 0 and not after it.
-  assert _steps(wd, "rl")[lines_before:] == list(range(restored, RL_STEPS))
-  # Every step, whichever process ran it last, matches the uninterrupted run bitwise.
-  _assert_same_metrics(wd, reference_rl, "rl", range(RL_STEPS))
-
-
-# ---------------------------------------------------------------------------
-# 2. SIGTERM (preemption notice).
-
-
-def _preempt(runner, cmd, wd, phase):
-  """Starts `cmd`, SIGTERMs it after its first `phase` step; returns (seconds to exit, steps)."""
-  proc = runner.start(cmd, wd)
+def _preempt(proc: subprocess.Popen, wd: str, phase: str) -> list[int]:
+  """SIGTERMs `proc` after its first `phase` step; checks it exits 0 in time; returns its steps."""
   _wait_until(proc, lambda: bool(_steps(wd, phase)), f"the first {phase} metrics line")
-  t0 = time.monotonic()
   os.kill(proc.pid, signal.SIGTERM)
   try:
     rc = proc.wait(PREEMPT_GRACE)
@@ -210,12 +165,72 @@ def _preempt(runner, cmd, wd, phase):
     os.killpg(proc.pid, signal.SIGKILL)
     raise AssertionError(f"still running {PREEMPT_GRACE} s after SIGTERM")
   assert rc == 0, f"SIGTERM exit status {rc}:\n{_read(wd + '.err')[-3000:]}"
-  return time.monotonic() - t0, _steps(wd, phase)
+  return _steps(wd, phase)
 
 
-def test_sigterm_in_rl_saves_exits_0_and_resumes(runner, base, reference_rl):
-  wd = os.path.join(os.path.dirname(base), "rl_sigterm")
-  _, done = _preempt(runner, _rl_cmd(base, wd), wd, "rl")
+@pytest.fixture(scope="module")
+def sft_runs(runner, root):
+  """(uninterrupted run, run SIGTERMed during SFT, its steps before the stop)."""
+  ref, wd = os.path.join(root, "sft_reference"), os.path.join(root, "sft_sigterm")
+  ref_proc = runner.start(_sft_cmd(ref), ref)
+  done = _preempt(runner.start(_sft_cmd(wd), wd), wd, "sft")
+  assert ref_proc.wait(TIMEOUT) == 0, _read(ref + ".err")[-3000:]
+  return ref, wd, done
+
+
+@pytest.fixture(scope="module")
+def base(sft_runs):
+  """Init for the RL runs: the finished SFT reference run."""
+  return sft_runs[0]
+
+
+def _rl_cmd(base: str, workdir: str, *extra: str) -> list[str]:
+  """ReaLM-Zero: routes (EAAI), verification, route contrast, accuracy EMA; every checkpoint kept."""
+  return _train_cmd("realm_zero", workdir, MICRO + [
+      f"init_from={base}", f"rl.steps={RL_STEPS}", "checkpoint_every=2",
+      f"keep_checkpoints={RL_STEPS}", *extra])
+
+
+@pytest.fixture(scope="module")
+def rl_runs(runner, root, base):
+  """(uninterrupted run, run SIGKILLed once two checkpoints were final, a pristine copy of it,
+  its number of metrics lines)."""
+  ref, wd = os.path.join(root, "rl_reference"), os.path.join(root, "rl_killed")
+  ref_proc = runner.start(_rl_cmd(base, ref), ref)
+  proc = runner.start(_rl_cmd(base, wd), wd)
+  _wait_until(proc, lambda: len(_ckpt_steps(wd, "rl")) >= 2, "two finalized checkpoints")
+  os.killpg(proc.pid, signal.SIGKILL)
+  assert proc.wait(TIMEOUT) == -signal.SIGKILL
+  assert not os.path.exists(os.path.join(wd, "DONE")), "the run finished before it was killed"
+  shutil.copytree(wd, wd + "_copy")
+  assert ref_proc.wait(TIMEOUT) == 0, _read(ref + ".err")[-3000:]
+  assert _steps(ref, "rl") == list(range(RL_STEPS))
+  return ref, wd, wd + "_copy", len(_steps(wd, "rl"))
+
+
+# ---------------------------------------------------------------------------
+# 1. kill -9 mid-way.
+
+
+def test_kill9_resumes_from_last_checkpoint_with_identical_metrics(runner, base, rl_runs):
+  reference, wd, _, lines_before = rl_runs
+  restored = _ckpt_steps(wd, "rl")[-1]
+  runner.run(_rl_cmd(base, wd), wd + ".resume")
+  assert os.path.exists(os.path.join(wd, "DONE"))
+  # The rerun starts at the checkpoint, not at 0 and not after it.
+  assert _steps(wd, "rl")[lines_before:] == list(range(restored, RL_STEPS))
+  # Every step, whichever process ran it last, matches the uninterrupted run bitwise.
+  _assert_same_metrics(wd, reference, "rl", range(RL_STEPS))
+
+
+# ---------------------------------------------------------------------------
+# 2. SIGTERM (preemption notice).
+
+
+def test_sigterm_in_rl_saves_exits_0_and_resumes(runner, root, base, rl_runs):
+  reference = rl_runs[0]
+  wd = os.path.join(root, "rl_sigterm")
+  done = _preempt(runner.start(_rl_cmd(base, wd), wd), wd, "rl")
   stopped = done[-1] + 1
   assert done == list(range(stopped)) and stopped < RL_STEPS
   # The step it stopped at was saved, though checkpoint_every=2 may not have asked for it.
@@ -223,24 +238,17 @@ def test_sigterm_in_rl_saves_exits_0_and_resumes(runner, base, reference_rl):
   assert not os.path.exists(os.path.join(wd, "DONE"))
   runner.run(_rl_cmd(base, wd), wd + ".resume")
   assert _steps(wd, "rl") == list(range(RL_STEPS)), "steps before the checkpoint were redone"
-  _assert_same_metrics(wd, reference_rl, "rl", range(RL_STEPS))
+  _assert_same_metrics(wd, reference, "rl", range(RL_STEPS))
 
 
-def test_sigterm_in_sft_after_base_saves_and_resumes(runner, base):
-  # No init_from: the base stage runs in this workdir and is finished when SFT is preempted.
-  def cmd(wd):
-    return _train_cmd("sft", wd, MICRO + [f"sft.steps={SFT_STEPS}", "sft.batch_size=4",
-                                          "checkpoint_every=100"])
-  root = os.path.dirname(base)
-  ref = os.path.join(root, "sft_reference")
-  runner.run(cmd(ref), ref)
-  wd = os.path.join(root, "sft_sigterm")
-  _, done = _preempt(runner, cmd(wd), wd, "sft")
+def test_sigterm_in_sft_after_base_saves_and_resumes(runner, sft_runs):
+  ref, wd, done = sft_runs
   stopped = done[-1] + 1
   assert done == list(range(stopped)) and stopped < SFT_STEPS
+  assert os.path.exists(os.path.join(wd, "params", "base"))  # base finished before the stop
   assert _ckpt_steps(wd, "sft") == [stopped]  # checkpoint_every=100: only the preemption save
-  runner.run(cmd(wd), wd + ".resume")
-  assert _steps(wd, "sft") == list(range(SFT_STEPS))
+  runner.run(_sft_cmd(wd), wd + ".resume")
+  assert _steps(wd, "sft") == list(range(SFT_STEPS)), "steps before the checkpoint were redone"
   _assert_same_metrics(wd, ref, "sft", range(SFT_STEPS))
 
 
@@ -248,8 +256,8 @@ def test_sigterm_in_sft_after_base_saves_and_resumes(runner, base):
 # 3. A truncated checkpoint.
 
 
-def test_truncated_checkpoint_falls_back_to_previous(runner, base, reference_rl, killed_rl):
-  _, wd, lines_before = killed_rl
+def test_truncated_checkpoint_falls_back_to_previous(runner, base, rl_runs):
+  reference_rl, _, wd, lines_before = rl_runs
   steps = _ckpt_steps(wd, "rl")
   latest, previous = steps[-1], steps[-2]
   state = os.path.join(wd, "ckpt", "rl", str(latest), "state")
@@ -274,8 +282,8 @@ def test_truncated_checkpoint_falls_back_to_previous(runner, base, reference_rl,
 # 4. NaN.
 
 
-def test_nan_stops_naming_step_and_metric_and_saves_nothing_bad(runner, base):
-  wd = os.path.join(os.path.dirname(base), "rl_nan")
+def test_nan_stops_naming_step_and_metric_and_saves_nothing_bad(runner, root, base):
+  wd = os.path.join(root, "rl_nan")
   cmd = _rl_cmd(base, wd, "rl.lr=1e30", "rl.grad_clip=1e30", "rl.warmup=0", "checkpoint_every=1")
   rc, stderr = runner.run(cmd, wd, expect_ok=False)
   assert rc != 0
@@ -327,8 +335,8 @@ _FLAKY_SCORER = textwrap.dedent("""
     """)
 
 
-def test_raising_reward_scores_zero_counts_and_training_goes_on(runner, base):
-  wd = os.path.join(os.path.dirname(base), "rl_flaky_reward")
+def test_raising_reward_scores_zero_counts_and_training_goes_on(runner, root, base):
+  wd = os.path.join(root, "rl_flaky_reward")
   log = wd + ".completions"
   cmd = _rl_cmd(base, wd)
   cmd = [sys.executable, "-c", _FLAKY_SCORER, log] + cmd[cmd.index("train") + 1:]
