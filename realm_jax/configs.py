@@ -180,6 +180,7 @@ class ExperimentConfig:
   keep_checkpoints: int = 2
   log_every: int = 1
   max_memory_fraction: float = 0.9
+  device_memory_bytes: int | None = None  # None: ask the device (CPUs report none: no check)
 
   def __post_init__(self):
     pool = 1 + self.data.negatives_per_question

@@ -20,6 +20,7 @@ import time
 from typing import Any, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from realm_jax import checkpoint, data, metrics as metrics_lib, preemption, sharding, train_step
@@ -54,6 +55,8 @@ class SFTContext:
   buckets: tuple[int, ...]
   seed: int
   mesh: Any = None
+  memory_fraction: float = 0.9
+  device_memory: int | None = None
   checkpoint_every: int = 100
   chat: bool = False  # wrap prompts in the tokenizer's chat template, as RL and eval do
 
@@ -86,6 +89,11 @@ def run_sft(phase: str, ctx: SFTContext, params: Any, pairs: Sequence[tuple[str,
     return state.params
   step_fn = train_step.make_sft_step(ctx.model_cfg, optimizer, cfg.kd_alpha, cfg.kd_temperature,
                                      shardings)
+  rows = cfg.batch_size
+  shape = jax.ShapeDtypeStruct((rows, ctx.buckets[-1]), jnp.int32, sharding=shardings.batch)
+  metrics_lib.report_memory(phase, step_fn, (train_step.abstract_state(state, shardings),
+                                             {"tokens": shape, "mask": shape, "loss_mask": shape}),
+                            ctx.writer, ctx.memory_fraction, ctx.device_memory)
   # This process's rows of the global batch -> one global array per field.
   put = lambda b: {k: sharding.host_array_to_global(v, shardings.batch) for k, v in b.items()}
   bar = metrics_lib.progress(cfg.steps, start, phase)

@@ -91,3 +91,18 @@ def progress(total: int, initial: int, desc: str):
   from tqdm.auto import tqdm
   return tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True,
               disable=jax.process_index() != 0, mininterval=1.0)
+
+
+def report_memory(phase: str, jitted: Any, args: tuple, writer: MetricsWriter,
+                  fraction: float = 0.9, device_memory: int | None = None) -> dict[str, int]:
+  """Compiles `jitted` for `args` (ShapeDtypeStructs: no allocation), prints and logs the
+  per-device memory estimate, and stops before training when it cannot fit."""
+  from realm_jax import sharding
+  est = sharding.compiled_memory_estimate(jitted, *args)
+  if jax.process_index() == 0:
+    print(f"[realm-jax] {phase}: compiled step needs {est['total_bytes'] / 2**20:.1f} MiB per device "
+          f"(arguments {est['argument_bytes'] / 2**20:.1f}, temporaries {est['temp_bytes'] / 2**20:.1f}, "
+          f"outputs {est['output_bytes'] / 2**20:.1f}, donated {est['alias_bytes'] / 2**20:.1f} MiB)")
+  writer.write(f"{phase}_memory", 0, {k: float(v) for k, v in est.items()})
+  sharding.check_fits(est, device_memory, fraction)
+  return est

@@ -120,6 +120,25 @@ class RLLoop:
                 if shardings is not None else (lambda b: b))
     self.K = cfg.mrpv.num_routes
 
+  def abstract_batch(self, shardings: train_step.StepShardings) -> dict:
+    """The largest update batch (longest prompt bucket, full completion), as shapes."""
+    cfg, ctx = self.cfg, self.ctx
+    B, G, K = cfg.batch_prompts, cfg.group_size, self.K
+    N, T = B * G // cfg.num_minibatches, ctx.prompt_buckets[-1] + cfg.max_new_tokens
+    s = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype, sharding=shardings.batch)
+    batch = {"tokens": s((N, T), jnp.int32), "mask": s((N, T), jnp.bool_),
+             "completion_mask": s((N, T), jnp.int32), "ref_logp": s((N, T - 1), jnp.float32),
+             "adv": s((N,), jnp.float32), "sampler_logp": s((N, T - 1), jnp.float32)}
+    if cfg.num_inner_updates * cfg.num_minibatches > 1:
+      batch["old_logp"] = s((N, T - 1), jnp.float32)
+    if cfg.mrpv.contrast_coef > 0:
+      b, R = B // cfg.num_minibatches, ctx.route_buckets[-1]
+      batch.update(route_tokens=s((b * K, R), jnp.int32), route_mask=s((b * K, R), jnp.int32),
+                   route_loss_mask=s((b * K, R), jnp.int32),
+                   route_ref_logp=s((b, K), jnp.float32), route_labels=s((b, K), jnp.bool_),
+                   route_valid=s((b, K), jnp.bool_))
+    return batch
+
   def routes_for(self, clock: int, rng: np.random.Generator, B: int) -> tuple[np.ndarray, int, float]:
     if self.cfg.routes == "never":
       return np.zeros(B, bool), 0, 1.0

@@ -277,6 +277,9 @@ def run_rl(ctx: Context, workdir: str, writer: metrics_lib.MetricsWriter, params
                              prompt_buckets=cfg.data.prompt_buckets, route_buckets=cfg.data.sft_buckets,
                              seed=cfg.seed, chat=ctx.chat)
   loop = rl_loop.RLLoop(rl_ctx, cfg.rl, eaai_cfg, optimizer, shardings)
+  metrics_lib.report_memory("rl", loop.update, (train_step.abstract_state(state, shardings),
+                                                 loop.abstract_batch(shardings)),
+                            writer, cfg.max_memory_fraction, cfg.device_memory_bytes)
   bar = metrics_lib.progress(cfg.rl.steps, start, "rl")
   from realm_jax import eaai
   for step in range(start, cfg.rl.steps):

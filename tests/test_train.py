@@ -148,3 +148,13 @@ def test_route_prompt_shares_context_and_labels():
   assert sum(t in pos for t in texts) == sum(labels)
   comp = corpus.format_completion("x", "5", [True, False])
   assert comp == "<verify>A: correct; B: wrong</verify><think>x</think><answer>5</answer>"
+
+
+def test_memory_estimate_is_logged_and_a_config_that_cannot_fit_stops_early(micro_base, tmp_path):
+  wd = str(tmp_path / "mem")
+  with pytest.raises(MemoryError, match=r"exceeds 90% of the device memory"):
+    train.run("grpo", wd, MICRO + ["rl.steps=2", f"init_from={micro_base}",
+                                   "device_memory_bytes=4096"])
+  rows = metrics.read_metrics(wd, "rl_memory")
+  assert rows and rows[0]["total_bytes"] > 4096 and rows[0]["argument_bytes"] > 0
+  assert not metrics.read_metrics(wd, "rl")  # stopped before the first step
