@@ -3,7 +3,9 @@
     make reproduce        # = python -m experiments.reproduce --out experiments/results
 
 Per seed: one shared weak base (`base_model`), then each method starts from
-it (`init_from`), is trained and evaluated with and without routes. Runs are
+it (`init_from`), is trained and evaluated with and without routes; ReaLM-R1
+and its ablations start their RL from the seed's SFT run (its distillation
+stage, trained once). Runs are
 subprocesses of the CLI, so a crash loses one run, and finished runs (eval.json
 present) are skipped: rerunning the command resumes the reproduction.
 Output: results.json, results.md (mean and 95% t-interval over seeds),
@@ -22,6 +24,9 @@ import time
 
 METHODS = ("sft", "rft", "grpo", "cot_synth", "realm_zero", "realm_r1", "ablation_no_negatives",
            "ablation_no_fading", "ablation_no_verification", "ablation_no_contrast")
+# ReaLM-R1 and its ablations: RL from the seed's SFT (guided distillation) run.
+FROM_SFT = ("realm_r1", "ablation_no_negatives", "ablation_no_fading", "ablation_no_verification",
+            "ablation_no_contrast")
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
 
@@ -118,9 +123,14 @@ def main(argv: list[str] | None = None) -> None:
   for seed in range(args.seeds):
     base = os.path.join(args.runs, f"seed{seed}", "base_model")
     per_method["base_model"].append(run_one("base_model", base, [f"seed={seed}", *args.overrides], log))
+    sft_dir = os.path.join(args.runs, f"seed{seed}", "sft")
     for m in methods:
       wd = os.path.join(args.runs, f"seed{seed}", m)
-      per_method[m].append(run_one(m, wd, [f"seed={seed}", f"init_from={base}", *args.overrides], log))
+      start = [f"init_from={base}"]
+      if m in FROM_SFT:  # the same distillation stage: train it once per seed, reuse it
+        run_one("sft", sft_dir, [f"seed={seed}", f"init_from={base}", *args.overrides], log)
+        start = [f"init_from={sft_dir}", "sft.steps=0"]
+      per_method[m].append(run_one(m, wd, [f"seed={seed}", *start, *args.overrides], log))
       print(f"[reproduce] seed {seed} {m} done ({(time.time() - t0) / 60:.1f} min)", flush=True)
   k = 4
   summary, table = summarize(per_method, k)
