@@ -21,7 +21,7 @@ $(STAMP): setup.cfg pyproject.toml
 
 # The whole suite, slow checks included (CI runs exactly this).
 test: install
-	$(PY) -m pytest -n 2 --durations=15 $(PYTEST_ARGS) tests
+	$(PY) -m pytest -n 2 --dist loadfile --durations=15 $(PYTEST_ARGS) tests
 
 # Everything except checks marked slow.
 test-fast: install
@@ -32,8 +32,11 @@ demo: install
 	$(VENV)/bin/realm-jax train demo --workdir $(WORKDIR)
 	$(VENV)/bin/realm-jax eval --workdir $(WORKDIR)
 
+# The committed results used this reduced schedule (a 2-core CPU, about 80 minutes).
+REPRO_ARGS ?= base.steps=60 sft.steps=120 rl.steps=20 data.num_eval=48 eval.num_questions=48 \
+	rft.rounds=1 rft.questions=128 rft.steps_per_round=40
 reproduce: install
-	$(PY) -m experiments.reproduce --out experiments/results
+	$(PY) -m experiments.reproduce --out experiments/results $(REPRO_ARGS)
 
 bench: install
 	$(VENV)/bin/realm-jax bench

@@ -34,9 +34,9 @@ def tiny(name: str, domain: str = "tariff") -> configs.ExperimentConfig:
       checkpoint_every=20)
 
 
-def with_sft(cfg: configs.ExperimentConfig, steps: int = 300) -> configs.ExperimentConfig:
+def with_sft(cfg: configs.ExperimentConfig, steps: int = 200) -> configs.ExperimentConfig:
   """Guided CoT distillation on the full training set."""
-  return dataclasses.replace(cfg, sft=configs.SFTConfig(steps=steps, batch_size=32, lr=1e-3,
+  return dataclasses.replace(cfg, sft=configs.SFTConfig(steps=steps, batch_size=16, lr=1e-3,
                                                         warmup=20, route_share=0.5))
 
 

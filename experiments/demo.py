@@ -12,5 +12,5 @@ from experiments import common
 
 def get_config():
   cfg = common.tiny("demo")
-  cfg = common.with_sft(cfg, steps=250)
+  cfg = common.with_sft(cfg)
   return common.with_mrpv(common.with_rl(cfg, common.RL_STEPS), contrast_coef=0.1)

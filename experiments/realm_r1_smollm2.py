@@ -16,8 +16,10 @@ faded out linearly over the first 60% of steps), reference = the SFT params.
 Buckets, measured on 2,256 items with the SmolLM2 tokenizer (chat-wrapped,
 BOS included; max over items): prompt without routes 192 tokens, with 2
 routes 780 (p90 512); SFT prompt + completion with 2 routes 1060 (p90 686);
-question + one route (route contrast, also `sft_buckets`) 413. Sized for one
-80 GB GPU: 16 prompts x 8 samples, updated in 8 minibatches with remat.
+question + one route (route contrast, also `sft_buckets`) 413. Settings for one
+80 GB GPU: 16 prompts x 8 samples, updated in 8 minibatches of 2 groups, remat on.
+The untrained model scores 0/20 greedy without routes and 2/20 with them (it
+copies the routes and never writes the tags), hence the SFT stage first.
 """
 
 from realm_jax import configs, eaai, losses, mrpv

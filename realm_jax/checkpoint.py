@@ -104,6 +104,7 @@ class Checkpointer:
     directory = str(directory)
     self.directory = epath.Path(directory if "://" in directory else os.path.abspath(directory))
     self.best_metric = best_metric
+    self._unreadable: set[int] = set()  # steps `restore` skipped; `save` replaces them
     policies: list[ocm.PreservationPolicy] = [ocm.LatestN(n=keep_last)]
     best_fn = None
     if best_metric is not None:
@@ -120,6 +121,8 @@ class Checkpointer:
            metrics: dict[str, float] | None = None, force: bool = False) -> bool:
     """Start writing `state` and `extra` at `step`; False if that step exists already.
 
+    A step `restore` found unreadable is deleted and written afresh.
+
     With `best_metric` set, `metrics` must carry it (a clear error otherwise).
     `force` is passed to orbax (saves even if its interval policy says no).
     """
@@ -128,6 +131,10 @@ class Checkpointer:
     if self.best_metric is not None and (metrics is None or self.best_metric not in metrics):
       raise KeyError(f"Checkpointer keeps the best by {self.best_metric!r} but save(step={step}) "
                      f"got metrics={sorted(metrics or {})}")
+    if step in self._unreadable:
+      log.warning("replacing unreadable checkpoint step %d in %s", step, self.directory)
+      self._mgr.delete(step)
+      self._unreadable.discard(step)
     if step in self._mgr.all_steps():
       log.info("checkpoint step %d already saved in %s; skipping", step, self.directory)
       return False
@@ -190,6 +197,7 @@ class Checkpointer:
         result = self._restore_one(s, abstract_state, partial)
       except Exception as e:  # noqa: BLE001 -- any read failure means "unreadable"
         errors.append(f"step {s}: {type(e).__name__}: {str(e)[:300]}")
+        self._unreadable.add(s)
         warnings.warn(f"checkpoint step {s} in {self.directory} is unreadable "
                       f"({type(e).__name__}: {str(e)[:200]}); trying an older one", stacklevel=2)
         continue

@@ -159,8 +159,8 @@ class EvalConfig:
   k: int = 4
   temperature: float = 1.0
   max_new_tokens: int = 160
-  every: int = 0  # evaluate during RL every N steps (0: only at the end)
   batch_size: int = 64
+  final_only: bool = False  # skip evaluating the run's starting point
 
 
 @dataclasses.dataclass(frozen=True)

@@ -77,7 +77,7 @@ def run_sft(phase: str, ctx: SFTContext, params: Any, pairs: Sequence[tuple[str,
                      "processes; pick a multiple of the process count")
   batches = data.sft_batches(list(pairs), ctx.tokenizer, cfg.batch_size // jax.process_count(),
                              ctx.buckets, ctx.seed)
-  ckpt = checkpoint.Checkpointer(os.path.join(ctx.workdir, "ckpt", phase), keep_last=1)
+  ckpt = checkpoint.Checkpointer(os.path.join(ctx.workdir, "ckpt", phase), keep_last=2)
   start = 0
   latest = ckpt.latest_step()
   if latest is not None:
@@ -100,27 +100,45 @@ def run_sft(phase: str, ctx: SFTContext, params: Any, pairs: Sequence[tuple[str,
   pending = None
   t0 = time.perf_counter()
   tokens_seen = 0
-  for step in range(start, cfg.steps):
-    batch = next(batches)
-    tokens_seen += int(batch["mask"].sum())
-    state, m = step_fn(state, put(batch))
-    if pending is not None:  # read step n-1's metrics after dispatching step n
-      _log(ctx, phase, *pending, bar, t0, tokens_seen)
-    pending = (step, m)
-    last = step + 1 == cfg.steps
-    stop = preemption.requested()
-    if last or stop or (step + 1) % ctx.checkpoint_every == 0:
-      _log(ctx, phase, *pending, bar, t0, tokens_seen)  # NaN stops here, before saving
-      pending = None
-      ckpt.save(step + 1, state, extra={"data": data.get_state(batches)}, force=last or stop)
-    if stop:
-      ckpt.wait()
-      ckpt.close()
-      raise preemption.Preempted(f"{phase} step {step + 1}")
-  ckpt.wait()
-  ckpt.close()
+  try:
+    for step in range(start, cfg.steps):
+      batch = next(batches)
+      tokens_seen += int(batch["mask"].sum())
+      state, m = step_fn(state, put(batch))
+      if pending is not None:  # read step n-1's metrics after dispatching step n
+        _log(ctx, phase, *pending, bar, t0, tokens_seen)
+      pending = (step, m)
+      last = step + 1 == cfg.steps
+      stop = preemption.requested()
+      if last or stop or (step + 1) % ctx.checkpoint_every == 0:
+        _log(ctx, phase, *pending, bar, t0, tokens_seen)  # NaN stops here, before saving
+        pending = None
+        check_finite_params(state.params, step, phase)
+        ckpt.save(step + 1, state, extra={"data": data.get_state(batches)}, force=last or stop)
+      if stop:
+        raise preemption.Preempted(f"{phase} step {step + 1}")
+  finally:  # waits for pending saves, on errors too: every save holds finite pre-failure state
+    ckpt.close()
   bar.close()
   return state.params
+
+
+@jax.jit
+def _all_finite(tree: Any) -> jax.Array:
+  return jax.tree.reduce(jnp.logical_and, jax.tree.map(lambda x: jnp.isfinite(x).all(), tree),
+                         jnp.bool_(True))
+
+
+def check_finite_params(params: Any, step: int, phase: str) -> None:
+  """Raises NonFiniteError if the update of `step` left NaN/Inf in `params`.
+
+  The loops call it before each checkpoint: a step's loss and grad norm are
+  computed before its update, so an overflowing update shows only here.
+  """
+  if not bool(_all_finite(params)):
+    raise metrics_lib.NonFiniteError(
+        f"{phase} step {step}: the updated params hold NaN/Inf; stopping (the last checkpoint "
+        "on disk predates this step)")
 
 
 def _log(ctx: SFTContext, phase: str, step: int, m: Any, bar, t0: float, tokens: int) -> None:

@@ -33,7 +33,8 @@ def wilson_interval(successes: float, n: int, z: float = 1.96) -> tuple[float, f
   denom = 1 + z * z / n
   centre = (p + z * z / (2 * n)) / denom
   half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-  return (centre - half, centre + half)
+  # Clipped: at p = 0 or 1 rounding leaves the exact bound 0 / 1 off by ~1e-17.
+  return (max(0.0, centre - half), min(1.0, centre + half))
 
 
 def majority_vote(predictions: Sequence[str | None]) -> str | None:
@@ -151,7 +152,10 @@ def run(workdir: str, overrides: list[str] | None = None) -> dict:
 def _run(workdir: str, run_info: dict, cfg, ctx) -> dict:
   from realm_jax import plots, train
   results: dict[str, dict[str, dict[str, float]]] = {}
-  for stage, params in train.stage_params(ctx, workdir).items():
+  stages = train.stage_params(ctx, workdir)
+  if cfg.eval.final_only:
+    stages = {k: v for k, v in stages.items() if k.startswith("final")}
+  for stage, params in stages.items():
     results[stage] = {}
     for with_routes, name in ((False, "without routes"), (True, "with routes")):
       results[stage][name] = evaluate_params(

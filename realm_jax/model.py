@@ -16,11 +16,11 @@ Conventions
 - Layers are stacked on a leading axis L (`nn.scan`) and optionally remat'd.
 - Decode layout (for compiled sampling loops): `unstack_layers(params)` and
   `unstack_cache(cache)` give one buffer per layer (`model/layers_{l}/...`,
-  cache {'k': (L x [B, S, K, H]), 'v': ...}). With a layer-list cache, `apply`
-  runs the layers unrolled and updates each layer's buffer in place, so a
-  while-loop carry holds no stacked array that would be sliced (copied) each
-  step; a single-token query then attends by multiply-and-reduce over the
-  [B, S, K, H] buffer, which needs no transposed copy of the cache.
+  cache {'k': (L x [B, K, H, S]), 'v': (L x [B, K, S, H])}). With a layer-list
+  cache, `apply` runs the layers unrolled and updates each layer's buffers in
+  place, so a while-loop carry holds no stacked array that would be sliced
+  (copied) every step, and both attention dots read the buffers with their
+  batch axes (B, K) leading, so XLA makes no transposed copy of the cache.
 - Parameter paths mirror Hugging Face names: `model/layers/self_attn/q_proj/
   kernel` is HF `model.layers.{i}.self_attn.q_proj.weight` transposed and
   stacked over i; norms keep HF's `weight`; embeddings are `embedding`.
@@ -157,7 +157,13 @@ class RMSNorm(nn.Module):
 
 
 class Linear(nn.Module):
-  """y = x @ kernel (+ bias); kernel is HF's weight transposed, shape [in, out]."""
+  """y = x @ kernel (+ bias); kernel is HF's weight transposed, shape [in, out].
+
+  Leading axes are flattened so the matmul (and its autodiff weight gradient,
+  a contraction over one token axis) is 2-D: with [B, T, in] operands XLA:CPU
+  materialises transposed copies of the activation gradients for the weight
+  gradient, which dominated the training step.
+  """
   features: int
   axes: tuple[str, str]
   use_bias: bool
@@ -168,7 +174,8 @@ class Linear(nn.Module):
     init = nn.initializers.normal(self.cfg.init_std)
     k = self.param("kernel", nn.with_logical_partitioning(init, self.axes),
                    (x.shape[-1], self.features), _dt(self.cfg.param_dtype))
-    y = jnp.dot(x, k.astype(x.dtype))
+    y = jnp.dot(x.reshape(-1, x.shape[-1]), k.astype(x.dtype))
+    y = y.reshape(*x.shape[:-1], self.features)
     if self.use_bias:
       b = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, self.axes[1:]),
                      (self.features,), _dt(self.cfg.param_dtype))
@@ -193,64 +200,49 @@ class Attention(nn.Module):
     q_BTNH = apply_rope(q_BTNH, positions_BT, inv_freq)
     k_BTKH = apply_rope(k_BTKH, positions_BT, inv_freq)
 
+    # Key/value layouts: [B, S, K, H] without a cache or with the stacked
+    # [L, B, S, K, H] cache; the layer-list (decode) cache holds keys as
+    # [B, K, H, S] and values as [B, K, S, H], so both attention dots read it
+    # with their batch axes (B, K) leading and need no transposed copy.
     per_layer = cache is not None and cache["k"].ndim == 4
     if cache is None:
-      keys_BSKH, values_BSKH = k_BTKH, v_BTKH
+      keys, values = k_BTKH, v_BTKH
       q_slot = jnp.arange(T)
     else:
       # Write this call's T keys at slots [cache_index, cache_index + T), in
-      # place: into this layer's [B, S, K, H] buffer, or into layer `layer`
-      # of the carried [L, B, S, K, H] buffers.
+      # place: into this layer's buffers, or into layer `layer` of the
+      # carried [L, B, S, K, H] buffers.
       cdt = cache["k"].dtype
       if per_layer:
-        start, new_k, new_v = (0, cache_index, 0, 0), k_BTKH, v_BTKH
+        new_k, new_v = k_BTKH.transpose(0, 2, 3, 1), v_BTKH.transpose(0, 2, 1, 3)
+        k_at, v_at = (0, 0, 0, cache_index), (0, 0, cache_index, 0)
       else:
-        start, new_k, new_v = (layer, 0, cache_index, 0, 0), k_BTKH[None], v_BTKH[None]
-      cache = {
-          "k": jax.lax.dynamic_update_slice(cache["k"], new_k.astype(cdt), start),
-          "v": jax.lax.dynamic_update_slice(cache["v"], new_v.astype(cdt), start),
-      }
-      keys_BSKH = cache["k"] if per_layer else cache["k"][layer]
-      values_BSKH = cache["v"] if per_layer else cache["v"][layer]
-      keys_BSKH = keys_BSKH.astype(x_BTD.dtype)
-      values_BSKH = values_BSKH.astype(x_BTD.dtype)
+        new_k, new_v = k_BTKH[None], v_BTKH[None]
+        k_at = v_at = (layer, 0, cache_index, 0, 0)
+      cache = {"k": jax.lax.dynamic_update_slice(cache["k"], new_k.astype(cdt), k_at),
+               "v": jax.lax.dynamic_update_slice(cache["v"], new_v.astype(cdt), v_at)}
+      keys = cache["k"] if per_layer else cache["k"][layer]
+      values = cache["v"] if per_layer else cache["v"][layer]
+      keys, values = keys.astype(x_BTD.dtype), values.astype(x_BTD.dtype)
       q_slot = cache_index + jnp.arange(T)
-    S = keys_BSKH.shape[1]
+    k_spec, v_spec = ("BKHS", "BKSH") if per_layer else ("BSKH", "BSKH")
+    S = values.shape[2 if per_layer else 1]
     allowed_BTS = (jnp.arange(S)[None, None, :] <= q_slot[None, :, None]) & kv_mask_BS[:, None, :]
 
     g = N // K
-    if per_layer and T == 1:
-      out_BTKgH = _decode_attention(q_BTNH.reshape(B, K, g, H), keys_BSKH, values_BSKH,
-                                    allowed_BTS[:, 0]).astype(x_BTD.dtype)[:, None]
-    else:
-      q_BTKgH = q_BTNH.reshape(B, T, K, g, H)
-      logits_BKgTS = jnp.einsum("BTKgH,BSKH->BKgTS", q_BTKgH, keys_BSKH,
-                                preferred_element_type=jnp.float32) / math.sqrt(H)
-      logits_BKgTS = jnp.where(allowed_BTS[:, None, None], logits_BKgTS, -1e30)
-      probs_BKgTS = jax.nn.softmax(logits_BKgTS, axis=-1).astype(x_BTD.dtype)
-      out_BTKgH = jnp.einsum("BKgTS,BSKH->BTKgH", probs_BKgTS, values_BSKH)
+    q_BTKgH = q_BTNH.reshape(B, T, K, g, H)
+    # Both dots produce their natural [B, K, (T, g), .] order (q's (T, g)
+    # order kept): XLA:CPU then copies no big logits/probs tensor and keeps
+    # the dots in its fast library; the small output is transposed after.
+    logits_BKTgS = jnp.einsum(f"BTKgH,{k_spec}->BKTgS", q_BTKgH, keys,
+                              preferred_element_type=jnp.float32) / math.sqrt(H)
+    logits_BKTgS = jnp.where(allowed_BTS[:, None, :, None], logits_BKTgS, -1e30)
+    probs_BKTgS = jax.nn.softmax(logits_BKTgS, axis=-1).astype(x_BTD.dtype)
+    out_BKTgH = jnp.einsum(f"BKTgS,{v_spec}->BKTgH", probs_BKTgS, values)
+    out_BTKgH = out_BKTgH.transpose(0, 2, 1, 3, 4)
     out_BTD = Linear(c.d_model, ("q_heads", "embed"), False, c, name="o_proj")(
         out_BTKgH.reshape(B, T, N * H))
     return out_BTD, cache
-
-
-def _decode_attention(q_BKgH, keys_BSKH, values_BSKH, allowed_BS):
-  """Single-query attention read straight from a [B, S, K, H] cache buffer.
-
-      p_BSKg = softmax_S( sum_H q_BKgH k_BSKH / sqrt(H) )   (masked slots -1e30)
-      out_BKgH = sum_S p_BSKg v_BSKH
-
-  The same math as the einsum path, written as fused multiply-reduces so the
-  cache is read in its own layout (a dot would transpose it to [B, K, S, H]
-  first). Products and sums in fp32.
-  """
-  H = q_BKgH.shape[-1]
-  f32 = jnp.float32
-  logits_BSKg = jnp.sum(q_BKgH.astype(f32)[:, None] * keys_BSKH.astype(f32)[:, :, :, None, :],
-                        axis=-1) / math.sqrt(H)
-  logits_BSKg = jnp.where(allowed_BS[:, :, None, None], logits_BSKg, -1e30)
-  probs_BSKg = jax.nn.softmax(logits_BSKg, axis=1)
-  return jnp.sum(probs_BSKg[..., None] * values_BSKH.astype(f32)[:, :, :, None, :], axis=1)
 
 
 class MLP(nn.Module):
@@ -342,8 +334,9 @@ class Transformer(nn.Module):
       w_DV = embed.embedding.T
     else:
       w_DV = LMHead(c, name="lm_head")()
-    logits_BTV = jnp.einsum("BTD,DV->BTV", x_BTD, w_DV.astype(x_BTD.dtype),
-                            preferred_element_type=jnp.float32)
+    B, T, D = x_BTD.shape  # 2-D matmul, as in `Linear`
+    logits_BTV = jnp.dot(x_BTD.reshape(B * T, D), w_DV.astype(x_BTD.dtype),
+                         preferred_element_type=jnp.float32).reshape(B, T, -1)
     return constrain(logits_BTV, ("batch", "length", "vocab")), cache
 
 
@@ -435,13 +428,16 @@ def init_cache(cfg: ModelConfig, batch: int, max_len: int) -> KVCache:
 
 
 def unstack_cache(cache: KVCache) -> KVCache:
-  """{'k': [L, B, S, K, H]} -> layer-list {'k': (L x [B, S, K, H])} (the decode layout)."""
-  return {name: tuple(buf) for name, buf in cache.items()}
+  """Stacked {'k', 'v': [L, B, S, K, H]} -> the layer-list decode layout:
+  {'k': (L x [B, K, H, S]), 'v': (L x [B, K, S, H])}."""
+  return {"k": tuple(jnp.transpose(cache["k"], (0, 1, 3, 4, 2))),
+          "v": tuple(jnp.transpose(cache["v"], (0, 1, 3, 2, 4)))}
 
 
 def stack_cache(cache: KVCache) -> KVCache:
-  """Layer-list cache -> {'k': [L, B, S, K, H], 'v': ...}."""
-  return {name: jnp.stack(bufs) for name, bufs in cache.items()}
+  """Layer-list decode layout -> stacked {'k', 'v': [L, B, S, K, H]}."""
+  return {"k": jnp.transpose(jnp.stack(cache["k"]), (0, 1, 4, 2, 3)),
+          "v": jnp.transpose(jnp.stack(cache["v"]), (0, 1, 3, 2, 4))}
 
 
 def unstack_layers(params: Params) -> Params:

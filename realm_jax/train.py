@@ -97,9 +97,17 @@ def _tokenizer(cfg: configs.ExperimentConfig, workdir: str, run_data: corpus.Run
   if spec.pretrained:
     from realm_jax import pretrained
     return pretrained.load_pretrained_tokenizer(_pretrained_path(spec.pretrained))
-  if cfg.init_from:
-    return tokenizer_lib.load_tokenizer(os.path.join(cfg.init_from, "tokenizer.model"))
   path = os.path.join(workdir, "tokenizer.model")
+  if cfg.init_from:  # the params' own tokenizer, kept beside them for runs that start from this one
+    source = os.path.join(cfg.init_from, "tokenizer.model")
+    if not os.path.exists(source):
+      raise FileNotFoundError(f"init_from={cfg.init_from!r} has no tokenizer.model")
+    if not os.path.exists(path) and jax.process_index() == 0:
+      os.makedirs(workdir, exist_ok=True)
+      shutil.copyfile(source, path + ".tmp")
+      os.replace(path + ".tmp", path)
+    distributed.barrier("tokenizer")
+    return tokenizer_lib.load_tokenizer(path)
   if not os.path.exists(path) and jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
     texts = list(corpus.tokenizer_corpus(run_data.train, cfg.rl.mrpv))
@@ -282,30 +290,31 @@ def run_rl(ctx: Context, workdir: str, writer: metrics_lib.MetricsWriter, params
                             writer, cfg.max_memory_fraction, cfg.device_memory_bytes)
   bar = metrics_lib.progress(cfg.rl.steps, start, "rl")
   from realm_jax import eaai
-  for step in range(start, cfg.rl.steps):
-    examples = next(batches)
-    state, m = loop.step(state, ref_params, examples, step, clock)
-    metrics_lib.check_finite(m, step, "rl", keys=("loss", "grad_norm", "reward"))
-    writer.write("rl", step, m)
-    # The gate reads a running (EMA) autonomous accuracy; none yet -> the clock advances.
-    auto = m["accuracy_no_routes"]
-    if not np.isnan(auto):
-      acc_ema = auto if acc_ema is None else 0.9 * acc_ema + 0.1 * auto
-    clock = int(eaai.advance_clock(clock, acc_ema, eaai_cfg))
-    bar.update(1)
-    bar.set_postfix(reward=f"{m['reward']:.2f}", acc=f"{m['accuracy']:.2f}", p=f"{m['p_routes']:.2f}")
-    last = step + 1 == cfg.rl.steps
-    stop = preemption.requested()
-    if last or stop or (cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0):
-      ckpt.save(step + 1, state, extra={"data": data.get_state(batches), "step": step + 1,
-                                        "eaai_clock": clock, "acc_ema": acc_ema,
-                                        "reference": ref_source},
-                metrics={"accuracy": m["accuracy"]}, force=last or stop)
-    if stop:
-      ckpt.wait()
-      ckpt.close()
-      raise preemption.Preempted(f"rl step {step + 1}")
-  ckpt.wait()
-  ckpt.close()
+  try:
+    for step in range(start, cfg.rl.steps):
+      examples = next(batches)
+      state, m = loop.step(state, ref_params, examples, step, clock)
+      metrics_lib.check_finite(m, step, "rl", keys=("loss", "grad_norm", "reward"))
+      writer.write("rl", step, m)
+      # The gate reads a running (EMA) autonomous accuracy; none yet -> the clock advances.
+      auto = m["accuracy_no_routes"]
+      if not np.isnan(auto):
+        acc_ema = auto if acc_ema is None else 0.9 * acc_ema + 0.1 * auto
+      clock = int(eaai.advance_clock(clock, acc_ema, eaai_cfg))
+      bar.update(1)
+      bar.set_postfix(reward=f"{m['reward']:.2f}", acc=f"{m['accuracy']:.2f}",
+                      p=f"{m['p_routes']:.2f}")
+      last = step + 1 == cfg.rl.steps
+      stop = preemption.requested()
+      if last or stop or (cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0):
+        distill.check_finite_params(state.params, step, "rl")
+        ckpt.save(step + 1, state, extra={"data": data.get_state(batches), "step": step + 1,
+                                          "eaai_clock": clock, "acc_ema": acc_ema,
+                                          "reference": ref_source},
+                  metrics={"accuracy": m["accuracy"]}, force=last or stop)
+      if stop:
+        raise preemption.Preempted(f"rl step {step + 1}")
+  finally:  # waits for pending saves, on errors too: every save holds finite pre-failure state
+    ckpt.close()
   bar.close()
   return state.params

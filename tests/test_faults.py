@@ -1,8 +1,10 @@
-"""Fault tolerance of `realm-jax train`: kill -9, SIGTERM, a truncated checkpoint, NaN, a raising reward.
+"""Fault tolerance of `realm-jax train`: kill -9, SIGTERM, truncated checkpoints, NaN, bad rewards.
 
-Every run is a subprocess of the CLI on a micro model (one CPU device, one
-bucket per length so each function compiles once), sharing a persistent
-compilation cache so that only the first run of each shape pays for XLA.
+Every run is a subprocess of the CLI (one drives `train.run` with a patched
+reward) on a micro model (one CPU device, one bucket per length so each
+function compiles once), sharing a persistent compilation cache so that only
+the first run of each shape pays for XLA. Independent runs go concurrently:
+most of a micro run is single-threaded start-up and tracing.
 
 Resume is checked against an uninterrupted run of the same command: on CPU
 the per-step metrics of the resumed run must equal the reference's bitwise
@@ -39,7 +41,7 @@ MICRO = [
     "data.prompt_buckets=320", "data.sft_buckets=384",
 ]
 RL_STEPS = 10
-SFT_STEPS = 6
+SFT_STEPS = 12
 TIMEOUT = 600  # seconds a subprocess may take: the CI machine is small and shared
 # A preempted run gets ~30 s between SIGTERM and SIGKILL on a TPU VM; the step
 # in flight plus one checkpoint must fit in it.
@@ -73,16 +75,25 @@ class Runner:
                             start_new_session=True)
 
   def run(self, cmd: list[str], log: str, expect_ok: bool = True) -> tuple[int, str]:
-    proc = self.start(cmd, log)
-    try:
-      rc = proc.wait(TIMEOUT)
-    except subprocess.TimeoutExpired:
-      os.killpg(proc.pid, signal.SIGKILL)
-      raise
-    stderr = _read(log + ".err")
-    if expect_ok:
-      assert rc == 0, f"{' '.join(cmd[3:])} exited {rc}:\n{stderr[-3000:]}"
-    return rc, stderr
+    return self.run_all({log: cmd}, expect_ok)[log]
+
+  def run_all(self, jobs: dict[str, list[str]], expect_ok: bool = True
+              ) -> dict[str, tuple[int, str]]:
+    """Runs {log: cmd} concurrently; returns {log: (exit status, stderr)}."""
+    procs = {log: self.start(cmd, log) for log, cmd in jobs.items()}
+    out = {}
+    for log, proc in procs.items():
+      try:
+        rc = proc.wait(TIMEOUT)
+      except subprocess.TimeoutExpired:
+        for p in procs.values():
+          if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+        raise
+      out[log] = rc, _read(log + ".err")
+      if expect_ok:
+        assert rc == 0, f"{' '.join(jobs[log][3:])} exited {rc}:\n{out[log][1][-3000:]}"
+    return out
 
 
 def _read(path: str) -> str:
@@ -92,13 +103,21 @@ def _read(path: str) -> str:
 
 def _wait_until(proc: subprocess.Popen, cond, what: str, timeout: float = TIMEOUT) -> None:
   t0 = time.monotonic()
-  while not cond():
+  while not _safely(cond):
     if proc.poll() is not None:
       raise AssertionError(f"the run exited ({proc.returncode}) before {what}")
     if time.monotonic() - t0 > timeout:
       os.killpg(proc.pid, signal.SIGKILL)
       raise AssertionError(f"timed out waiting for {what}")
     time.sleep(0.01)
+
+
+def _safely(cond) -> bool:
+  """cond(), False while the run is mid-write (a metrics line without its end yet)."""
+  try:
+    return cond()
+  except ValueError:
+    return False
 
 
 def _steps(workdir: str, phase: str) -> list[int]:
@@ -135,8 +154,7 @@ def _assert_same_metrics(workdir: str, reference: str, phase: str, steps) -> Non
 
 
 # ---------------------------------------------------------------------------
-# Shared runs (independent ones run two at a time: most of a micro run is single-threaded
-# start-up and tracing).
+# Shared runs.
 
 
 @pytest.fixture(scope="module")
@@ -185,10 +203,11 @@ def base(sft_runs):
 
 
 def _rl_cmd(base: str, workdir: str, *extra: str) -> list[str]:
-  """ReaLM-Zero: routes (EAAI), verification, route contrast, accuracy EMA; every checkpoint kept."""
+  """ReaLM-Zero (routes under EAAI, verification, route contrast), its schedule clock gated on
+  the accuracy EMA (so clock != step: both are restored state); keeps every checkpoint."""
   return _train_cmd("realm_zero", workdir, MICRO + [
       f"init_from={base}", f"rl.steps={RL_STEPS}", "checkpoint_every=2",
-      f"keep_checkpoints={RL_STEPS}", *extra])
+      f"keep_checkpoints={RL_STEPS}", "rl.eaai.gate_threshold=0.5", *extra])
 
 
 @pytest.fixture(scope="module")
@@ -205,17 +224,31 @@ def rl_runs(runner, root, base):
   shutil.copytree(wd, wd + "_copy")
   assert ref_proc.wait(TIMEOUT) == 0, _read(ref + ".err")[-3000:]
   assert _steps(ref, "rl") == list(range(RL_STEPS))
+  clock = [r["eaai_clock"] for r in metrics.read_metrics(ref, "rl")]
+  assert clock[-1] < RL_STEPS - 1, f"the gate never held the clock: {clock}"
   return ref, wd, wd + "_copy", len(_steps(wd, "rl"))
+
+
+@pytest.fixture(scope="module")
+def resumed_rl(runner, base, rl_runs):
+  """Reruns the killed run as is, and its copy with the latest checkpoint truncated on disk.
+
+  Returns {workdir: (checkpoint steps before the rerun, rerun stderr)}.
+  """
+  _, wd, copy, _ = rl_runs
+  before = {wd: _ckpt_steps(wd, "rl"), copy: _ckpt_steps(copy, "rl")}
+  _truncate_biggest_file(os.path.join(copy, "ckpt", "rl", str(before[copy][-1]), "state"))
+  out = runner.run_all({w + ".resume": _rl_cmd(base, w) for w in (wd, copy)})
+  return {w: (before[w], out[w + ".resume"][1]) for w in (wd, copy)}
 
 
 # ---------------------------------------------------------------------------
 # 1. kill -9 mid-way.
 
 
-def test_kill9_resumes_from_last_checkpoint_with_identical_metrics(runner, base, rl_runs):
+def test_kill9_resumes_from_last_checkpoint_with_identical_metrics(rl_runs, resumed_rl):
   reference, wd, _, lines_before = rl_runs
-  restored = _ckpt_steps(wd, "rl")[-1]
-  runner.run(_rl_cmd(base, wd), wd + ".resume")
+  restored = resumed_rl[wd][0][-1]
   assert os.path.exists(os.path.join(wd, "DONE"))
   # The rerun starts at the checkpoint, not at 0 and not after it.
   assert _steps(wd, "rl")[lines_before:] == list(range(restored, RL_STEPS))
@@ -256,19 +289,14 @@ def test_sigterm_in_sft_after_base_saves_and_resumes(runner, sft_runs):
 # 3. A truncated checkpoint.
 
 
-def test_truncated_checkpoint_falls_back_to_previous(runner, base, rl_runs):
-  reference_rl, _, wd, lines_before = rl_runs
-  steps = _ckpt_steps(wd, "rl")
+def test_truncated_checkpoint_falls_back_to_previous(rl_runs, resumed_rl):
+  reference, _, wd, lines_before = rl_runs
+  steps, stderr = resumed_rl[wd]
   latest, previous = steps[-1], steps[-2]
-  state = os.path.join(wd, "ckpt", "rl", str(latest), "state")
-  files = [os.path.join(d, f) for d, _, fs in os.walk(state) for f in fs]
-  biggest = max(files, key=os.path.getsize)
-  with open(biggest, "r+b") as f:
-    f.truncate(os.path.getsize(biggest) // 2)
-  _, stderr = runner.run(_rl_cmd(base, wd), wd + ".resume")
   assert f"checkpoint step {latest}" in stderr and "unreadable" in stderr, stderr[-3000:]
+  assert os.path.exists(os.path.join(wd, "DONE"))
   assert _steps(wd, "rl")[lines_before:] == list(range(previous, RL_STEPS))
-  _assert_same_metrics(wd, reference_rl, "rl", range(RL_STEPS))
+  _assert_same_metrics(wd, reference, "rl", range(RL_STEPS))
   # The unreadable checkpoint was replaced by a good one when its step came round again
   # (keep_checkpoints keeps them all here).
   ckpt = checkpoint.Checkpointer(os.path.join(wd, "ckpt", "rl"), keep_last=None)
@@ -280,42 +308,38 @@ def test_truncated_checkpoint_falls_back_to_previous(runner, base, rl_runs):
     ckpt.close()
 
 
-# ---------------------------------------------------------------------------
-# 4. NaN.
+def _truncate_biggest_file(directory: str) -> None:
+  files = [os.path.join(d, f) for d, _, fs in os.walk(directory) for f in fs]
+  biggest = max(files, key=os.path.getsize)
+  with open(biggest, "r+b") as f:
+    f.truncate(os.path.getsize(biggest) // 2)
 
 
-@pytest.mark.parametrize("lr", [
-    "1e30",  # the params grow huge but finite: the next step's loss / grad norm is NaN
-    "1e39",  # inf in fp32: the first update itself leaves Inf/NaN in the params
-])
-def test_nan_stops_naming_step_and_metric_and_saves_nothing_bad(runner, root, base, lr):
-  wd = os.path.join(root, f"rl_nan_{lr}")
-  cmd = _rl_cmd(base, wd, f"rl.lr={lr}", "rl.grad_clip=1e30", "rl.warmup=0", "checkpoint_every=1")
-  rc, stderr = runner.run(cmd, wd, expect_ok=False)
-  assert rc not in (0, -signal.SIGKILL)
-  found = re.search(r"NonFiniteError: rl step (\d+): (metric '(loss|grad_norm|reward)' is "
-                    r"(nan|inf|-inf)|the updated params hold NaN/Inf)", stderr)
-  assert found, stderr[-3000:]
-  bad = int(found.group(1))
-  assert not os.path.exists(os.path.join(wd, "params", "rl"))
-  # Checkpoint s holds the state after s updates: none may include the failing step's update,
-  # none is left half-written, and every one holds finite numbers.
-  ckpt_dir = os.path.join(wd, "ckpt", "rl")
-  saved = _ckpt_steps(wd, "rl")
-  assert all(s <= bad for s in saved), (bad, saved)
-  assert sorted(os.listdir(ckpt_dir)) == sorted(map(str, saved)), os.listdir(ckpt_dir)
-  ckpt = checkpoint.Checkpointer(ckpt_dir, keep_last=None)
+def test_checkpointer_replaces_an_unreadable_step_when_saving_it_again(tmp_path):
+  ckpt = checkpoint.Checkpointer(tmp_path / "ckpt", keep_last=None, async_save=False)
   try:
-    for s in saved:
-      state, _ = ckpt.restore(step=s)
-      for x in jax.tree.leaves(state):
-        assert np.isfinite(np.asarray(x)).all(), f"checkpoint {s} holds NaN/Inf"
+    for step in (1, 2):
+      ckpt.save(step, {"w": np.full((64, 64), float(step), np.float32)}, extra={"step": step})
+    _truncate_biggest_file(str(tmp_path / "ckpt" / "2" / "state"))
+    with pytest.warns(UserWarning, match="checkpoint step 2 .* is unreadable"):
+      state, extra = ckpt.restore()
+    assert extra == {"step": 1} and np.all(np.asarray(state["w"]) == 1.0)
+    assert ckpt.save(2, {"w": np.full((64, 64), 2.5, np.float32)}, extra={"step": 2})
+    state, extra = ckpt.restore()
+    assert extra == {"step": 2} and np.all(np.asarray(state["w"]) == 2.5)
   finally:
     ckpt.close()
 
 
 # ---------------------------------------------------------------------------
-# 5. A reward function raising on strange completions.
+# 4. NaN, 5. a raising reward: independent runs, started together.
+
+NAN_LRS = {  # rl.lr -> the error expected
+    # The params grow huge but finite: the next step's loss / grad norm is NaN.
+    "1e30": r"metric '(loss|grad_norm|reward)' is (nan|inf|-inf)",
+    # Inf in fp32: the first update itself leaves Inf/NaN in the params, its metrics are finite.
+    "1e39": r"the updated params hold NaN/Inf",
+}
 
 _FLAKY_SCORER = textwrap.dedent("""
     import json, sys
@@ -342,20 +366,64 @@ _FLAKY_SCORER = textwrap.dedent("""
     """)
 
 
-def test_raising_reward_scores_zero_counts_and_training_goes_on(runner, root, base):
+@pytest.fixture(scope="module")
+def side_runs(runner, root, base):
+  """{name: (workdir, exit status, stderr)} for 'nan_<lr>' and 'flaky_reward'."""
+  jobs = {}
+  for lr in NAN_LRS:
+    wd = os.path.join(root, f"rl_nan_{lr}")
+    jobs[wd] = _rl_cmd(base, wd, f"rl.lr={lr}", "rl.grad_clip=1e30", "rl.warmup=0",
+                       "checkpoint_every=1")
   wd = os.path.join(root, "rl_flaky_reward")
-  log = wd + ".completions"
-  cmd = _rl_cmd(base, wd)
-  cmd = [sys.executable, "-c", _FLAKY_SCORER, log] + cmd[cmd.index("train") + 1:]
-  cmd.remove("--workdir")
-  runner.run(cmd, wd)
+  cmd = _rl_cmd(base, wd)  # [python, -m, realm_jax, train, EXPERIMENT, --workdir, WD, *overrides]
+  jobs[wd] = [sys.executable, "-c", _FLAKY_SCORER, wd + ".completions", cmd[4], wd, *cmd[7:]]
+  out = runner.run_all(jobs, expect_ok=False)
+  return {os.path.basename(wd)[3:]: (wd, *res) for wd, res in out.items()}
+
+
+@pytest.mark.parametrize("lr", list(NAN_LRS))
+def test_nan_stops_naming_step_and_metric_and_saves_nothing_bad(side_runs, lr):
+  wd, rc, stderr = side_runs[f"nan_{lr}"]
+  assert rc == 1, stderr[-3000:]  # an uncaught error, not a crash
+  found = re.search(r"NonFiniteError: rl step (\d+): " + NAN_LRS[lr], stderr)
+  assert found, stderr[-3000:]
+  bad = int(found.group(1))
+  assert not os.path.exists(os.path.join(wd, "params", "rl"))
+  # Checkpoint s holds the state after s updates: none may include the failing step's update,
+  # none is left half-written, and every one holds finite numbers.
+  ckpt_dir = os.path.join(wd, "ckpt", "rl")
+  saved = _ckpt_steps(wd, "rl")
+  assert all(s <= bad for s in saved), (bad, saved)
+  assert sorted(os.listdir(ckpt_dir)) == sorted(map(str, saved)), os.listdir(ckpt_dir)
+  ckpt = checkpoint.Checkpointer(ckpt_dir, keep_last=None)
+  try:
+    for s in saved:
+      state, _ = ckpt.restore(step=s)
+      for x in jax.tree.leaves(state):
+        assert np.isfinite(np.asarray(x)).all(), f"checkpoint {s} holds NaN/Inf"
+  finally:
+    ckpt.close()
+
+
+def test_finite_params_check_names_phase_and_step():
+  from realm_jax import distill
+  distill.check_finite_params({"a": np.ones(3, np.float32), "b": np.zeros((), np.int32)}, 0, "rl")
+  for bad in (np.inf, -np.inf, np.nan):
+    params = {"a": np.ones(3, np.float32), "b": {"c": np.array([0.0, bad], np.float32)}}
+    with pytest.raises(metrics.NonFiniteError, match=r"sft step 7: the updated params hold"):
+      distill.check_finite_params(params, 7, "sft")
+
+
+def test_raising_reward_scores_zero_counts_and_training_goes_on(side_runs):
+  wd, rc, stderr = side_runs["flaky_reward"]
+  assert rc == 0, stderr[-3000:]
   rows = metrics.read_metrics(wd, "rl")
   assert [r["step"] for r in rows] == list(range(RL_STEPS))
-  with open(log) as f:
+  with open(wd + ".completions") as f:
     batches = [json.loads(line) for line in f]
   assert len(batches) == RL_STEPS
   strange = [sum(len(c) % 3 == 0 for c in b) for b in batches]
   assert any(strange), "no completion of this run hit the raising branch"
   assert [r["reward/format_errors"] for r in rows] == strange
-  for r, b in zip(rows, batches):
+  for r in rows:
     assert math.isfinite(r["loss"]) and r["reward/answer_errors"] == 0
