@@ -32,6 +32,7 @@ import abc
 import io
 import json
 import os
+import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -221,8 +222,13 @@ def train_sentencepiece(texts: Iterable[str], vocab_size: int, *,
     raise ValueError(f"model_type={model_type!r}; use 'unigram' or 'bpe'")
   writer = io.BytesIO()
   with open(os.devnull, 'w') as devnull:
+    try:  # sentencepiece silences its log by redirecting the stderr file descriptor
+      sys.stderr.fileno()
+      logstream = devnull
+    except (AttributeError, io.UnsupportedOperation):  # stderr replaced (e.g. captured)
+      logstream = None
     spm.SentencePieceTrainer.Train(
-        logstream=devnull, sentence_iterator=iter(texts), model_writer=writer,
+        logstream=logstream, sentence_iterator=iter(texts), model_writer=writer,
         vocab_size=vocab_size, model_type=model_type, split_digits=True, byte_fallback=True,
         user_defined_symbols=list(user_symbols), character_coverage=character_coverage,
         normalization_rule_name='identity', remove_extra_whitespaces=False,

@@ -1,0 +1,73 @@
+"""The command line: each subcommand reaches its function and reports bad input clearly."""
+
+import os
+import struct
+import subprocess
+import sys
+
+import pytest
+
+from realm_jax import cli
+
+
+def _run(*args, **kw):
+  return subprocess.run([sys.executable, "-m", "realm_jax", *args], capture_output=True, text=True,
+                        timeout=300, **kw)
+
+
+def test_data_stats_prints_route_pool_table(capsys):
+  cli.main(["data", "stats", "domain:tax", "--n", "40"])
+  out = capsys.readouterr().out
+  assert "items" in out and "40" in out
+  assert "negative routes" in out and "positive routes" in out
+  assert "negatives: " in out  # a share per error type
+
+
+def test_data_stats_token_lengths_with_a_tokenizer(tmp_path, capsys):
+  from realm_jax import tokenizer
+  texts = [f"Parcel {i} kg to zone B costs {3 * i} dollars." for i in range(200)]
+  tokenizer.train_sentencepiece(texts, 300, out_path=str(tmp_path / "t.model"), model_type="bpe",
+                                hard_vocab_limit=False)
+  cli.main(["data", "stats", "domain:tariff", "--n", "20", "--tokenizer", str(tmp_path / "t.model")])
+  out = capsys.readouterr().out
+  assert "question tokens min/median/max" in out and "route tokens min/median/max" in out
+
+
+def test_data_routes_writes_a_pool_that_reads_back(tmp_path, capsys):
+  out_file = tmp_path / "pool.jsonl"
+  cli.main(["data", "routes", "domain:dosing", "--out", str(out_file), "--n", "12", "--negatives", "2"])
+  from realm_jax import teachers
+  pool = teachers.read_route_pool(out_file)
+  assert len(pool) == 12 and all(len(ex.routes) == 3 for ex in pool)
+  assert all(sum(r.positive for r in ex.routes) == 1 for ex in pool)
+  cli.main(["data", "stats", f"routes:{out_file}"])
+  assert "items" in capsys.readouterr().out
+
+
+def test_unknown_domain_lists_the_valid_ones():
+  with pytest.raises(ValueError, match="tariff"):
+    cli.main(["data", "stats", "domain:nope", "--n", "3"])
+
+
+def test_plot_schedule_writes_a_png(tmp_path):
+  out = tmp_path / "s.png"
+  cli.main(["plot-schedule", "realm_zero", "--out", str(out), "rl.steps=50", "rl.eaai.shape=cosine"])
+  with open(out, "rb") as f:
+    head = f.read(24)
+  assert head[:8] == b"\x89PNG\r\n\x1a\n"
+  width, height = struct.unpack(">II", head[16:24])
+  assert width > 200 and height > 200
+
+
+def test_bad_override_and_flag_are_rejected():
+  r = _run("train", "demo", "--workdir", "/tmp/never", "rl.stepz=3")
+  assert r.returncode != 0 and "unknown field 'stepz'" in r.stderr
+  r = _run("train", "demo", "--workdir", "/tmp/never", "--bogus")
+  assert r.returncode == 2 and "unrecognized arguments: --bogus" in r.stderr
+
+
+def test_generate_with_smollm2_answers():
+  r = _run("generate", "--model", "smollm2", "--prompt", "What is the capital of France?", "--chat",
+           "--max-new-tokens", "12")
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert "Paris" in r.stdout
