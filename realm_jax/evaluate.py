@@ -68,7 +68,8 @@ def _prompts(examples: Sequence[Example], mrpv_cfg: mrpv.MRPVConfig, with_routes
 def _generate_all(params, model_cfg, tok, prompts, scfg, batch_size, chat, seed) -> list[list[str]]:
   from realm_jax.rl_loop import completion_texts, encode_prompts
   gen = sampling.make_generate_fn(model_cfg, scfg)
-  buckets = (max(len(tok.encode(p, add_bos=True)) for p in prompts) + 8,)
+  wrap = (lambda p: tok.apply_chat_template([{"role": "user", "content": p}])) if chat else (lambda p: p)
+  buckets = (max(len(tok.encode(wrap(p), add_bos=True)) for p in prompts),)  # one shape: one compile
   out: list[list[str]] = []
   for start in range(0, len(prompts), batch_size):
     chunk = prompts[start:start + batch_size]

@@ -27,6 +27,7 @@ Conventions
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Callable
 
@@ -102,8 +103,7 @@ class DecodeState:
   model_logprobs_NM: jax.Array
   lengths_N: jax.Array
   done_N: jax.Array  # a stop token was emitted
-  logits_NV: jax.Array  # next-token logits
-  cache: model_lib.KVCache
+  cache: model_lib.KVCache  # layer-list decode layout (model.unstack_cache)
 
 
 # ----------------------------------------------------------------------------
@@ -140,21 +140,24 @@ def filter_logits(logits_NV: jax.Array, scfg: SamplingConfig) -> jax.Array:
   return x
 
 
-def categorical(logw_NV: jax.Array, u_N: jax.Array, block: int = _CDF_BLOCK) -> jax.Array:
+def categorical(logw_NV: jax.Array, u_N: jax.Array, block: int = _CDF_BLOCK
+                ) -> tuple[jax.Array, jax.Array]:
   """Inverse-CDF draw from q ∝ exp(logw) with one uniform u in [0, 1) per row.
 
-  Returns the index i with C(i-1) <= u * C(V-1) < C(i), C the running sum of
-  w = exp(logw - max logw). Two levels (blocks of `block` tokens, then inside
-  the chosen block) keep the scans short; the pick is clamped to the last
-  index of positive weight, so a token of zero weight (-inf) is never drawn.
-  Costs one exp over V, far cheaper on CPU than Gumbel-max's V random numbers.
+  Returns (index, logsumexp(logw)): the index i with
+  C(i-1) <= u * C(V-1) < C(i), C the running sum of w = exp(logw - max logw).
+  Two levels (blocks of `block` tokens, then inside the chosen block) keep the
+  scans short; the pick is clamped to the last index of positive weight, so a
+  token of zero weight (-inf) is never drawn. One exp over V serves both the
+  draw and the normaliser, far cheaper on CPU than Gumbel-max's V random numbers.
   """
   N, V = logw_NV.shape
   nb = -(-V // block)
   logw = logw_NV.astype(jnp.float32)
   if nb * block != V:
     logw = jnp.pad(logw, ((0, 0), (0, nb * block - V)), constant_values=-jnp.inf)
-  w_NbK = jnp.exp(logw - jnp.max(logw, axis=-1, keepdims=True)).reshape(N, nb, block)
+  m_N = jnp.max(logw, axis=-1)
+  w_NbK = jnp.exp(logw - m_N[:, None]).reshape(N, nb, block)
 
   def pick(w_NX, r_N):
     """First index whose running sum exceeds r, clamped to the last positive weight."""
@@ -167,11 +170,11 @@ def categorical(logw_NV: jax.Array, u_N: jax.Array, block: int = _CDF_BLOCK) -> 
     return idx, r_N - before
 
   w_Nb = jnp.sum(w_NbK, axis=-1)
-  r_N = u_N.astype(jnp.float32) * jnp.sum(w_Nb, axis=-1)
-  b, r_N = pick(w_Nb, r_N)
+  total_N = jnp.sum(w_Nb, axis=-1)
+  b, r_N = pick(w_Nb, u_N.astype(jnp.float32) * total_N)
   w_NK = jnp.take_along_axis(w_NbK, b[:, None, None], axis=1)[:, 0]
   j, _ = pick(w_NK, r_N)
-  return b * block + j
+  return b * block + j, m_N + jnp.log(total_N)
 
 
 def sample_step(logits_NV: jax.Array, key: jax.Array, scfg: SamplingConfig
@@ -179,21 +182,19 @@ def sample_step(logits_NV: jax.Array, key: jax.Array, scfg: SamplingConfig
   """One token per row: (token [N] int32, log q(token), log softmax(l)(token))."""
   logits_NV = logits_NV.astype(jnp.float32)
   N = logits_NV.shape[0]
-  lse_N = jax.nn.logsumexp(logits_NV, axis=-1)
+  pick = lambda x_NV, tok_N: jnp.take_along_axis(x_NV, tok_N[:, None], axis=-1)[:, 0]
   if scfg.greedy:
     tok = first_argmax(logits_NV)
-  else:
-    logw_NV = logits_NV if scfg.plain else filter_logits(logits_NV, scfg)
-    tok = categorical(logw_NV, jax.random.uniform(key, (N,), jnp.float32))
-  model_lp = jnp.take_along_axis(logits_NV, tok[:, None], axis=-1)[:, 0] - lse_N
-  if scfg.greedy:
-    lp = jnp.zeros_like(model_lp)
-  elif scfg.plain:
-    lp = model_lp
-  else:
-    lp = (jnp.take_along_axis(logw_NV, tok[:, None], axis=-1)[:, 0]
-          - jax.nn.logsumexp(logw_NV, axis=-1))
-  return tok, lp, model_lp
+    return tok, jnp.zeros((N,), jnp.float32), pick(logits_NV, tok) - jax.nn.logsumexp(logits_NV, -1)
+  u_N = jax.random.uniform(key, (N,), jnp.float32)
+  if scfg.plain:  # q == softmax(l): one pass gives the draw and both log-probs
+    tok, lse_N = categorical(logits_NV, u_N)
+    lp = pick(logits_NV, tok) - lse_N
+    return tok, lp, lp
+  logw_NV = filter_logits(logits_NV, scfg)
+  tok, lse_q_N = categorical(logw_NV, u_N)
+  return (tok, pick(logw_NV, tok) - lse_q_N,
+          pick(logits_NV, tok) - jax.nn.logsumexp(logits_NV, axis=-1))
 
 
 # ----------------------------------------------------------------------------
@@ -221,8 +222,16 @@ def _record(state: DecodeState, logits_NV, key, scfg: SamplingConfig) -> DecodeS
   )
 
 
-def _generate(params: model_lib.Params, cfg: model_lib.ModelConfig, prompt_tokens_BT: jax.Array,
-              prompt_mask_BT: jax.Array, rng: jax.Array, scfg: SamplingConfig) -> Rollout:
+@functools.partial(jax.jit, static_argnames=("cfg", "scfg"))
+def generate(params: model_lib.Params, cfg: model_lib.ModelConfig, prompt_tokens_BT: jax.Array,
+             prompt_mask_BT: jax.Array, rng: jax.Array, scfg: SamplingConfig) -> Rollout:
+  """Sample `scfg.num_samples` completions of each left-padded prompt.
+
+  Jitted with `cfg` and `scfg` static: one compilation per (shapes, cfg,
+  scfg), reused by every later call (`make_generate_fn` shares it).
+  """
+  if prompt_tokens_BT.ndim != 2:
+    raise ValueError(f"prompt_tokens_BT must be [B, T], got shape {prompt_tokens_BT.shape}")
   B, T = prompt_tokens_BT.shape
   if prompt_mask_BT.shape != (B, T):
     raise ValueError(f"prompt_mask_BT shape {prompt_mask_BT.shape} != prompt_tokens_BT shape {(B, T)}")
@@ -255,10 +264,9 @@ def _generate(params: model_lib.Params, cfg: model_lib.ModelConfig, prompt_token
       model_logprobs_NM=jnp.zeros((N, M), jnp.float32),
       lengths_N=jnp.zeros((N,), jnp.int32),
       done_N=jnp.zeros((N,), bool),
-      logits_NV=rep(logits_B1V[:, 0]),
       cache=cache,
   )
-  state = _record(state, state.logits_NV, jax.random.fold_in(rng, 0), scfg)
+  state = _record(state, rep(logits_B1V[:, 0]), jax.random.fold_in(rng, 0), scfg)
 
   def cond(s: DecodeState):
     return (s.step < M) & ~jnp.all(s.done_N)
@@ -286,15 +294,6 @@ def _generate(params: model_lib.Params, cfg: model_lib.ModelConfig, prompt_token
       model_logprobs=jnp.concatenate([zeros_NT, state.model_logprobs_NM], axis=1),
       truncated=~state.done_N,
   )
-
-
-generate = jax.jit(_generate, static_argnames=("cfg", "scfg"))
-generate.__doc__ = """generate(params, cfg, prompt_tokens_BT, prompt_mask_BT, rng, scfg) -> Rollout
-
-Sample `scfg.num_samples` completions of each left-padded prompt. Jitted with
-`cfg` and `scfg` static: one compilation per (shapes, cfg, scfg), reused by
-every later call.
-"""
 
 
 def make_generate_fn(cfg: model_lib.ModelConfig, scfg: SamplingConfig

@@ -40,12 +40,18 @@ class StepShardings:
   replicated: Any
 
 
+def lr_schedule(lr: float, warmup: int, total_steps: int) -> optax.Schedule:
+  """Linear warm-up from 0 to `lr` over `warmup` steps, then cosine decay to lr/10 at `total_steps`."""
+  decay = max(total_steps - warmup, 1)
+  if warmup:
+    return optax.warmup_cosine_decay_schedule(0.0, lr, warmup, warmup + decay, end_value=lr * 0.1)
+  return optax.cosine_decay_schedule(lr, decay, alpha=0.1)
+
+
 def make_optimizer(lr: float, warmup: int, total_steps: int, weight_decay: float,
                    grad_clip: float) -> optax.GradientTransformation:
-  """AdamW with linear warm-up then cosine decay to 10%, global-norm clipping."""
-  total = max(total_steps, warmup + 1)
-  schedule = optax.warmup_cosine_decay_schedule(0.0 if warmup else lr, lr, max(warmup, 1), total,
-                                                end_value=lr * 0.1)
+  """AdamW on `lr_schedule`, after global-norm clipping."""
+  schedule = lr_schedule(lr, warmup, total_steps)
   return optax.chain(optax.clip_by_global_norm(grad_clip),
                      optax.adamw(schedule, b1=0.9, b2=0.95, weight_decay=weight_decay))
 

@@ -158,3 +158,24 @@ def test_memory_estimate_is_logged_and_a_config_that_cannot_fit_stops_early(micr
   rows = metrics.read_metrics(wd, "rl_memory")
   assert rows and rows[0]["total_bytes"] > 4096 and rows[0]["argument_bytes"] > 0
   assert not metrics.read_metrics(wd, "rl")  # stopped before the first step
+
+
+def test_rollouts_reuse_the_compiled_sampler_across_steps(micro_base, tmp_path):
+  import jax
+  compiles = []
+
+  def listener(event, duration, **kw):
+    if event == "/jax/core/compile/backend_compile_duration":
+      compiles.append(kw.get("fun_name", ""))
+
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    # One prompt bucket: every step has the same shapes, so nothing may recompile.
+    train.run("grpo", str(tmp_path / "c"), MICRO + ["rl.steps=4", "data.prompt_buckets=320",
+                                                    "rl.max_new_tokens=9", f"init_from={micro_base}"])
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+  assert compiles.count("jit(generate)") == 1, compiles
+  # The update too (its start-up memory estimate compiles the same executable).
+  assert compiles.count("jit(step)") == 1, compiles
+  assert len(metrics.read_metrics(str(tmp_path / "c"), "rl")) == 4
