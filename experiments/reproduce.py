@@ -53,7 +53,18 @@ def _cli(*args: str, log: str, cache: str) -> None:
     subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, check=True, env=env)
 
 
+def applicable(experiment: str, overrides: list[str]) -> list[str]:
+  """Drops `STAGE.*` overrides for stages the experiment does not run (a shorter
+  schedule must not switch a stage on)."""
+  from realm_jax import configs
+  cfg = configs.load_experiment(experiment)
+  enabled = {"base": cfg.base.steps > 0, "sft": cfg.sft.steps > 0, "rft": cfg.rft.rounds > 0,
+             "rl": cfg.rl.steps > 0}
+  return [o for o in overrides if enabled.get(o.split(".", 1)[0], True)]
+
+
 def run_one(experiment: str, workdir: str, overrides: list[str], log: str) -> dict:
+  overrides = applicable(experiment, overrides)
   result_path = os.path.join(workdir, "eval.json")
   if not os.path.exists(result_path):
     t0 = time.time()
