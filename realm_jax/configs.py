@@ -73,8 +73,9 @@ class SFTConfig:
   steps: 0 disables the stage. route_share: share of items shown with routes
   and a gold `<verify>` block, so the student learns the MRPV format.
   num_items: how many training items the stage sees (None: all).
-  kd_alpha/kd_temperature: token-level KD mix when the teacher is a model
-  sharing the tokenizer (0 disables).
+  kd_alpha/kd_temperature/kd_teacher: token-level KD mix (forward KL at
+  temperature T, weight alpha) when the teacher is a model sharing the
+  tokenizer: `kd_teacher` is a run directory whose final params teach (0 disables).
   """
   steps: int = 0
   batch_size: int = 32
@@ -86,6 +87,7 @@ class SFTConfig:
   num_items: int | None = None
   kd_alpha: float = 0.0
   kd_temperature: float = 1.0
+  kd_teacher: str | None = None  # a run directory (its final params) sharing model and tokenizer
 
   def __post_init__(self):
     if self.steps < 0 or self.batch_size <= 0:

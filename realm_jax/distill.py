@@ -62,8 +62,14 @@ class SFTContext:
 
 
 def run_sft(phase: str, ctx: SFTContext, params: Any, pairs: Sequence[tuple[str, str]],
-            cfg: SFTConfig) -> Any:
-  """Trains `params` on (prompt, completion) pairs for cfg.steps; returns new params."""
+            cfg: SFTConfig, teacher_params: Any = None) -> Any:
+  """Trains `params` on (prompt, completion) pairs for cfg.steps; returns new params.
+
+  With cfg.kd_alpha > 0, `teacher_params` (a model of the same config and
+  tokenizer) give the token-level KD targets: its logits on each batch.
+  """
+  if cfg.kd_alpha > 0 and teacher_params is None:
+    raise ValueError(f"{phase}.kd_alpha={cfg.kd_alpha} needs a teacher model: set {phase}.kd_teacher")
   optimizer = train_step.make_optimizer(cfg.lr, cfg.warmup, cfg.steps, cfg.weight_decay,
                                         cfg.grad_clip)
   state, shardings = train_step.shard_state(train_step.init_state(params, optimizer), optimizer,
@@ -89,13 +95,23 @@ def run_sft(phase: str, ctx: SFTContext, params: Any, pairs: Sequence[tuple[str,
     return state.params
   step_fn = train_step.make_sft_step(ctx.model_cfg, optimizer, cfg.kd_alpha, cfg.kd_temperature,
                                      shardings)
-  rows = cfg.batch_size
-  shape = jax.ShapeDtypeStruct((rows, ctx.buckets[-1]), jnp.int32, sharding=shardings.batch)
+  rows, T = cfg.batch_size, ctx.buckets[-1]
+  shape = jax.ShapeDtypeStruct((rows, T), jnp.int32, sharding=shardings.batch)
+  abstract_batch = {"tokens": shape, "mask": shape, "loss_mask": shape}
+  if cfg.kd_alpha > 0:
+    abstract_batch["teacher_logits"] = jax.ShapeDtypeStruct(
+        (rows, T - 1, ctx.model_cfg.vocab_size), jnp.float32, sharding=shardings.batch)
   metrics_lib.report_memory(phase, step_fn, (train_step.abstract_state(state, shardings),
-                                             {"tokens": shape, "mask": shape, "loss_mask": shape}),
+                                             abstract_batch),
                             ctx.writer, ctx.memory_fraction, ctx.device_memory)
-  # This process's rows of the global batch -> one global array per field.
-  put = lambda b: {k: sharding.host_array_to_global(v, shardings.batch) for k, v in b.items()}
+  teacher_fn = train_step.make_teacher_logits_fn(ctx.model_cfg) if cfg.kd_alpha > 0 else None
+
+  def put(b):
+    # This process's rows of the global batch -> one global array per field.
+    b = {k: sharding.host_array_to_global(v, shardings.batch) for k, v in b.items()}
+    if teacher_fn is not None:
+      b["teacher_logits"] = teacher_fn(teacher_params, b["tokens"], b["mask"])
+    return b
   bar = metrics_lib.progress(cfg.steps, start, phase)
   pending = None
   t0 = time.perf_counter()

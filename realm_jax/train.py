@@ -144,15 +144,20 @@ def prepare(cfg: configs.ExperimentConfig, workdir: str, mesh=None) -> Context:
                  mesh=mesh if mesh is not None else make_mesh(cfg.mesh))
 
 
+def final_params_path(run_dir: str) -> str:
+  """The params of the last finished stage of another run."""
+  for phase in reversed(PHASES):
+    if _finished(run_dir, phase):
+      return params_path(run_dir, phase)
+  raise FileNotFoundError(f"{run_dir!r} has no finished stage under {os.path.join(run_dir, 'params')}")
+
+
 def initial_params(ctx: Context, workdir: str) -> tuple[Any, str]:
   """Params before this run's first stage, by the documented precedence."""
   cfg = ctx.cfg
   if cfg.init_from:
-    for phase in reversed(PHASES):
-      if _finished(cfg.init_from, phase):
-        return load_params(params_path(cfg.init_from, phase), ctx.model_cfg), f"{cfg.init_from}:{phase}"
-    raise FileNotFoundError(f"init_from={cfg.init_from!r} has no finished stage under "
-                            f"{os.path.join(cfg.init_from, 'params')}")
+    path = final_params_path(cfg.init_from)
+    return load_params(path, ctx.model_cfg), f"{cfg.init_from}:{os.path.basename(path)}"
   if ctx.pretrained_params is not None:
     return ctx.pretrained_params, f"pretrained:{cfg.model.pretrained}"
   return model.init_params(ctx.model_cfg, jax.random.key(cfg.seed)), "random"
@@ -235,7 +240,12 @@ def _run(cfg: configs.ExperimentConfig, experiment: str, workdir: str, ctx: Cont
     rng = np.random.default_rng([cfg.seed, PHASES.index(phase)])
     pairs = corpus.sft_pairs(teacher, rng, cfg.rl.mrpv, scfg.route_share, K)
     writer.write(phase, 0, {"teacher_examples": len(teacher), "teacher_dropped": dropped})
-    params = distill.run_sft(phase, sft_ctx, params, pairs, scfg)
+    teacher = None
+    if scfg.kd_alpha > 0:
+      if not scfg.kd_teacher:
+        raise ValueError(f"{phase}.kd_alpha={scfg.kd_alpha} needs {phase}.kd_teacher=RUN_DIR")
+      teacher = load_params(final_params_path(scfg.kd_teacher), ctx.model_cfg)
+    params = distill.run_sft(phase, sft_ctx, params, pairs, scfg, teacher)
     save_params(workdir, phase, params)
     ref_source = f"{workdir}:{phase}"
   if cfg.rft.rounds:

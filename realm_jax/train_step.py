@@ -97,6 +97,11 @@ def make_logprob_fn(cfg: model.ModelConfig) -> Callable:
   return jax.jit(lambda params, tokens, mask: token_logprobs(params, cfg, tokens, mask))
 
 
+def make_teacher_logits_fn(cfg: model.ModelConfig) -> Callable:
+  """Teacher logits [B, T-1, V] aligned with the student's shifted targets (no gradient)."""
+  return jax.jit(lambda params, tokens, mask: model.apply(params, cfg, tokens, mask)[0][:, :-1])
+
+
 def make_sft_step(cfg: model.ModelConfig, optimizer, kd_alpha: float = 0.0,
                   kd_temperature: float = 1.0, shardings: StepShardings | None = None) -> Callable:
   """batch: tokens, mask, loss_mask [B, T] (+ teacher_logits [B, T-1, V] when kd_alpha > 0).

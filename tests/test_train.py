@@ -179,3 +179,18 @@ def test_rollouts_reuse_the_compiled_sampler_across_steps(micro_base, tmp_path):
   # The update too (its start-up memory estimate compiles the same executable).
   assert compiles.count("jit(step)") == 1, compiles
   assert len(metrics.read_metrics(str(tmp_path / "c"), "rl")) == 4
+
+
+def test_guided_distillation_with_token_level_kd(micro_base, tmp_path):
+  """KD from a teacher identical to the student: the KD term starts at 0 (forward KL of equals)."""
+  wd = str(tmp_path / "kd")
+  train.run("sft", wd, MICRO + ["sft.steps=2", "sft.batch_size=4", "sft.kd_alpha=0.5",
+                                f"sft.kd_teacher={micro_base}", f"init_from={micro_base}",
+                                "sft.warmup=1"])
+  rows = [r for r in metrics.read_metrics(wd, "sft") if "loss" in r]
+  assert rows[0]["kd_kl"] == pytest.approx(0.0, abs=1e-5)  # step 0: student == teacher
+  assert rows[0]["kd_loss"] == pytest.approx(0.0, abs=1e-5)
+  assert rows[0]["loss"] > 0  # the cross-entropy half still teaches
+  with pytest.raises(ValueError, match="kd_teacher"):
+    train.run("sft", str(tmp_path / "kd2"), MICRO + ["sft.steps=2", "sft.kd_alpha=0.5",
+                                                     f"init_from={micro_base}"])
