@@ -5,7 +5,7 @@
   realm-jax generate --model PATH --prompt TEXT [--chat] [--max-new-tokens N] [--temperature T]
   realm-jax bench [--json] [--repeats N]
   realm-jax data stats SOURCE [--tokenizer PATH] [--n N]
-  realm-jax data routes SOURCE --out FILE [--n N] [--negatives K]
+  realm-jax data routes SOURCE --out FILE [--n N] [--negatives K] [--teacher-model PATH]
   realm-jax plot-schedule [EXPERIMENT] --out FILE.png [key=value ...]
   realm-jax sweep SWEEPFILE [--parallel N] [--out DIR] [--dry-run]
 """
@@ -57,6 +57,10 @@ def _parser() -> argparse.ArgumentParser:
   dr.add_argument("--difficulty", type=int, default=0)
   dr.add_argument("--negatives", type=int, default=3)
   dr.add_argument("--route-file", default=None, help="JSONL routes from any LLM (file teacher)")
+  dr.add_argument("--teacher-model", default=None,
+                  help="model teacher: HF folder, .gguf or 'smollm2', prompted with the rule book")
+  dr.add_argument("--samples", type=int, default=2, help="model-teacher routes per question")
+  dr.add_argument("--max-new-tokens", type=int, default=256)
 
   s = sub.add_parser("plot-schedule", help="PNG of an experiment's EAAI schedule")
   s.add_argument("experiment", nargs="?", default="realm_zero")
@@ -99,7 +103,8 @@ def main(argv: list[str] | None = None) -> None:
     else:
       datastats.write_routes(args.source, args.out, n=args.n, seed=args.seed,
                              difficulty=args.difficulty, negatives=args.negatives,
-                             route_file=args.route_file)
+                             route_file=args.route_file, teacher_model=args.teacher_model,
+                             samples=args.samples, max_new_tokens=args.max_new_tokens)
   elif args.command == "plot-schedule":
     from realm_jax import configs, plots
     cfg = configs.load_experiment(args.experiment, args.overrides)

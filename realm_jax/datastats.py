@@ -50,9 +50,37 @@ def print_stats(source: str, tokenizer: str | None = None, n: int = 200, seed: i
   print(stats_table(examples_with_routes(source, n, seed, difficulty), tok))
 
 
+def model_generate_fn(model_path: str, max_new_tokens: int = 256, temperature: float = 0.8,
+                      seed: int = 0):
+  """A `teachers.model_teacher` generate_fn over any model realm_jax loads (chat prompts)."""
+  import jax
+  from realm_jax import gguf_import, inference, pretrained, sampling
+  path = gguf_import.smollm2_gguf_path() if model_path == "smollm2" else model_path
+  cfg, params = pretrained.load_pretrained(path)
+  tok = pretrained.load_pretrained_tokenizer(path)
+  scfg = sampling.SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature,
+                                 stop_ids=tuple(tok.stop_ids), num_samples=1, pad_id=tok.pad_id)
+
+  def generate(prompts: list[str]) -> list[str]:
+    outs = inference.generate_texts(params, cfg, tok, prompts, scfg, min(16, len(prompts)),
+                                    chat=True, seed=seed)
+    return [o[0] for o in outs]
+
+  return generate
+
+
 def write_routes(source: str, out: str, n: int = 200, seed: int = 0, difficulty: int = 0,
-                 negatives: int = 3, route_file: str | None = None) -> None:
+                 negatives: int = 3, route_file: str | None = None,
+                 teacher_model: str | None = None, samples: int = 2,
+                 max_new_tokens: int = 256) -> None:
   examples = examples_with_routes(source, n, seed, difficulty, negatives, route_file)
+  if teacher_model:
+    rule_book = None
+    if source.startswith("domain:"):
+      from realm_jax import domains
+      rule_book = domains.get_domain(source.split(":", 1)[1]).rule_book()
+    examples = teachers.model_teacher(
+        examples, model_generate_fn(teacher_model, max_new_tokens, seed=seed), rule_book, samples)
   teachers.write_route_pool(out, examples)
   print(f"wrote {len(examples)} items to {out}")
   print(stats_table(examples))

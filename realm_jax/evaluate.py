@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from realm_jax import answers, corpus, data, mrpv, sampling
+from realm_jax import answers, corpus, inference, mrpv, sampling
 from realm_jax.configs import EvalConfig
 from realm_jax.records import Example
 
@@ -65,24 +65,6 @@ def _prompts(examples: Sequence[Example], mrpv_cfg: mrpv.MRPVConfig, with_routes
   return prompts, labels
 
 
-def _generate_all(params, model_cfg, tok, prompts, scfg, batch_size, chat, seed) -> list[list[str]]:
-  from realm_jax.rl_loop import completion_texts, encode_prompts
-  gen = sampling.make_generate_fn(model_cfg, scfg)
-  wrap = (lambda p: tok.apply_chat_template([{"role": "user", "content": p}])) if chat else (lambda p: p)
-  buckets = (max(len(tok.encode(wrap(p), add_bos=True)) for p in prompts),)  # one shape: one compile
-  out: list[list[str]] = []
-  for start in range(0, len(prompts), batch_size):
-    chunk = prompts[start:start + batch_size]
-    real = len(chunk)
-    chunk = chunk + [chunk[-1]] * (batch_size - real)  # fixed shapes: one compile
-    tokens, mask, _ = encode_prompts(tok, chunk, buckets, chat)
-    roll = gen(params, jnp.asarray(tokens), jnp.asarray(mask), jax.random.key(seed + start))
-    texts = completion_texts(tok, roll)
-    G = scfg.num_samples
-    out.extend(texts[i * G:(i + 1) * G] for i in range(real))
-  return out
-
-
 def evaluate_params(params: Any, model_cfg, tok, examples: Sequence[Example], cfg: EvalConfig,
                     mrpv_cfg: mrpv.MRPVConfig, *, with_routes: bool, seed: int = 0,
                     chat: bool = False) -> dict[str, float]:
@@ -90,7 +72,7 @@ def evaluate_params(params: Any, model_cfg, tok, examples: Sequence[Example], cf
   golds = [ex.answer for ex in examples]
   n = len(examples)
   stop = tuple(tok.stop_ids)
-  greedy = _generate_all(params, model_cfg, tok, prompts,
+  greedy = inference.generate_texts(params, model_cfg, tok, prompts,
                          sampling.SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=0.0,
                                                  stop_ids=stop, num_samples=1, pad_id=tok.pad_id),
                          cfg.batch_size, chat, seed)
@@ -105,7 +87,7 @@ def evaluate_params(params: Any, model_cfg, tok, examples: Sequence[Example], cf
     res["verification_accuracy"] = float(np.mean(hits)) if hits else float("nan")
   if cfg.k > 1:
     bs = max(1, cfg.batch_size // cfg.k)
-    samples = _generate_all(params, model_cfg, tok, prompts,
+    samples = inference.generate_texts(params, model_cfg, tok, prompts,
                             sampling.SamplingConfig(max_new_tokens=cfg.max_new_tokens,
                                                     temperature=cfg.temperature, stop_ids=stop,
                                                     num_samples=cfg.k, pad_id=tok.pad_id),

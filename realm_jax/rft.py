@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from realm_jax import answers, distill, evaluate, mrpv, sampling
+from realm_jax import answers, distill, inference, mrpv, sampling
 from realm_jax.configs import RFTConfig, SFTConfig
 
 
@@ -40,7 +40,7 @@ def run_rft(ctx: Any, sft_ctx: distill.SFTContext, params: Any, cfg: RFTConfig) 
     start = (r * cfg.questions) % len(train)
     chunk = (train[start:] + train[:start])[:cfg.questions]
     prompts = [mrpv.build_prompt(ex.question, [], mcfg) for ex in chunk]
-    samples = evaluate._generate_all(params, ctx.model_cfg, ctx.tokenizer, prompts, scfg,
+    samples = inference.generate_texts(params, ctx.model_cfg, ctx.tokenizer, prompts, scfg,
                                      max(1, 64 // cfg.samples_per_question), ctx.chat,
                                      ctx.cfg.seed + 1000 * r)
     pairs = correct_samples(prompts, samples, [ex.answer for ex in chunk])

@@ -71,3 +71,18 @@ def test_generate_with_smollm2_answers():
            "--max-new-tokens", "12")
   assert r.returncode == 0, r.stderr[-2000:]
   assert "Paris" in r.stdout
+
+
+def test_data_routes_with_a_model_teacher(tmp_path, capsys):
+  """SmolLM2 as the model teacher: its routes are labelled by verifying their answers."""
+  out_file = tmp_path / "model_pool.jsonl"
+  cli.main(["data", "routes", "domain:tariff", "--out", str(out_file), "--n", "2", "--negatives", "1",
+            "--teacher-model", "smollm2", "--samples", "1", "--max-new-tokens", "24"])
+  from realm_jax import answers, teachers
+  pool = teachers.read_route_pool(out_file)
+  model_routes = [(ex, r) for ex in pool for r in ex.routes if r.source == "model"]
+  assert len(model_routes) == 2
+  for ex, r in model_routes:
+    pred = answers.extract_answer(r.text)
+    assert r.positive == (pred is not None and answers.is_equivalent(pred, ex.answer))
+  assert "source: model" in capsys.readouterr().out
