@@ -22,9 +22,9 @@ FLOP counts (useful work, causal; the embedding lookup is a gather, not a matmul
     attn(pairs)   = 4 N H L * pairs     QK^T and PV, 2 FLOPs per multiply-add
     causal(a, b)  = sum_{t=a+1..b} t    (query, key) pairs of positions a..b-1 over keys 0..t
 
-    sampling prefill = B [2 (P_mm - D V) T + 2 D V + attn(causal(0, T))]    (logits of the last slot only)
-    sampling decode  = B [2 P_mm (M - 1) + attn(causal(T, T + M - 1))]      (M - 1 tokens fed back)
-    training step    = B [6 P_mm T + 3 attn(causal(0, T))]                 (backward = 2x forward)
+    sampling prefill = B [2 (P_mm - D V) T + 2 D V + attn(causal(0, T))]   (last slot's logits)
+    sampling decode  = B [2 P_mm (M - 1) + attn(causal(T, T + M - 1))]     (M - 1 tokens fed back)
+    training step    = B [6 P_mm T + 3 attn(causal(0, T))]                (backward = 2x forward)
 
 Fractions of peak are achieved FLOP/s over the best measured matmul FLOP/s.
 """
@@ -199,7 +199,8 @@ def bench_train(cfg: model_lib.ModelConfig, params, shape: BenchShape, repeats: 
 
 def default_extra_benchmarks() -> dict[str, Callable[[int], dict]]:
   """Extra timings run by `main`: name -> fn(repeats) returning a JSON-able dict."""
-  return {}
+  from realm_jax import bench_grpo
+  return {"grpo_step": lambda repeats: bench_grpo.run_grpo_bench(BENCH_MODEL, repeats)}
 
 
 def run_bench(repeats: int = 5, *, model_cfg: model_lib.ModelConfig = BENCH_MODEL,
@@ -237,7 +238,8 @@ def format_report(r: dict) -> str:
       "matmul peak: " + ", ".join(f"{n}^3 {v['gflops']:.0f}" for n, v in mm.items()
                                   if n != "peak_gflops") + f" GFLOP/s -> {mm['peak_gflops']:.0f}",
       f"sampling {s['batch']}x{s['prompt_len']} +{s['new_tokens']} T=1: "
-      f"{s['tokens_per_s']:,.0f} gen tok/s ({s['median_s']:.3f} s/call, spread {s['spread_s']:.3f}; "
+      f"{s['tokens_per_s']:,.0f} gen tok/s ({s['median_s']:.3f} s/call, "
+      f"spread {s['spread_s']:.3f}; "
       f"prefill {s['prefill_median_s'] * 1e3:.0f} ms, decode {s['decode_step_ms']:.2f} ms/step), "
       f"{s['gflops']:.0f} GFLOP/s = {100 * s['frac_of_peak']:.0f}% of peak",
       f"train fwd+bwd {t['batch']}x{t['seq_len']}: {t['tokens_per_s']:,.0f} tok/s "
@@ -245,9 +247,16 @@ def format_report(r: dict) -> str:
       f"{t['gflops']:.0f} GFLOP/s = {100 * t['frac_of_peak']:.0f}% of peak",
       f"compile/first call: sampling {s['first_call_s']:.1f} s, train {t['first_call_s']:.1f} s",
   ]
+  g = r.get("extra", {}).get("grpo_step")
+  if g:
+    phases = ", ".join(f"{k} {v:.2f}" for k, v in g["phase_median_s"].items())
+    lines.append(f"GRPO step 8x4 prompts, 64+128 tokens, beta 0.04, 1 AdamW update: "
+                 f"{g['median_step_s']:.2f} s/step ({phases} s), "
+                 f"{g['completion_tokens_per_s']:,.0f} completion tok/s")
   for name, res in r.get("extra", {}).items():
-    lines.append(f"{name}: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                                         for k, v in res.items()))
+    if name != "grpo_step":
+      lines.append(f"{name}: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                           for k, v in res.items()))
   return "\n".join(lines)
 
 

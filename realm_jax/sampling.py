@@ -54,7 +54,8 @@ class SamplingConfig:
 
   def __post_init__(self):
     if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
-      raise ValueError(f"SamplingConfig.max_new_tokens must be an int >= 1, got {self.max_new_tokens!r}")
+      raise ValueError(
+          f"SamplingConfig.max_new_tokens must be an int >= 1, got {self.max_new_tokens!r}")
     if not (isinstance(self.temperature, (int, float)) and self.temperature >= 0
             and math.isfinite(self.temperature)):
       raise ValueError(f"SamplingConfig.temperature must be a finite number >= 0 (0 = greedy), "
@@ -234,7 +235,8 @@ def generate(params: model_lib.Params, cfg: model_lib.ModelConfig, prompt_tokens
     raise ValueError(f"prompt_tokens_BT must be [B, T], got shape {prompt_tokens_BT.shape}")
   B, T = prompt_tokens_BT.shape
   if prompt_mask_BT.shape != (B, T):
-    raise ValueError(f"prompt_mask_BT shape {prompt_mask_BT.shape} != prompt_tokens_BT shape {(B, T)}")
+    raise ValueError(
+        f"prompt_mask_BT shape {prompt_mask_BT.shape} != prompt_tokens_BT shape {(B, T)}")
   G, M = scfg.num_samples, scfg.max_new_tokens
   N, S = B * G, T + M
   if S > cfg.max_seq_len:

@@ -48,7 +48,8 @@ def test_run_bench_tiny(capsys, monkeypatch):
   assert set(r) >= {"machine", "model", "matmul", "sampling", "train", "extra", "repeats"}
   assert r["matmul"]["peak_gflops"] == max(r["matmul"][n]["gflops"] for n in ("32", "64")) > 0
   s, t = r["sampling"], r["train"]
-  for k in ("median_s", "tokens_per_s", "gflops", "frac_of_peak", "prefill_median_s", "first_call_s"):
+  for k in ("median_s", "tokens_per_s", "gflops", "frac_of_peak", "prefill_median_s",
+            "first_call_s"):
     assert s[k] > 0, k
   for k in ("median_s", "tokens_per_s", "gflops", "frac_of_peak", "first_call_s"):
     assert t[k] > 0, k
@@ -74,3 +75,23 @@ def test_bench_shape_validation():
     bench.BenchShape(new_tokens=1)
   with pytest.raises(ValueError, match="train_len"):
     bench.BenchShape(train_len=0)
+
+
+def test_even_token_reward_hand_count():
+  from realm_jax import bench_grpo
+  toks = np.array([[1, 2, 4, 5], [3, 3, 8, 0]])
+  mask = np.array([[0, 1, 1, 1], [0, 0, 1, 1]], bool)
+  # row 0: completion 2,4,5 -> 2/3 even; row 1: completion 8,0 -> 2/2
+  np.testing.assert_allclose(bench_grpo.even_token_reward(toks, mask), [2 / 3, 1.0], rtol=1e-6)
+
+
+def test_grpo_step_bench_tiny():
+  from realm_jax import bench_grpo
+  cfg = model_lib.ModelConfig(vocab_size=64, num_layers=1, d_model=16, num_heads=2, num_kv_heads=1,
+                              head_dim=8, mlp_dim=32)
+  r = bench_grpo.run_grpo_bench(cfg, repeats=2)
+  assert len(r["step_times_s"]) == 2 and r["median_step_s"] > 0
+  assert set(r["phase_median_s"]) == {"rollout", "reward", "reference", "update"}
+  assert sum(r["phase_median_s"].values()) == pytest.approx(r["median_step_s"], rel=0.05)
+  n = bench_grpo.PROMPTS * bench_grpo.GROUP * bench_grpo.NEW_TOKENS
+  assert r["completion_tokens_per_s"] == pytest.approx(n / r["median_step_s"])

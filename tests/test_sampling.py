@@ -1,6 +1,8 @@
 """Sampler tests: cached decoding against full recomputation, log-probs against
 teacher forcing, sampling supports against numpy, stops, padding, layout, compiles."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -224,7 +226,8 @@ def test_left_padding_gives_same_greedy_continuation(params):
     p = prompts[i]
     alone_t, alone_m = left_pad([p], len(p))
     alone = sampling.generate(params, CFG, alone_t, alone_m, jax.random.key(0), scfg)
-    np.testing.assert_array_equal(np.asarray(batch.tokens)[i, 7:], np.asarray(alone.tokens)[0, len(p):])
+    np.testing.assert_array_equal(np.asarray(batch.tokens)[i, 7:],
+                                  np.asarray(alone.tokens)[0, len(p):])
     np.testing.assert_allclose(np.asarray(batch.model_logprobs)[i, 7:],
                                np.asarray(alone.model_logprobs)[0, len(p):], atol=LP_TOL)
 
@@ -248,7 +251,8 @@ def test_group_layout_is_a_repeat_of_the_prompts(params):
   np.testing.assert_array_equal(roll.logprobs, roll.model_logprobs)
   # Same as sampling the prompts repeated G times with G = 1 (row r draws u[r]).
   rep = sampling.generate(params, CFG, jnp.repeat(toks, G, 0), jnp.repeat(mask, G, 0),
-                          jax.random.key(3), sampling.SamplingConfig(max_new_tokens=6, temperature=1.0))
+                          jax.random.key(3),
+                          sampling.SamplingConfig(max_new_tokens=6, temperature=1.0))
   np.testing.assert_array_equal(out, np.asarray(rep.tokens))
   np.testing.assert_allclose(np.asarray(roll.logprobs), np.asarray(rep.logprobs), atol=LP_TOL)
 
@@ -257,7 +261,8 @@ def test_fresh_randomness_every_step_and_row(params):
   """At a huge temperature q is nearly uniform, so reused uniforms would repeat tokens."""
   toks, mask = left_pad(random_prompts(12, [3, 3]), 3)
   scfg = sampling.SamplingConfig(max_new_tokens=12, temperature=1e4, num_samples=4)
-  out = np.asarray(sampling.generate(params, CFG, toks, mask, jax.random.key(4), scfg).tokens)[:, 3:]
+  roll = sampling.generate(params, CFG, toks, mask, jax.random.key(4), scfg)
+  out = np.asarray(roll.tokens)[:, 3:]
   assert min(len(set(row)) for row in out) >= 6  # 12 near-uniform draws from 61 tokens
   assert len({tuple(row) for row in out}) == out.shape[0]
 
@@ -268,8 +273,10 @@ def test_decode_layout_matches_stacked_cache(params):
   toks = jnp.asarray(np.random.default_rng(8).integers(0, CFG.vocab_size, (B, S)), jnp.int32)
   kv = jnp.ones((B, S), bool)
   step = jax.jit(lambda p, t, c, i: model_lib.apply(
-      p, CFG, t, positions_BT=i + jnp.arange(t.shape[1])[None], cache=c, cache_index=i, kv_mask_BS=kv))
-  stacked, listed = model_lib.init_cache(CFG, B, S), model_lib.unstack_cache(model_lib.init_cache(CFG, B, S))
+      p, CFG, t, positions_BT=i + jnp.arange(t.shape[1])[None], cache=c, cache_index=i,
+      kv_mask_BS=kv))
+  stacked = model_lib.init_cache(CFG, B, S)
+  listed = model_lib.unstack_cache(model_lib.init_cache(CFG, B, S))
   unstacked = model_lib.unstack_layers(params)
   a, stacked = step(params, toks[:, :3], stacked, 0)
   b, listed = step(unstacked, toks[:, :3], listed, 0)
@@ -288,7 +295,6 @@ def test_decode_loop_updates_cache_in_place():
   """The compiled decode loop writes each layer's cache buffers in place: inside
   the while body the only ops producing cache-shaped arrays are the 2 L
   dynamic-update-slices (no per-step copy or transpose of the cache)."""
-  import re
   B, T, M = 3, 5, 7
   K, H, S = CFG.num_kv_heads, CFG.head_dim, T + M
   params = jax.eval_shape(lambda: model_lib.init_params(CFG, jax.random.key(0)))
@@ -317,12 +323,14 @@ def test_compiled_once_per_shape(params):
   compiles = []
 
   def listener(event, duration, **kw):
-    if event == "/jax/core/compile/backend_compile_duration" and "generate" in kw.get("fun_name", ""):
+    if (event == "/jax/core/compile/backend_compile_duration"
+        and "generate" in kw.get("fun_name", "")):
       compiles.append(kw["fun_name"])
 
   jax.monitoring.register_event_duration_secs_listener(listener)
   try:
-    scfg = sampling.SamplingConfig(max_new_tokens=3, temperature=0.9, num_samples=2)  # unique to this test
+    # A config no other test uses, so nothing is cached yet.
+    scfg = sampling.SamplingConfig(max_new_tokens=3, temperature=0.9, num_samples=2)
     fn = sampling.make_generate_fn(CFG, scfg)
     t1, m1 = left_pad(random_prompts(9, [3, 2]), 4)
     t2, m2 = left_pad(random_prompts(10, [4, 1]), 4)
