@@ -19,7 +19,7 @@ from gguf import GGUFWriter
 from gguf.quants import quantize
 
 from realm_jax import gguf_import, model, pretrained
-from test_hf_import import ATOL, MASK, TOKENS, hf_logits, make_hf_model
+from tests.test_hf_import import ATOL, MASK, TOKENS, hf_logits, make_hf_model
 
 # HF name suffix -> llama.cpp name suffix, written out independently of the loader.
 LAYER = {'input_layernorm.weight': 'attn_norm.weight', 'post_attention_layernorm.weight': 'ffn_norm.weight',
