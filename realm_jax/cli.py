@@ -73,6 +73,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+  argv = list(sys.argv[1:] if argv is None else argv)
+  if argv and argv[0] in ("bench", "sweep"):  # they parse their own flags
+    if argv[0] == "bench":
+      from realm_jax import bench
+      bench.main(argv[1:])
+      return
+    from realm_jax import sweep
+    sys.exit(sweep.main(argv[1:]))
   parser = _parser()
   args, extra = parser.parse_known_args(argv)
   # Dotted overrides may follow flags (`train X --workdir D a.b=1`): argparse leaves them over.

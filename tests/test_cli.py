@@ -86,3 +86,15 @@ def test_data_routes_with_a_model_teacher(tmp_path, capsys):
     pred = answers.extract_answer(r.text)
     assert r.positive == (pred is not None and answers.is_equivalent(pred, ex.answer))
   assert "source: model" in capsys.readouterr().out
+
+
+def test_bench_and_sweep_receive_their_own_flags(monkeypatch):
+  seen = {}
+  from realm_jax import bench, sweep
+  monkeypatch.setattr(bench, "main", lambda argv: seen.setdefault("bench", argv))
+  monkeypatch.setattr(sweep, "main", lambda argv: seen.setdefault("sweep", argv) and 0)
+  cli.main(["bench", "--json", "--repeats", "3"])
+  with pytest.raises(SystemExit) as e:
+    cli.main(["sweep", "experiments/sweeps/tiny_lr.py", "--parallel", "2", "--dry-run"])
+  assert seen["bench"] == ["--json", "--repeats", "3"]
+  assert seen["sweep"] == ["experiments/sweeps/tiny_lr.py", "--parallel", "2", "--dry-run"]
