@@ -144,8 +144,8 @@ class RLLoop:
       return np.zeros(B, bool), 0, 1.0
     if self.cfg.routes == "always":
       return np.ones(B, bool), self.K, 1.0
-    p, k, frac = eaai.external_signal(clock, self.eaai_cfg)
-    return rng.random(B) < float(p), min(int(k), self.K), float(frac)
+    _, k, frac = eaai.external_signal(clock, self.eaai_cfg)
+    return eaai.route_decisions(clock, self.eaai_cfg, B, rng), min(int(k), self.K), float(frac)
 
   def step(self, state, ref_params, examples: list[Example], step: int, clock: int):
     cfg, ctx, tok = self.cfg, self.ctx, self.ctx.tokenizer
