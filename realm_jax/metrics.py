@@ -63,7 +63,8 @@ class MetricsWriter:
       f.write(json.dumps({"phase": phase, "step": int(step), **metrics}) + "\n")
     if self._tb is not None:
       for k, v in metrics.items():
-        self._tb.add_scalar(f"{phase}/{k}", v, step)
+        if math.isfinite(v):  # NaN marks "not measured this step" (kept in the JSONL)
+          self._tb.add_scalar(f"{phase}/{k}", v, step)
 
   def close(self) -> None:
     if self._tb is not None:
