@@ -107,7 +107,10 @@ class RLLoop:
                                         temperature=cfg.temperature, stop_ids=stop_ids,
                                         num_samples=cfg.group_size,
                                         pad_id=ctx.tokenizer.pad_id)
-    self.generate = sampling.make_generate_fn(ctx.model_cfg, self.scfg)
+    self.generate = sampling.make_generate_fn(
+        ctx.model_cfg, self.scfg,
+        None if shardings is None else (shardings.state.params, shardings.batch, shardings.replicated))
+    self.batch_sharding = None if shardings is None else shardings.batch
     self.logprob_fn = train_step.make_logprob_fn(ctx.model_cfg)
     self.route_fn = jax.jit(lambda p, t, m, lm: train_step.route_loglik(p, ctx.model_cfg, t, m, lm))
     loss_cfg = cfg.loss
@@ -165,6 +168,8 @@ class RLLoop:
     p_tokens, p_mask, too_long = encode_prompts(tok, prompts, ctx.prompt_buckets, ctx.chat)
 
     key = jax.random.fold_in(jax.random.key(ctx.seed), step)
+    if self.batch_sharding is not None:  # global prompt arrays, split over the batch axes
+      p_tokens, p_mask = (sharding.put(x, self.batch_sharding) for x in (p_tokens, p_mask))
     rollout = self.generate(state.params, jnp.asarray(p_tokens), jnp.asarray(p_mask), key)
     host = HostRollout.of(rollout)
     texts = completion_texts(tok, host)

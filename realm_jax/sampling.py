@@ -298,9 +298,23 @@ def generate(params: model_lib.Params, cfg: model_lib.ModelConfig, prompt_tokens
   )
 
 
-def make_generate_fn(cfg: model_lib.ModelConfig, scfg: SamplingConfig
+def make_generate_fn(cfg: model_lib.ModelConfig, scfg: SamplingConfig, shardings=None
                      ) -> Callable[[model_lib.Params, jax.Array, jax.Array, jax.Array], Rollout]:
-  """`fn(params, prompt_tokens_BT, prompt_mask_BT, rng) -> Rollout`, sharing `generate`'s cache."""
-  def fn(params, prompt_tokens_BT, prompt_mask_BT, rng):
-    return generate(params, cfg, prompt_tokens_BT, prompt_mask_BT, rng, scfg)
-  return fn
+  """`fn(params, prompt_tokens_BT, prompt_mask_BT, rng) -> Rollout`.
+
+  Without `shardings` it shares `generate`'s cache. With `shardings =
+  (params_shardings, batch_sharding, replicated)` (a mesh run) the rollout is
+  its own jit with explicit in/out shardings: params as placed, prompts and
+  every Rollout field split on their leading (batch) axis.
+  """
+  if shardings is None:
+    def fn(params, prompt_tokens_BT, prompt_mask_BT, rng):
+      return generate(params, cfg, prompt_tokens_BT, prompt_mask_BT, rng, scfg)
+    return fn
+  params_sh, batch_sh, replicated = shardings
+
+  def generate_sharded(params, prompt_tokens_BT, prompt_mask_BT, rng):
+    return generate.__wrapped__(params, cfg, prompt_tokens_BT, prompt_mask_BT, rng, scfg)
+
+  return jax.jit(generate_sharded, in_shardings=(params_sh, batch_sh, batch_sh, replicated),
+                 out_shardings=batch_sh)

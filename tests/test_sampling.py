@@ -344,3 +344,25 @@ def test_compiled_once_per_shape(params):
     assert len(compiles) == 2, compiles
   finally:
     jax.monitoring.unregister_event_duration_listener(listener)
+
+
+def test_sharded_rollout_equals_single_device(params):
+  """The mesh rollout (explicit in/out shardings) gives the single-device numbers."""
+  from realm_jax import sharding as sh
+  assert jax.device_count() >= 8, "the suite runs with 8 fake CPU devices (tests/conftest.py)"
+  # vocab 61 is prime, so no tensor axis here; data x fsdp splits the 4 prompts.
+  mesh = sh.make_mesh(sh.MeshConfig(data=2, fsdp=2, tensor=1), jax.devices()[:4])
+  scfg = sampling.SamplingConfig(max_new_tokens=5, temperature=0.0, num_samples=2)
+  tokens, mask = left_pad(random_prompts(21, [3, 5, 2, 4]), 6)
+  want = sampling.generate(params, CFG, tokens, mask, jax.random.key(3), scfg)
+  with sh.use_mesh(mesh):
+    p_sh = sh.param_shardings(CFG, mesh)
+    batch = sh.leading_axis_sharding(mesh)
+    fn = sampling.make_generate_fn(CFG, scfg, (p_sh, batch, sh.replicated(mesh)))
+    placed = jax.tree.map(sh.put, params, p_sh)
+    got = fn(placed, sh.put(np.asarray(tokens), batch), sh.put(np.asarray(mask), batch),
+             jax.random.key(3))
+  np.testing.assert_array_equal(np.asarray(got.tokens), np.asarray(want.tokens))
+  np.testing.assert_allclose(np.asarray(got.model_logprobs), np.asarray(want.model_logprobs),
+                             atol=1e-5)
+  assert got.tokens.sharding.spec[0] == ("data", "fsdp")

@@ -175,7 +175,7 @@ def test_rollouts_reuse_the_compiled_sampler_across_steps(micro_base, tmp_path):
                                                     "rl.max_new_tokens=9", f"init_from={micro_base}"])
   finally:
     jax.monitoring.unregister_event_duration_listener(listener)
-  assert compiles.count("jit(generate)") == 1, compiles
+  assert compiles.count("jit(generate_sharded)") == 1, compiles  # the rollout, on the run's mesh
   # The update too (its start-up memory estimate compiles the same executable).
   assert compiles.count("jit(step)") == 1, compiles
   assert len(metrics.read_metrics(str(tmp_path / "c"), "rl")) == 4
