@@ -120,7 +120,6 @@ def sft_pairs(examples: Sequence[Example], rng: np.random.Generator, cfg: mrpv.M
 
 def tokenizer_corpus(examples: Sequence[Example], cfg: mrpv.MRPVConfig) -> Iterator[str]:
   """Every kind of text the model will read or write, for training a tokenizer."""
-  rng = np.random.default_rng(0)
   for ex in examples:
     yield mrpv.build_prompt(ex.question, [r.text for r in ex.routes[:2]], cfg)
     yield format_completion(ex.cot or "", ex.answer, [True, False])
