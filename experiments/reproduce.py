@@ -63,6 +63,30 @@ def applicable(experiment: str, overrides: list[str]) -> list[str]:
   return [o for o in overrides if enabled.get(o.split(".", 1)[0], True)]
 
 
+def seed_plan(seed: int, methods: list[str], runs: str, overrides: list[str]
+              ) -> list[tuple[str | None, str, str, list[str]]]:
+  """The runs of one seed, in order: (reported method or None, experiment, workdir, overrides).
+
+  Every method starts from the seed's base model; ReaLM-R1 and its ablations
+  start from the seed's SFT run instead, trained once (reported as `sft` when
+  `sft` is among the methods, as a helper run otherwise). The starting point
+  comes *after* the shared overrides, so a shared `sft.steps=N` shortens the
+  SFT run but never makes an RL run repeat the distillation it starts from.
+  """
+  base = os.path.join(runs, f"seed{seed}", "base_model")
+  sft_dir = os.path.join(runs, f"seed{seed}", "sft")
+  plan = [("base_model", "base_model", base, [f"seed={seed}", *overrides])]
+  sft_label = "sft" if "sft" in methods else None
+  for m in methods:
+    if (m == "sft" or m in FROM_SFT) and not any(wd == sft_dir for _, _, wd, _ in plan):
+      plan.append((sft_label, "sft", sft_dir, [f"seed={seed}", *overrides, f"init_from={base}"]))
+    if m == "sft":
+      continue
+    start = [f"init_from={sft_dir}", "sft.steps=0"] if m in FROM_SFT else [f"init_from={base}"]
+    plan.append((m, m, os.path.join(runs, f"seed{seed}", m), [f"seed={seed}", *overrides, *start]))
+  return plan
+
+
 def run_one(experiment: str, workdir: str, overrides: list[str], log: str) -> dict:
   overrides = applicable(experiment, overrides)
   result_path = os.path.join(workdir, "eval.json")
@@ -136,17 +160,11 @@ def main(argv: list[str] | None = None) -> None:
   per_method.update({m: [] for m in methods})
   t0 = time.time()
   for seed in range(args.seeds):
-    base = os.path.join(args.runs, f"seed{seed}", "base_model")
-    per_method["base_model"].append(run_one("base_model", base, [f"seed={seed}", *args.overrides], log))
-    sft_dir = os.path.join(args.runs, f"seed{seed}", "sft")
-    for m in methods:
-      wd = os.path.join(args.runs, f"seed{seed}", m)
-      start = [f"init_from={base}"]
-      if m in FROM_SFT:  # the same distillation stage: train it once per seed, reuse it
-        run_one("sft", sft_dir, [f"seed={seed}", f"init_from={base}", *args.overrides], log)
-        start = [f"init_from={sft_dir}", "sft.steps=0"]
-      per_method[m].append(run_one(m, wd, [f"seed={seed}", *start, *args.overrides], log))
-      print(f"[reproduce] seed {seed} {m} done ({(time.time() - t0) / 60:.1f} min)", flush=True)
+    for method, experiment, workdir, overrides in seed_plan(seed, methods, args.runs, args.overrides):
+      result = run_one(experiment, workdir, overrides, log)
+      if method is not None:
+        per_method[method].append(result)
+        print(f"[reproduce] seed {seed} {method} done ({(time.time() - t0) / 60:.1f} min)", flush=True)
     # Results after every finished seed: an interrupted reproduction still reports.
     write_results(args, argv, per_method, seed + 1, time.time() - t0)
 
