@@ -50,7 +50,8 @@ from realm_jax import sampling
 BENCH_MODEL = model_lib.ModelConfig(
     vocab_size=8192, num_layers=4, d_model=256, num_heads=8, num_kv_heads=4, head_dim=32,
     mlp_dim=1024, family="llama", rope_theta=10000.0, rms_eps=1e-5, tie_embeddings=False,
-    param_dtype="float32", dtype="float32", init_std=0.02)
+    param_dtype="float32", dtype="float32", init_std=0.02,
+    scan_layers=False)  # an implementation choice, not part of the fixed model: 4 layers unroll
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +62,7 @@ class BenchShape:
   new_tokens: int = 128
   train_batch: int = 32
   train_len: int = 256
+  train_microbatches: int = 4  # gradient accumulation inside the step (train_step.accumulate_grads)
   matmul_sizes: tuple[int, ...] = (1024, 2048)
 
   def __post_init__(self):
@@ -68,6 +70,9 @@ class BenchShape:
       v = getattr(self, f.name)
       if any(int(x) < 1 for x in (v if isinstance(v, tuple) else (v,))):
         raise ValueError(f"BenchShape.{f.name} must be positive, got {v!r}")
+    if self.train_batch % self.train_microbatches:
+      raise ValueError(f"BenchShape.train_microbatches={self.train_microbatches} must divide "
+                       f"train_batch={self.train_batch}")
     if self.new_tokens < 2:
       raise ValueError(f"BenchShape.new_tokens must be >= 2 (decode steps), got {self.new_tokens}")
 
@@ -173,25 +178,34 @@ def bench_sampling(cfg: model_lib.ModelConfig, params, shape: BenchShape, repeat
   return out
 
 
-def make_train_grad_fn(cfg: model_lib.ModelConfig):
-  """Jitted (loss, grads) of the mean next-token cross-entropy on tokens [B, T + 1]."""
+def make_train_grad_fn(cfg: model_lib.ModelConfig, microbatches: int = 1):
+  """Jitted (loss, grads) of the mean next-token cross-entropy on tokens [B, T + 1],
+  accumulated over `microbatches` equal microbatches (every token counts, so
+  equal weights give exactly the one-pass loss and gradient)."""
+  from realm_jax import train_step
 
   def loss_fn(params, tokens):
     logits = model_lib.apply(params, cfg, tokens[:, :-1])[0].astype(jnp.float32)
     target = jnp.take_along_axis(logits, tokens[:, 1:, None], axis=-1)[..., 0]
-    return jnp.mean(jax.nn.logsumexp(logits, axis=-1) - target)  # -log softmax(l)[target]
+    return jnp.mean(jax.nn.logsumexp(logits, axis=-1) - target), {}  # -log softmax(l)[target]
 
-  return jax.jit(jax.value_and_grad(loss_fn))
+  def fn(params, tokens):
+    w = jnp.full((microbatches,), 1.0 / microbatches)
+    loss, _, grads = train_step.accumulate_grads(loss_fn, params, tokens, microbatches, w, w)
+    return loss, grads
+
+  return jax.jit(fn)
 
 
 def bench_train(cfg: model_lib.ModelConfig, params, shape: BenchShape, repeats: int,
                 peak_gflops: float) -> dict:
   B, T = shape.train_batch, shape.train_len
   tokens = jnp.asarray(np.random.default_rng(1).integers(0, cfg.vocab_size, (B, T + 1)), jnp.int32)
-  step = make_train_grad_fn(cfg)
+  step = make_train_grad_fn(cfg, shape.train_microbatches)
   first, times = _timed(lambda: step(params, tokens), repeats)
   flops = train_flops(cfg, B, T)
-  out = {"batch": B, "seq_len": T, "tokens": B * T, **_summary(first, times, flops, peak_gflops)}
+  out = {"batch": B, "seq_len": T, "tokens": B * T, "microbatches": shape.train_microbatches,
+         **_summary(first, times, flops, peak_gflops)}
   out["tokens_per_s"] = B * T / out["median_s"]
   out["flops"] = flops
   return out

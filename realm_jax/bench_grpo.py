@@ -23,6 +23,7 @@ import optax
 from realm_jax import advantages, losses, model, sampling, train_step
 
 PROMPTS, GROUP, PROMPT_LEN, NEW_TOKENS, BETA, LR = 8, 4, 64, 128, 0.04, 1e-6
+MICROBATCHES = 4  # reference pass and update run 8 completions at a time (same numbers)
 
 
 def even_token_reward(completion_tokens_NT: np.ndarray, completion_mask_NT: np.ndarray) -> np.ndarray:
@@ -40,9 +41,10 @@ def run_grpo_bench(cfg: model.ModelConfig, repeats: int = 5, seed: int = 0) -> d
   scfg = sampling.SamplingConfig(max_new_tokens=NEW_TOKENS, temperature=1.0, stop_ids=(),
                                  num_samples=GROUP)
   generate = sampling.make_generate_fn(cfg, scfg)
-  logprob_fn = train_step.make_logprob_fn(cfg)
+  logprob_fn = train_step.make_logprob_fn(cfg, NEW_TOKENS, MICROBATCHES)
   loss_cfg = losses.LossConfig(kl_coef=BETA, kl_estimator="k3", aggregation="seq_mean_token_mean")
-  update = train_step.make_rl_step(cfg, optimizer, loss_cfg)
+  update = train_step.make_rl_step(cfg, optimizer, loss_cfg, completion_len=NEW_TOKENS,
+                                   microbatches=MICROBATCHES)
   rng = np.random.default_rng(seed)
   prompt_mask = jnp.ones((PROMPTS, PROMPT_LEN), jnp.int32)
 

@@ -44,6 +44,7 @@ class ModelSpec:
   dtype: str = "float32"
   param_dtype: str = "float32"
   remat: bool = False
+  scan_layers: bool = True  # False: unrolled layers (faster backward for shallow models)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,10 +89,14 @@ class SFTConfig:
   kd_alpha: float = 0.0
   kd_temperature: float = 1.0
   kd_teacher: str | None = None  # a run directory (its final params) sharing model and tokenizer
+  microbatches: int = 1  # gradient accumulation inside the step (same loss, less memory)
 
   def __post_init__(self):
     if self.steps < 0 or self.batch_size <= 0:
       raise ValueError("sft.steps must be >= 0 and sft.batch_size > 0")
+    if self.microbatches < 1 or self.batch_size % self.microbatches:
+      raise ValueError(f"sft.microbatches={self.microbatches} must divide sft.batch_size="
+                       f"{self.batch_size}")
     if not 0.0 <= self.route_share <= 1.0:
       raise ValueError(f"sft.route_share must be in [0, 1], got {self.route_share}")
     if not 0.0 <= self.kd_alpha <= 1.0:
@@ -126,6 +131,7 @@ class RLConfig:
   grad_clip: float = 1.0
   num_inner_updates: int = 1
   num_minibatches: int = 1
+  microbatches: int = 1  # gradient accumulation inside each update (same loss, less memory)
   max_new_tokens: int = 160
   temperature: float = 1.0
   normalize_std: bool = True
@@ -153,6 +159,10 @@ class RLConfig:
           f"rl.group_size={self.group_size}; lower rl.num_minibatches")
     if self.num_inner_updates < 1:
       raise ValueError("rl.num_inner_updates must be >= 1")
+    if self.microbatches < 1 or (n // self.num_minibatches) % self.microbatches:
+      raise ValueError(
+          f"rl.microbatches={self.microbatches} must divide the {n // self.num_minibatches} "
+          f"completions of an update (batch_prompts*group_size/num_minibatches)")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -94,7 +94,7 @@ def run_sft(phase: str, ctx: SFTContext, params: Any, pairs: Sequence[tuple[str,
     ckpt.close()
     return state.params
   step_fn = train_step.make_sft_step(ctx.model_cfg, optimizer, cfg.kd_alpha, cfg.kd_temperature,
-                                     shardings)
+                                     shardings, microbatches=cfg.microbatches)
   rows, T = cfg.batch_size, ctx.buckets[-1]
   shape = jax.ShapeDtypeStruct((rows, T), jnp.int32, sharding=shardings.batch)
   abstract_batch = {"tokens": shape, "mask": shape, "loss_mask": shape}

@@ -76,6 +76,10 @@ class ModelConfig:
   dtype: str = "float32"
   cache_dtype: str | None = None  # None: same as `dtype`
   remat: bool = False
+  # Run the layers under `nn.scan` (compile time independent of depth) or as
+  # an unrolled Python loop over the same stacked params (no stacked residual
+  # buffers to fill and slice in the backward pass: faster for shallow models).
+  scan_layers: bool = True
   init_std: float = 0.02
 
   def __post_init__(self):
@@ -297,12 +301,15 @@ class Model(nn.Module):
                            policy=jax.checkpoint_policies.nothing_saveable)
     inv_freq = rope_inv_freq(c)
     if self.unrolled:
-      ks, vs = list(cache["k"]), list(cache["v"])
+      no_cache = cache is None
+      ks, vs = ([None] * c.num_layers,) * 2 if no_cache else (list(cache["k"]), list(cache["v"]))
       for l in range(c.num_layers):
+        layer_cache = None if no_cache else {"k": ks[l], "v": vs[l]}
         (x_BTD, cache_l), _ = layer_cls(c, name=f"layers_{l}")(
-            (x_BTD, {"k": ks[l], "v": vs[l]}), l, positions_BT, kv_mask_BS, inv_freq, cache_index)
-        ks[l], vs[l] = cache_l["k"], cache_l["v"]
-      cache = {"k": tuple(ks), "v": tuple(vs)}
+            (x_BTD, layer_cache), l, positions_BT, kv_mask_BS, inv_freq, cache_index)
+        if not no_cache:
+          ks[l], vs[l] = cache_l["k"], cache_l["v"]
+      cache = None if no_cache else {"k": tuple(ks), "v": tuple(vs)}
     else:
       layers = nn.scan(layer_cls, variable_axes={"params": 0}, split_rngs={"params": True},
                        in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
@@ -317,19 +324,23 @@ class Transformer(nn.Module):
   """HF `*ForCausalLM`: fp32 logits [B, T, V] and the updated cache.
 
   The untied head sits at HF's path `lm_head/kernel`. `last_only` computes
-  logits for the last position only ([B, 1, V]).
+  logits for the last position only ([B, 1, V]); `logits_from=s` for
+  positions s.. only ([B, T-s, V]): the head and its softmax are skipped where
+  nobody reads them (prompt positions in RL).
   """
   cfg: ModelConfig
   unrolled: bool = False
 
   @nn.compact
   def __call__(self, tokens_BT, positions_BT, kv_mask_BS, cache=None, cache_index=0,
-               last_only=False):
+               last_only=False, logits_from=0):
     c = self.cfg
     x_BTD, embed, cache = Model(c, self.unrolled, name="model")(
         tokens_BT, positions_BT, kv_mask_BS, cache, cache_index)
     if last_only:
       x_BTD = x_BTD[:, -1:]
+    elif logits_from:
+      x_BTD = x_BTD[:, logits_from:]
     if c.tie_embeddings:
       w_DV = embed.embedding.T
     else:
@@ -382,7 +393,7 @@ def positions_from_mask(mask_BT: jax.Array) -> jax.Array:
 def apply(params: Params, cfg: ModelConfig, tokens_BT: jax.Array, mask_BT: jax.Array | None = None,
           *, positions_BT: jax.Array | None = None, cache: KVCache | None = None,
           cache_index: jax.Array | int = 0, kv_mask_BS: jax.Array | None = None,
-          last_only: bool = False):
+          last_only: bool = False, logits_from: int = 0):
   """Forward pass. Returns (fp32 logits [B, T, V], updated cache or None).
 
   Without a cache, `mask_BT` marks real tokens of a left-padded batch. With a
@@ -390,7 +401,8 @@ def apply(params: Params, cfg: ModelConfig, tokens_BT: jax.Array, mask_BT: jax.A
   `kv_mask_BS` (required) marks which of the S slots hold real tokens. A
   layer-list cache (`unstack_cache`) runs the unrolled decode layout and comes
   back as a layer-list; params may then be stacked or `unstack_layers`'d.
-  `last_only=True` returns logits of the last position only, [B, 1, V].
+  `last_only=True` returns logits of the last position only, [B, 1, V];
+  `logits_from=s` (a Python int) those of positions s.. only, [B, T-s, V].
   """
   tokens_BT = jnp.asarray(tokens_BT, jnp.int32)
   if mask_BT is None:
@@ -403,13 +415,16 @@ def apply(params: Params, cfg: ModelConfig, tokens_BT: jax.Array, mask_BT: jax.A
   elif kv_mask_BS is None:
     raise ValueError("apply(..., cache=...) needs kv_mask_BS marking valid cache slots")
   unrolled = cache is not None and isinstance(cache["k"], (tuple, list))
+  if cache is None and not cfg.scan_layers:
+    unrolled = True  # a cache-free pass over per-layer slices of the stacked params
   if unrolled and "layers" in params["model"]:
     params = unstack_layers(params)
   elif not unrolled and "layers" not in params["model"]:
     raise ValueError("params from unstack_layers need a layer-list cache (unstack_cache); "
                      "use the stacked params otherwise")
   return Transformer(cfg, unrolled).apply({"params": params}, tokens_BT, positions_BT,
-                                          kv_mask_BS, cache, cache_index, last_only)
+                                          kv_mask_BS, cache, cache_index, last_only,
+                                          int(logits_from))
 
 
 def forward(params: Params, tokens: jax.Array, config: ModelConfig) -> jax.Array:

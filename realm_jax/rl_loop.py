@@ -111,14 +111,18 @@ class RLLoop:
         ctx.model_cfg, self.scfg,
         None if shardings is None else (shardings.state.params, shardings.batch, shardings.replicated))
     self.batch_sharding = None if shardings is None else shardings.batch
-    self.logprob_fn = train_step.make_logprob_fn(ctx.model_cfg)
+    # Rollouts are [prompt bucket | max_new_tokens]: logits for the completion slots only.
+    self.logprob_fn = train_step.make_logprob_fn(ctx.model_cfg, cfg.max_new_tokens,
+                                                 cfg.microbatches)
     self.route_fn = jax.jit(lambda p, t, m, lm: train_step.route_loglik(p, ctx.model_cfg, t, m, lm))
     loss_cfg = cfg.loss
     if loss_cfg.aggregation == "seq_mean_token_sum_norm" and loss_cfg.max_len is None:
       loss_cfg = dataclasses.replace(loss_cfg, max_len=cfg.max_new_tokens)
     self.loss_cfg = loss_cfg
     self.update = train_step.make_rl_step(ctx.model_cfg, optimizer, loss_cfg,
-                                          cfg.mrpv.contrast_coef, cfg.mrpv.contrast_beta, shardings)
+                                          cfg.mrpv.contrast_coef, cfg.mrpv.contrast_beta, shardings,
+                                          completion_len=cfg.max_new_tokens,
+                                          microbatches=cfg.microbatches)
     self.put = ((lambda b: {k: sharding.put(v, shardings.batch) for k, v in b.items()})
                 if shardings is not None else (lambda b: b))
     self.K = cfg.mrpv.num_routes

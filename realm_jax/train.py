@@ -136,7 +136,7 @@ def prepare(cfg: configs.ExperimentConfig, workdir: str, mesh=None) -> Context:
   else:
     model_cfg = dataclasses.replace(spec.tiny, vocab_size=tok.vocab_size)
   model_cfg = dataclasses.replace(model_cfg, dtype=spec.dtype, param_dtype=spec.param_dtype,
-                                  remat=spec.remat)
+                                  remat=spec.remat, scan_layers=spec.scan_layers)
   if pretrained_params is not None:
     pretrained_params = model.cast_params(pretrained_params, spec.param_dtype)
   return Context(cfg=cfg, model_cfg=model_cfg, tokenizer=tok, data=run_data,

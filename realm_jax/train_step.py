@@ -79,10 +79,98 @@ def abstract_state(state: TrainState, shardings: StepShardings) -> TrainState:
                       state, shardings.state)
 
 
-def token_logprobs(params, cfg: model.ModelConfig, tokens_BT, mask_BT):
-  """logp[:, t] of token t+1 under the model, fp32 [B, T-1]."""
-  logits_BTV, _ = model.apply(params, cfg, tokens_BT, mask_BT)
-  return losses.token_logprobs(logits_BTV[:, :-1], tokens_BT[:, 1:])
+def completion_logits(params, cfg: model.ModelConfig, tokens_BT, mask_BT,
+                      completion_len: int | None = None):
+  """Logits that predict tokens 1.., and those targets: ([B, L, V], [B, L], L).
+
+  With `completion_len=M` the rows hold left-padded prompts followed by M
+  completion slots (a rollout's layout), and only the last M targets get
+  logits (L = M): the lm_head and the softmax skip the prompt, which nothing
+  downstream reads. Otherwise L = T - 1.
+  """
+  T = tokens_BT.shape[1]
+  start = 0 if completion_len is None else max(T - 1 - int(completion_len), 0)
+  logits_BLV, _ = model.apply(params, cfg, tokens_BT, mask_BT, logits_from=start)
+  return logits_BLV[:, :-1], tokens_BT[:, start + 1:], T - 1 - start
+
+
+def pad_to_targets(x_BL: jax.Array, T: int) -> jax.Array:
+  """Left-pads per-target values [B, L] with zeros to the full [B, T-1]."""
+  return jnp.pad(x_BL, ((0, 0), (T - 1 - x_BL.shape[1], 0)))
+
+
+def token_logprobs(params, cfg: model.ModelConfig, tokens_BT, mask_BT,
+                   completion_len: int | None = None):
+  """logp[:, t] of token t+1 under the model, fp32 [B, T-1].
+
+  With `completion_len=M`, only the last M entries are computed (the rest are 0).
+  """
+  logits_BLV, targets_BL, _ = completion_logits(params, cfg, tokens_BT, mask_BT, completion_len)
+  return pad_to_targets(losses.token_logprobs(logits_BLV, targets_BL), tokens_BT.shape[1])
+
+
+def split_microbatches(tree: Any, n: int) -> Any:
+  """[N, ...] arrays -> [n, N/n, ...]; microbatch i holds rows i, i+n, i+2n, ...
+
+  Strided, so a batch sharded in contiguous blocks over the data axes keeps
+  every microbatch spread over all devices (each device loops over its own
+  rows; no resharding).
+  """
+  def split(x):
+    if x.shape[0] % n:
+      raise ValueError(f"a batch of {x.shape[0]} rows does not split into {n} microbatches")
+    return jnp.swapaxes(x.reshape(x.shape[0] // n, n, *x.shape[1:]), 0, 1)
+  return jax.tree.map(split, tree)
+
+
+def merge_microbatches(tree: Any) -> Any:
+  """Inverse of `split_microbatches`: [n, N/n, ...] -> [N, ...] in the original row order."""
+  return jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1).reshape(-1, *x.shape[2:]), tree)
+
+
+def accumulate_grads(loss_fn: Callable, params: Any, batch: dict, n: int,
+                     loss_weights_n: jax.Array, metric_weights_n: jax.Array,
+                     loss_keys: tuple[str, ...] = ("loss",), max_keys: tuple[str, ...] = ()):
+  """Gradient accumulation over `n` microbatches in one `lax.scan`.
+
+  loss_fn(params, microbatch) -> (loss, metrics). Returns (loss, metrics,
+  grads) with loss = sum_i w_i loss_i (and grads alike), w = `loss_weights_n`:
+  the caller chooses w_i = D_i / D, the share of the loss's normaliser D
+  (token count, sequence count) held by microbatch i, which makes the sum
+  *equal* to the full-batch loss, not an average of microbatch means. Metrics
+  are summed with `metric_weights_n` (token shares for token-mean metrics),
+  except `loss_keys`, which use the loss weights, and `max_keys` (maxima). Only one microbatch's
+  activations are alive at a time; gradients accumulate in fp32.
+  """
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  if n == 1:
+    (loss, metrics), grads = grad_fn(params, batch)
+    return loss, metrics, grads
+  mbs = split_microbatches(batch, n)
+  first = jax.tree.map(lambda x: x[0], mbs)
+  _, metrics_shape = jax.eval_shape(loss_fn, params, first)
+  zeros = lambda t: jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.float32), t)
+
+  def body(carry, xs):
+    g_acc, l_acc, m_acc = carry
+    mb, wl, wm = xs
+    (loss, metrics), grads = grad_fn(params, mb)
+    g_acc = jax.tree.map(lambda a, g: a + wl * g.astype(jnp.float32), g_acc, grads)
+    m_acc = {k: (jnp.maximum(m_acc[k], v) if k in max_keys else
+                 m_acc[k] + (wl if k in loss_keys else wm) * v) for k, v in metrics.items()}
+    return (g_acc, l_acc + wl * loss, m_acc), None
+
+  (grads, loss, metrics), _ = jax.lax.scan(
+      body, (zeros(params), jnp.zeros((), jnp.float32), zeros(metrics_shape)),
+      (mbs, loss_weights_n, metric_weights_n))
+  grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
+  return loss, metrics, grads
+
+
+def shares(counts_n: jax.Array) -> jax.Array:
+  """Each microbatch's share of a normaliser, D_i / max(D, 1) (all 0 when D = 0)."""
+  counts_n = counts_n.astype(jnp.float32)
+  return counts_n / jnp.maximum(jnp.sum(counts_n), 1.0)
 
 
 def _finish(state: TrainState, optimizer, grads, metrics):
@@ -93,8 +181,19 @@ def _finish(state: TrainState, optimizer, grads, metrics):
   return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 
-def make_logprob_fn(cfg: model.ModelConfig) -> Callable:
-  return jax.jit(lambda params, tokens, mask: token_logprobs(params, cfg, tokens, mask))
+def make_logprob_fn(cfg: model.ModelConfig, completion_len: int | None = None,
+                    microbatches: int = 1) -> Callable:
+  """Jitted `token_logprobs`; with `microbatches=n` the rows run n at a time
+  (`lax.map` over strided microbatches): same numbers, 1/n of the activations."""
+
+  def fn(params, tokens, mask):
+    if microbatches == 1:
+      return token_logprobs(params, cfg, tokens, mask, completion_len)
+    out = jax.lax.map(lambda tm: token_logprobs(params, cfg, tm[0], tm[1], completion_len),
+                      split_microbatches((tokens, mask), microbatches))
+    return merge_microbatches(out)
+
+  return jax.jit(fn)
 
 
 def make_teacher_logits_fn(cfg: model.ModelConfig) -> Callable:
@@ -103,10 +202,14 @@ def make_teacher_logits_fn(cfg: model.ModelConfig) -> Callable:
 
 
 def make_sft_step(cfg: model.ModelConfig, optimizer, kd_alpha: float = 0.0,
-                  kd_temperature: float = 1.0, shardings: StepShardings | None = None) -> Callable:
+                  kd_temperature: float = 1.0, shardings: StepShardings | None = None,
+                  microbatches: int = 1) -> Callable:
   """batch: tokens, mask, loss_mask [B, T] (+ teacher_logits [B, T-1, V] when kd_alpha > 0).
 
-  loss = (1 - a) * CE(completion tokens) + a * KL_T(teacher || student).
+  loss = (1 - a) * CE(completion tokens) + a * KL_T(teacher || student), both
+  token means over the loss mask. `microbatches=n` accumulates the gradient
+  over n microbatches weighted by their share of loss tokens: the same loss
+  and gradient as one pass, with 1/n of the activations.
   """
 
   def loss_fn(params, batch):
@@ -121,7 +224,11 @@ def make_sft_step(cfg: model.ModelConfig, optimizer, kd_alpha: float = 0.0,
     return loss, dict(metrics, loss=loss)
 
   def step(state: TrainState, batch):
-    (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch)
+    w = None
+    if microbatches > 1:
+      counts = jnp.sum(split_microbatches(batch["loss_mask"][:, 1:] > 0, microbatches), (1, 2))
+      w = shares(counts)
+    _, metrics, grads = accumulate_grads(loss_fn, state.params, batch, microbatches, w, w)
     return _finish(state, optimizer, grads, metrics)
 
   return _jit_step(step, shardings)
@@ -133,20 +240,22 @@ def route_loglik(params, cfg: model.ModelConfig, tokens_RT, mask_RT, loss_mask_R
   return jnp.sum(jnp.where(loss_mask_RT[:, 1:] > 0, logp, 0.0), axis=-1)
 
 
-def rl_loss(params, batch, cfg: model.ModelConfig, loss_cfg: losses.LossConfig,
-            contrast_coef: float, contrast_beta: float):
-  """PPO-clip/GRPO loss on completions, plus the MRPV route-contrast term.
+def policy_loss(params, batch, cfg: model.ModelConfig, loss_cfg: losses.LossConfig,
+                completion_len: int | None = None):
+  """PPO-clip/GRPO loss on completions (`losses.ppo_loss`) and its metrics.
 
   batch: tokens, mask, completion_mask [N, T]; ref_logp [N, T-1]; adv [N];
   old_logp [N, T-1] when the rollout feeds several updates (else the current
-  log-probs, stop-gradient, are the old ones); optional sampler_logp [N, T-1]; with contrast_coef > 0 also route_tokens/route_mask/route_loss_mask
-  [B*K, Tr], route_ref_logp, route_labels, route_valid [B, K].
+  log-probs, stop-gradient, are the old ones); optional sampler_logp [N, T-1].
+  `completion_len=M` (the rollout's static completion budget) computes logits
+  for the completion targets only; the result is the same.
   """
-  logits_NTV, _ = model.apply(params, cfg, batch["tokens"], batch["mask"])
-  logits_NTV = logits_NTV[:, :-1]
-  logp = losses.token_logprobs(logits_NTV, batch["tokens"][:, 1:])
+  T = batch["tokens"].shape[1]
+  logits_NLV, targets_NL, _ = completion_logits(params, cfg, batch["tokens"], batch["mask"],
+                                                completion_len)
+  logp = pad_to_targets(losses.token_logprobs(logits_NLV, targets_NL), T)
   cmask = batch["completion_mask"][:, 1:]
-  entropy = losses.token_entropy(logits_NTV)
+  entropy = pad_to_targets(losses.token_entropy(logits_NLV), T)
   # One update per rollout: the old policy *is* this policy, so no separate forward pass.
   old_logp = batch["old_logp"] if "old_logp" in batch else jax.lax.stop_gradient(logp)
   loss, metrics = losses.ppo_loss(logp, old_logp, batch["adv"], cmask, loss_cfg,
@@ -155,29 +264,80 @@ def rl_loss(params, batch, cfg: model.ModelConfig, loss_cfg: losses.LossConfig,
     gap = jnp.abs(jax.lax.stop_gradient(logp) - batch["sampler_logp"])
     metrics = dict(metrics, sampler_trainer_logp_gap=jnp.sum(jnp.where(cmask > 0, gap, 0.0))
                    / jnp.maximum(jnp.sum(cmask), 1))
-  if "entropy" not in metrics:
-    ent = jnp.sum(jnp.where(cmask > 0, jax.lax.stop_gradient(entropy), 0.0))
-    metrics = dict(metrics, entropy=ent / jnp.maximum(jnp.sum(cmask), 1))
+  return loss, metrics
+
+
+def contrast_loss(params, batch, cfg: model.ModelConfig, contrast_beta: float):
+  """MRPV route-contrast loss from one teacher-forced pass over the routes.
+
+  batch: route_tokens/route_mask/route_loss_mask [B*K, Tr], route_ref_logp,
+  route_labels, route_valid [B, K].
+  """
+  B, K = batch["route_labels"].shape
+  pol = route_loglik(params, cfg, batch["route_tokens"], batch["route_mask"],
+                     batch["route_loss_mask"]).reshape(B, K)
+  margins, pair_mask = mrpv.route_pair_margins(pol, batch["route_ref_logp"],
+                                               batch["route_labels"], batch["route_valid"])
+  c_loss, c_metrics = losses.route_contrast_loss(margins, pair_mask, contrast_beta)
+  return c_loss, {f"contrast_{k}": v for k, v in c_metrics.items()}
+
+
+def rl_loss(params, batch, cfg: model.ModelConfig, loss_cfg: losses.LossConfig,
+            contrast_coef: float, contrast_beta: float, completion_len: int | None = None):
+  """`policy_loss` + contrast_coef * `contrast_loss` (the latter when contrast_coef > 0)."""
+  loss, metrics = policy_loss(params, batch, cfg, loss_cfg, completion_len)
   if contrast_coef > 0:
-    B, K = batch["route_labels"].shape
-    pol = route_loglik(params, cfg, batch["route_tokens"], batch["route_mask"],
-                       batch["route_loss_mask"]).reshape(B, K)
-    margins, pair_mask = mrpv.route_pair_margins(pol, batch["route_ref_logp"],
-                                                 batch["route_labels"], batch["route_valid"])
-    c_loss, c_metrics = losses.route_contrast_loss(margins, pair_mask, contrast_beta)
+    c_loss, c_metrics = contrast_loss(params, batch, cfg, contrast_beta)
     loss = loss + contrast_coef * c_loss
-    metrics = dict(metrics, **{f"contrast_{k}": v for k, v in c_metrics.items()})
+    metrics = dict(metrics, **c_metrics)
   return loss, dict(metrics, loss=loss)
+
+
+def policy_loss_shares(cmask_NT: jax.Array, n: int, loss_cfg: losses.LossConfig):
+  """(loss weights, token-share weights) of n strided microbatches of a completion mask.
+
+  The loss normaliser of `losses.aggregate` is the token count for
+  `token_mean` and the number of sequences with a counted token otherwise.
+  """
+  m = split_microbatches(cmask_NT[:, 1:] > 0, n)             # [n, N/n, T-1]
+  tokens_n = jnp.sum(m, axis=(1, 2))
+  seqs_n = jnp.sum(jnp.any(m, axis=2), axis=1)
+  loss_w = shares(tokens_n if loss_cfg.aggregation == "token_mean" else seqs_n)
+  return loss_w, shares(tokens_n)
+
+
+ROW_KEYS = ("tokens", "mask", "completion_mask", "ref_logp", "adv", "old_logp", "sampler_logp")
 
 
 def make_rl_step(cfg: model.ModelConfig, optimizer, loss_cfg: losses.LossConfig,
                  contrast_coef: float = 0.0, contrast_beta: float = 0.1,
-                 shardings: StepShardings | None = None) -> Callable:
+                 shardings: StepShardings | None = None,
+                 completion_len: int | None = None, microbatches: int = 1) -> Callable:
+  """Jitted RL update: the gradient of `rl_loss`, then the optimizer.
+
+  `completion_len`: batches are rollouts with this many completion slots
+  after the prompt (logits for those only, see `policy_loss`).
+  `microbatches=n`: the policy loss accumulates over n microbatches of
+  completions, weighted by their share of its normaliser (`policy_loss_shares`),
+  so loss and gradient equal the one-pass values; the route-contrast term runs
+  once on the whole route batch.
+  """
 
   def step(state: TrainState, batch):
-    grad_fn = jax.value_and_grad(rl_loss, has_aux=True)
-    (_, metrics), grads = grad_fn(state.params, batch, cfg, loss_cfg, contrast_coef, contrast_beta)
-    return _finish(state, optimizer, grads, metrics)
+    rows = {k: v for k, v in batch.items() if k in ROW_KEYS}
+    w_loss = w_tok = None
+    if microbatches > 1:
+      w_loss, w_tok = policy_loss_shares(rows["completion_mask"], microbatches, loss_cfg)
+    loss, metrics, grads = accumulate_grads(
+        lambda p, b: policy_loss(p, b, cfg, loss_cfg, completion_len), state.params, rows,
+        microbatches, w_loss, w_tok, loss_keys=("loss", "pg_loss"), max_keys=("ratio_max",))
+    if contrast_coef > 0:
+      (c_loss, c_metrics), c_grads = jax.value_and_grad(contrast_loss, has_aux=True)(
+          state.params, batch, cfg, contrast_beta)
+      loss = loss + contrast_coef * c_loss
+      grads = jax.tree.map(lambda g, c: g + contrast_coef * c, grads, c_grads)
+      metrics = dict(metrics, **c_metrics)
+    return _finish(state, optimizer, grads, dict(metrics, loss=loss))
 
   return _jit_step(step, shardings)
 

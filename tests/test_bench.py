@@ -3,6 +3,7 @@
 import json
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -41,7 +42,7 @@ def test_flop_formulas_hand_count():
 
 def test_run_bench_tiny(capsys, monkeypatch):
   shape = bench.BenchShape(sample_batch=2, prompt_len=4, new_tokens=3, train_batch=2,
-                           train_len=8, matmul_sizes=(32, 64))
+                           train_len=8, train_microbatches=2, matmul_sizes=(32, 64))
   r = bench.run_bench(1, model_cfg=TINY, shape=shape,
                       extra_benchmarks={"dummy": lambda repeats: {"repeats": repeats, "s": 0.5}})
   json.loads(json.dumps(r))  # JSON-able
@@ -75,6 +76,24 @@ def test_bench_shape_validation():
     bench.BenchShape(new_tokens=1)
   with pytest.raises(ValueError, match="train_len"):
     bench.BenchShape(train_len=0)
+  with pytest.raises(ValueError, match="train_microbatches=3 must divide train_batch=32"):
+    bench.BenchShape(train_microbatches=3)
+
+
+def test_train_grad_fn_microbatches_equal_the_plain_cross_entropy():
+  params = model_lib.init_params(TINY, jax.random.key(0))
+  tokens = jnp.asarray(np.random.default_rng(0).integers(0, TINY.vocab_size, (4, 7)), jnp.int32)
+
+  def ce(p):  # mean -log softmax(logits)[next token], written independently
+    logp = jax.nn.log_softmax(model_lib.forward(p, tokens[:, :-1], TINY), -1)
+    return -jnp.mean(jnp.take_along_axis(logp, tokens[:, 1:, None], -1))
+
+  want_loss, want_grads = jax.value_and_grad(ce)(params)
+  for n in (1, 2, 4):
+    loss, grads = bench.make_train_grad_fn(TINY, n)(params, tokens)
+    assert float(loss) == pytest.approx(float(want_loss), abs=1e-6)
+    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(want_grads)):
+      np.testing.assert_allclose(a, b, atol=1e-6)
 
 
 def test_even_token_reward_hand_count():

@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from realm_jax import losses, model, train_step
@@ -38,6 +39,39 @@ def test_token_logprobs_shift_convention():
   want = jax.nn.log_softmax(logits[:, :-1], -1)
   want = jnp.take_along_axis(want, tokens[:, 1:, None], -1)[..., 0]
   np.testing.assert_allclose(logp, want, atol=1e-6)
+
+
+def test_completion_only_logprobs_match_the_full_pass_on_completion_targets():
+  """The last M targets (a rollout's completion slots) from a head applied to
+  those positions only equal the full pass; earlier targets read 0."""
+  params = model.init_params(CFG, jax.random.key(3))
+  tokens, mask, _ = _batch(np.random.default_rng(3))
+  full = train_step.token_logprobs(params, CFG, tokens, mask)
+  part = train_step.token_logprobs(params, CFG, tokens, mask, completion_len=4)
+  assert part.shape == full.shape == (4, 9)
+  np.testing.assert_allclose(part[:, -4:], full[:, -4:], atol=1e-6)
+  assert np.all(np.asarray(part[:, :-4]) == 0.0)
+  logits, _ = model.apply(params, CFG, tokens, mask, logits_from=6)
+  np.testing.assert_allclose(logits, model.apply(params, CFG, tokens, mask)[0][:, 6:], atol=1e-6)
+
+
+def test_rl_loss_and_gradients_do_not_depend_on_completion_only_logits():
+  params = model.init_params(CFG, jax.random.key(4))
+  rng = np.random.default_rng(4)
+  tokens, mask, cmask = _batch(rng)
+  cmask = cmask.at[1, 8:].set(0)  # a completion that stopped early
+  ref = train_step.token_logprobs(jax.tree.map(lambda x: x * 1.01, params), CFG, tokens, mask)
+  batch = {"tokens": tokens, "mask": mask, "completion_mask": cmask, "ref_logp": ref,
+           "adv": jnp.asarray(rng.normal(size=4), jnp.float32)}
+  cfg = losses.LossConfig(kl_coef=0.04, entropy_coef=0.01)
+  grad = jax.value_and_grad(train_step.rl_loss, has_aux=True)
+  (l_full, m_full), g_full = grad(params, batch, CFG, cfg, 0.0, 0.1)
+  (l_part, m_part), g_part = grad(params, batch, CFG, cfg, 0.0, 0.1, 4)
+  assert float(l_part) == pytest.approx(float(l_full), abs=1e-6)
+  for k in ("entropy", "kl_k3", "ratio_mean"):
+    assert float(m_part[k]) == pytest.approx(float(m_full[k]), abs=1e-6), k
+  for a, b in zip(jax.tree.leaves(g_part), jax.tree.leaves(g_full)):
+    np.testing.assert_allclose(a, b, atol=1e-6)
 
 
 def test_rl_step_with_zero_advantage_and_reference_equal_policy_changes_nothing():
@@ -83,3 +117,105 @@ def test_sft_step_only_learns_the_completion_tokens():
   _, m = step(train_step.init_state(params, opt),
               {"tokens": tokens, "mask": mask, "loss_mask": jnp.zeros_like(mask)})
   assert float(m["grad_norm"]) == 0.0
+
+
+# --- microbatches: gradient accumulation must equal the one-pass step exactly.
+
+def _sgd_step(make, params, batch, **kw):
+  """One step with SGD(lr=1): the param change is minus the gradient."""
+  opt = optax.sgd(1.0)
+  start = jax.tree.map(jnp.copy, params)  # the step donates its state
+  new, m = make(opt, **kw)(train_step.init_state(start, opt), batch)
+  return jax.tree.map(lambda a, b: np.asarray(a - b), new.params, params), m
+
+
+def _uneven_rl_batch(seed, N=8, T=12):
+  rng = np.random.default_rng(seed)
+  tokens = jnp.asarray(rng.integers(1, CFG.vocab_size, (N, T)), jnp.int32)
+  mask = np.ones((N, T), np.int32)
+  mask[1, :2] = 0
+  cmask = np.zeros((N, T), np.int32)
+  for i, n in enumerate([6, 1, 3, 0, 5, 6, 2, 4]):  # unequal lengths, one row fully masked
+    cmask[i, 6:6 + n] = 1
+  return {"tokens": tokens, "mask": jnp.asarray(mask), "completion_mask": jnp.asarray(cmask),
+          "ref_logp": jnp.asarray(rng.normal(-3, 0.5, (N, T - 1)), jnp.float32),
+          "old_logp": jnp.asarray(rng.normal(-3, 0.5, (N, T - 1)), jnp.float32),
+          "adv": jnp.asarray(rng.normal(size=N), jnp.float32)}
+
+
+@pytest.mark.parametrize("aggregation", ["token_mean", "seq_mean_token_mean",
+                                         "seq_mean_token_sum_norm"])
+def test_rl_step_microbatches_equal_one_pass(aggregation):
+  params = model.init_params(CFG, jax.random.key(5))
+  batch = _uneven_rl_batch(5)
+  loss_cfg = losses.LossConfig(kl_coef=0.04, entropy_coef=0.01, aggregation=aggregation,
+                               max_len=6, clip_low=0.1, clip_high=0.1)
+  make = lambda opt, **kw: train_step.make_rl_step(CFG, opt, loss_cfg, completion_len=6, **kw)
+  d1, m1 = _sgd_step(make, params, batch)
+  for n in (2, 4):
+    dn, mn = _sgd_step(make, params, batch, microbatches=n)
+    for a, b in zip(jax.tree.leaves(dn), jax.tree.leaves(d1)):
+      np.testing.assert_allclose(a, b, atol=2e-6)
+    for k in ("loss", "pg_loss", "kl_k3", "entropy", "clip_frac", "ratio_mean", "ratio_max"):
+      assert float(mn[k]) == pytest.approx(float(m1[k]), abs=1e-5), (n, k)
+
+
+def test_rl_step_microbatches_with_the_contrast_term():
+  params = model.init_params(CFG, jax.random.key(6))
+  batch = _uneven_rl_batch(6)
+  rng = np.random.default_rng(6)
+  B, K, Tr = 4, 2, 7
+  rl_mask = np.zeros((B * K, Tr), np.int32)
+  rl_mask[:, 3:] = 1
+  batch.update(route_tokens=jnp.asarray(rng.integers(1, CFG.vocab_size, (B * K, Tr)), jnp.int32),
+               route_mask=jnp.ones((B * K, Tr), jnp.int32), route_loss_mask=jnp.asarray(rl_mask),
+               route_ref_logp=jnp.asarray(rng.normal(-10, 1, (B, K)), jnp.float32),
+               route_labels=jnp.asarray([[True, False]] * B),
+               route_valid=jnp.asarray([[True, True]] * 3 + [[True, False]]))
+  make = lambda opt, **kw: train_step.make_rl_step(CFG, opt, losses.LossConfig(kl_coef=0.04),
+                                                   contrast_coef=0.5, completion_len=6, **kw)
+  d1, m1 = _sgd_step(make, params, batch)
+  d4, m4 = _sgd_step(make, params, batch, microbatches=4)
+  for a, b in zip(jax.tree.leaves(d4), jax.tree.leaves(d1)):
+    np.testing.assert_allclose(a, b, atol=2e-6)
+  assert float(m4["loss"]) == pytest.approx(float(m1["loss"]), abs=1e-5)
+  assert float(m4["contrast_loss"]) == pytest.approx(float(m1["contrast_loss"]), abs=1e-6)
+
+
+def test_sft_step_microbatches_equal_one_pass():
+  params = model.init_params(CFG, jax.random.key(7))
+  rng = np.random.default_rng(7)
+  tokens = jnp.asarray(rng.integers(1, CFG.vocab_size, (8, 10)), jnp.int32)
+  loss_mask = np.zeros((8, 10), np.int32)
+  for i, n in enumerate([9, 1, 4, 0, 2, 7, 3, 5]):  # rows with very different token counts
+    loss_mask[i, 10 - n:] = 1
+  batch = {"tokens": tokens, "mask": jnp.ones((8, 10), jnp.int32), "loss_mask": jnp.asarray(loss_mask)}
+  make = lambda opt, **kw: train_step.make_sft_step(CFG, opt, **kw)
+  d1, m1 = _sgd_step(make, params, batch)
+  d4, m4 = _sgd_step(make, params, batch, microbatches=4)
+  for a, b in zip(jax.tree.leaves(d4), jax.tree.leaves(d1)):
+    np.testing.assert_allclose(a, b, atol=2e-6)
+  for k in ("loss", "token_accuracy"):
+    assert float(m4[k]) == pytest.approx(float(m1[k]), abs=1e-6), k
+
+
+def test_microbatched_logprobs_keep_row_order():
+  params = model.init_params(CFG, jax.random.key(8))
+  tokens, mask, _ = _batch(np.random.default_rng(8), B=8)
+  full = train_step.make_logprob_fn(CFG, 4)(params, tokens, mask)
+  np.testing.assert_allclose(train_step.make_logprob_fn(CFG, 4, microbatches=4)(params, tokens, mask),
+                             full, atol=1e-6)
+  with pytest.raises(ValueError, match="does not split into 3 microbatches"):
+    train_step.make_logprob_fn(CFG, 4, microbatches=3)(params, tokens, mask)
+
+
+def test_unrolled_layers_equal_scan():
+  import dataclasses
+  cfg_u = dataclasses.replace(CFG, scan_layers=False)
+  params = model.init_params(CFG, jax.random.key(9))
+  tokens, mask, _ = _batch(np.random.default_rng(9))
+  np.testing.assert_allclose(model.apply(params, cfg_u, tokens, mask)[0],
+                             model.apply(params, CFG, tokens, mask)[0], atol=1e-5)
+  g = lambda c: jax.grad(lambda p: jnp.sum(train_step.token_logprobs(p, c, tokens, mask)))(params)
+  for a, b in zip(jax.tree.leaves(g(cfg_u)), jax.tree.leaves(g(CFG))):
+    np.testing.assert_allclose(a, b, atol=1e-5)
