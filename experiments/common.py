@@ -23,11 +23,14 @@ def tiny(name: str, domain: str = "tariff") -> configs.ExperimentConfig:
   """Base stage only; methods add their stages on top."""
   return configs.ExperimentConfig(
       name=name,
+      # 4 unrolled layers; steps accumulate over 4 microbatches (same loss, ~1.5x faster here)
+      model=configs.ModelSpec(scan_layers=False),
       data=configs.DataConfig(source=f"domain:{domain}", difficulty=0, num_train=2000, num_eval=128,
                               prompt_buckets=(96, 160, 256, 320), sft_buckets=(128, 192, 256, 384)),
       base=configs.SFTConfig(steps=100, batch_size=16, lr=2e-3, warmup=20, route_share=0.5,
-                             num_items=400),
+                             num_items=400, microbatches=4),
       rl=configs.RLConfig(batch_prompts=8, group_size=4, lr=2e-4, warmup=3, max_new_tokens=128,
+                          microbatches=4,
                           temperature=1.0, loss=losses.LossConfig(kl_coef=0.04),
                           mrpv=TINY_MRPV, eaai=eaai.EAAIConfig(max_routes=2)),
       eval=configs.EvalConfig(num_questions=128, k=4, max_new_tokens=128, batch_size=64),
@@ -37,7 +40,8 @@ def tiny(name: str, domain: str = "tariff") -> configs.ExperimentConfig:
 def with_sft(cfg: configs.ExperimentConfig, steps: int = 200) -> configs.ExperimentConfig:
   """Guided CoT distillation on the full training set."""
   return dataclasses.replace(cfg, sft=configs.SFTConfig(steps=steps, batch_size=16, lr=1e-3,
-                                                        warmup=20, route_share=0.5))
+                                                        warmup=20, route_share=0.5,
+                                                        microbatches=4))
 
 
 def with_rl(cfg: configs.ExperimentConfig, steps: int, **rl) -> configs.ExperimentConfig:
