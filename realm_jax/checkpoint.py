@@ -18,13 +18,14 @@ Conventions
   `jax.ShapeDtypeStruct(shape, dtype, sharding=...)`.
 - `restore(step=None)` takes the newest checkpoint that reads cleanly; an
   unreadable one (truncated/corrupted files) is skipped with a warning.
-- Resume precedence (`resolve_init`): this run's latest checkpoint, then an
-  explicit init checkpoint, then imported pretrained weights, then random init.
+- Resume: each training stage keeps its own checkpoints (`checkpoint_dir`)
+  and restarts from the newest one that reads cleanly; where a stage with none
+  starts from is `train.initial_params` (another run's final params, then
+  pretrained weights, then random init).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import json
 import logging
@@ -38,13 +39,13 @@ from orbax.checkpoint import checkpoint_managers as ocm
 
 log = logging.getLogger(__name__)
 
-SUBDIR = "checkpoints"
+SUBDIR = "ckpt"
 BEST_MODES = ("max", "min")
 
 
-def checkpoint_dir(workdir: str | epath.PathLike) -> epath.Path:
-  """Where a run keeps its checkpoints."""
-  return epath.Path(workdir) / SUBDIR
+def checkpoint_dir(workdir: str | epath.PathLike, stage: str) -> epath.Path:
+  """Where a run keeps one training stage's checkpoints: WORKDIR/ckpt/STAGE."""
+  return epath.Path(workdir) / SUBDIR / stage
 
 
 def is_periodic(step: int, every: int, last_step: int | None = None) -> bool:
@@ -82,7 +83,7 @@ class Checkpointer:
   """One run's checkpoints.
 
   Args:
-    directory: the checkpoint directory (usually `checkpoint_dir(workdir)`).
+    directory: the checkpoint directory (usually `checkpoint_dir(workdir, stage)`).
     keep_last: keep this many most recent checkpoints (None: all).
     best_metric: also keep the `keep_best` checkpoints best by this metric
       (a key of the `metrics` passed to `save`); None disables.
@@ -220,67 +221,7 @@ class Checkpointer:
 # ----------------------------------------------------------------------------
 # Resume precedence.
 
-INIT_SOURCES = ("resume", "init_checkpoint", "pretrained", "random")
-
-
-@dataclasses.dataclass(frozen=True)
-class InitPlan:
-  """Where a run's initial state comes from (`resolve_init` decides, the loop executes).
-
-  source: one of INIT_SOURCES.
-  path: checkpoint directory (resume, init_checkpoint) or the pretrained
-    weights spec handed to the importer (pretrained); None for random.
-  step: newest finalized step found there (informational: restore with
-    `Checkpointer(path).restore(step=None, ...)` to get corruption fallback).
-  """
-  source: str
-  path: str | None = None
-  step: int | None = None
-
-  def __post_init__(self):
-    if self.source not in INIT_SOURCES:
-      raise ValueError(f"InitPlan.source={self.source!r}; expected one of {INIT_SOURCES}")
-    if (self.path is None) != (self.source == "random"):
-      raise ValueError(f"InitPlan(source={self.source!r}) needs a path exactly when not random")
-
-  @property
-  def restores_checkpoint(self) -> bool:
-    return self.source in ("resume", "init_checkpoint")
-
-
 def finalized_steps(directory: str | epath.PathLike) -> list[int]:
   """Steps with a complete checkpoint under `directory` (temporaries excluded)."""
   d = epath.Path(directory)
   return sorted(ocp.step.checkpoint_steps(d)) if d.exists() else []
-
-
-def resolve_init(workdir: str | epath.PathLike, init_checkpoint: str | None = None,
-                 pretrained: str | None = None, subdir: str = SUBDIR) -> InitPlan:
-  """Decide the initial state, first match wins:
-
-  1. this run's latest checkpoint (`WORKDIR/<subdir>`) -> resume everything;
-  2. `init_checkpoint` (a checkpoint dir or another run's workdir) -> start
-     from its latest state (typically params only, restored with partial=True);
-  3. `pretrained` (weights for the importer) -> import;
-  4. random init.
-
-  A given `init_checkpoint` without a finalized checkpoint is an error, not a
-  silent fall-through.
-  """
-  own = epath.Path(workdir) / subdir
-  steps = finalized_steps(own)
-  if steps:
-    return InitPlan("resume", str(own), steps[-1])
-  if init_checkpoint:
-    path = epath.Path(init_checkpoint)
-    if not finalized_steps(path) and finalized_steps(path / subdir):
-      path = path / subdir
-    steps = finalized_steps(path)
-    if not steps:
-      raise FileNotFoundError(
-          f"init_checkpoint={init_checkpoint!r} holds no finalized checkpoint (looked for step "
-          f"directories in {init_checkpoint} and {epath.Path(init_checkpoint) / subdir})")
-    return InitPlan("init_checkpoint", str(path), steps[-1])
-  if pretrained:
-    return InitPlan("pretrained", str(pretrained))
-  return InitPlan("random")

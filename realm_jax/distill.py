@@ -83,7 +83,7 @@ def run_sft(phase: str, ctx: SFTContext, params: Any, pairs: Sequence[tuple[str,
                      "processes; pick a multiple of the process count")
   batches = data.sft_batches(list(pairs), ctx.tokenizer, cfg.batch_size // jax.process_count(),
                              ctx.buckets, ctx.seed)
-  ckpt = checkpoint.Checkpointer(os.path.join(ctx.workdir, "ckpt", phase), keep_last=2)
+  ckpt = checkpoint.Checkpointer(checkpoint.checkpoint_dir(ctx.workdir, phase), keep_last=2)
   start = 0
   latest = ckpt.latest_step()
   if latest is not None:

@@ -283,7 +283,7 @@ def run_rl(ctx: Context, workdir: str, writer: metrics_lib.MetricsWriter, params
   # device work (rollouts, updates) is what is sharded over the mesh.
   batches = data.rl_batches(ctx.data.train, cfg.rl.batch_prompts, cfg.seed, process_index=0,
                             process_count=1)
-  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "ckpt", "rl"), keep_last=cfg.keep_checkpoints,
+  ckpt = checkpoint.Checkpointer(checkpoint.checkpoint_dir(workdir, "rl"), keep_last=cfg.keep_checkpoints,
                                  best_metric="accuracy")
   start, clock, acc_ema = 0, 0, None
   latest = ckpt.latest_step()

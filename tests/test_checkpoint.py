@@ -153,36 +153,3 @@ def test_save_rejects_non_json_extra(tmp_path):
   with ck.Checkpointer(tmp_path) as c:
     with pytest.raises(TypeError, match=r"extra\['rng'\] is not JSON-serialisable"):
       c.save(1, _state(), {"rng": np.arange(2)})
-
-
-def test_resolve_init_precedence(tmp_path):
-  run = tmp_path / "run"
-  other = tmp_path / "sft_run"
-  assert ck.resolve_init(run) == ck.InitPlan("random")
-  assert ck.resolve_init(run, pretrained="weights.gguf") == ck.InitPlan("pretrained", "weights.gguf")
-  with pytest.raises(FileNotFoundError, match="holds no finalized checkpoint"):
-    ck.resolve_init(run, init_checkpoint=str(other), pretrained="weights.gguf")
-
-  with ck.Checkpointer(ck.checkpoint_dir(other), async_save=False) as c:
-    c.save(30, _state())
-  other_ck = str(ck.checkpoint_dir(other))
-  expected = ck.InitPlan("init_checkpoint", other_ck, 30)
-  assert ck.resolve_init(run, init_checkpoint=str(other), pretrained="w.gguf") == expected
-  assert ck.resolve_init(run, init_checkpoint=other_ck) == expected  # the dir itself works too
-
-  # An unfinished (temporary) save does not count as this run's checkpoint.
-  (ck.checkpoint_dir(run) / "3.orbax-checkpoint-tmp-1234").mkdir(parents=True)
-  assert ck.resolve_init(run, init_checkpoint=other_ck).source == "init_checkpoint"
-
-  with ck.Checkpointer(ck.checkpoint_dir(run), async_save=False) as c:
-    c.save(4, _state())
-    c.save(8, _state())
-  plan = ck.resolve_init(run, init_checkpoint=other_ck, pretrained="w.gguf")
-  assert plan == ck.InitPlan("resume", str(ck.checkpoint_dir(run)), 8)
-  assert plan.restores_checkpoint
-
-  # Another layout (one checkpoint dir per phase) through `subdir`.
-  assert ck.resolve_init(run, subdir="ckpt/rl") == ck.InitPlan("random")
-  with ck.Checkpointer(run / "ckpt" / "rl", async_save=False) as c:
-    c.save(2, _state())
-  assert ck.resolve_init(run, subdir="ckpt/rl") == ck.InitPlan("resume", str(run / "ckpt" / "rl"), 2)

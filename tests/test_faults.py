@@ -126,7 +126,7 @@ def _steps(workdir: str, phase: str) -> list[int]:
 
 
 def _ckpt_steps(workdir: str, phase: str) -> list[int]:
-  return checkpoint.finalized_steps(os.path.join(workdir, "ckpt", phase))
+  return checkpoint.finalized_steps(checkpoint.checkpoint_dir(workdir, phase))
 
 
 def _last_of_each_step(workdir: str, phase: str) -> dict[int, dict]:
