@@ -73,6 +73,10 @@ def test_inconsistent_sizes_are_refused_with_what_to_change():
     configs.load_experiment("demo", ["rl.mrpv.num_routes=5"])
   with pytest.raises(ValueError, match="group_size=1"):
     configs.load_experiment("demo", ["rl.group_size=1"])
+  with pytest.raises(ValueError, match="rl.microbatches=3 must divide the 32 completions"):
+    configs.load_experiment("demo", ["rl.microbatches=3"])
+  with pytest.raises(ValueError, match="sft.microbatches=3 must divide sft.batch_size=16"):
+    configs.load_experiment("demo", ["sft.microbatches=3"])
 
 
 @pytest.fixture(scope="module")
