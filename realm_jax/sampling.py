@@ -8,8 +8,8 @@ Conventions
 - Output arrays are [N, T + M] (prompt slots then M = max_new_tokens completion
   slots). A completion runs up to and including its first stop token; slots
   after it hold `pad_id` and are masked out.
-- Randomness: step j draws one uniform per row from `fold_in(rng, j)`; row r
-  samples with `u[r]`, so the G-sample layout equals sampling the prompts
+- Randomness: `u = uniform(rng, [M, N])` is drawn once; step j of row r
+  samples with `u[j, r]` (inverse CDF), so the G-sample layout equals sampling the prompts
   repeated G times with G = 1.
 - The distribution actually sampled from is
 
@@ -178,16 +178,18 @@ def categorical(logw_NV: jax.Array, u_N: jax.Array, block: int = _CDF_BLOCK
   return b * block + j, m_N + jnp.log(total_N)
 
 
-def sample_step(logits_NV: jax.Array, key: jax.Array, scfg: SamplingConfig
+def sample_step(logits_NV: jax.Array, u_N: jax.Array, scfg: SamplingConfig
                 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """One token per row: (token [N] int32, log q(token), log softmax(l)(token))."""
+  """One token per row: (token [N] int32, log q(token), log softmax(l)(token)).
+
+  u_N: one uniform in [0, 1) per row (the inverse-CDF draw; unused if greedy).
+  """
   logits_NV = logits_NV.astype(jnp.float32)
   N = logits_NV.shape[0]
   pick = lambda x_NV, tok_N: jnp.take_along_axis(x_NV, tok_N[:, None], axis=-1)[:, 0]
   if scfg.greedy:
     tok = first_argmax(logits_NV)
     return tok, jnp.zeros((N,), jnp.float32), pick(logits_NV, tok) - jax.nn.logsumexp(logits_NV, -1)
-  u_N = jax.random.uniform(key, (N,), jnp.float32)
   if scfg.plain:  # q == softmax(l): one pass gives the draw and both log-probs
     tok, lse_N = categorical(logits_NV, u_N)
     lp = pick(logits_NV, tok) - lse_N
@@ -202,9 +204,10 @@ def sample_step(logits_NV: jax.Array, key: jax.Array, scfg: SamplingConfig
 # Prefill + decode loop.
 
 
-def _record(state: DecodeState, logits_NV, key, scfg: SamplingConfig) -> DecodeState:
-  """Sample completion token `state.step` from `logits_NV` and write it."""
-  tok, lp, mlp = sample_step(logits_NV, key, scfg)
+def _record(state: DecodeState, logits_NV, u_MN, scfg: SamplingConfig) -> DecodeState:
+  """Sample completion token `state.step` (with uniforms `u_MN[step]`) and write it."""
+  u_N = jax.lax.dynamic_index_in_dim(u_MN, state.step, axis=0, keepdims=False)
+  tok, lp, mlp = sample_step(logits_NV, u_N, scfg)
   live = ~state.done_N
   tok = jnp.where(live, tok, scfg.pad_id)
   zero = jnp.zeros_like(lp)
@@ -268,7 +271,11 @@ def generate(params: model_lib.Params, cfg: model_lib.ModelConfig, prompt_tokens
       done_N=jnp.zeros((N,), bool),
       cache=cache,
   )
-  state = _record(state, rep(logits_B1V[:, 0]), jax.random.fold_in(rng, 0), scfg)
+  # Every draw of the rollout at once: the decode loop then runs no RNG (on
+  # CPU the per-step threefry rounds cost about as much as the model's ops).
+  u_MN = (jnp.zeros((M, N), jnp.float32) if scfg.greedy
+          else jax.random.uniform(rng, (M, N), jnp.float32))
+  state = _record(state, rep(logits_B1V[:, 0]), u_MN, scfg)
 
   def cond(s: DecodeState):
     return (s.step < M) & ~jnp.all(s.done_N)
@@ -281,7 +288,7 @@ def generate(params: model_lib.Params, cfg: model_lib.ModelConfig, prompt_tokens
         params, cfg, last_N1, positions_BT=(prompt_len_N + j)[:, None], cache=s.cache,
         cache_index=T + j, kv_mask_BS=kv_mask_NS)
     s = s.replace(cache=cache)
-    return _record(s, logits_N1V[:, 0], jax.random.fold_in(rng, s.step), scfg)
+    return _record(s, logits_N1V[:, 0], u_MN, scfg)
 
   state = jax.lax.while_loop(cond, body, state)
 
