@@ -33,7 +33,7 @@ demo: install
 	$(VENV)/bin/realm-jax eval --workdir $(WORKDIR)
 
 # The committed results used this reduced schedule (a shared 2-core CPU, about an hour).
-REPRO_ARGS ?= base.steps=60 sft.steps=100 rl.steps=16 data.num_eval=64 eval.num_questions=64 \
+REPRO_ARGS ?= base.steps=60 sft.steps=100 rl.steps=32 data.num_eval=64 eval.num_questions=64 \
 	rft.rounds=1 rft.questions=96 rft.steps_per_round=30
 reproduce: install
 	$(PY) -m experiments.reproduce --out experiments/results $(REPRO_ARGS)
