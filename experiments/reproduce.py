@@ -152,6 +152,12 @@ def main(argv: list[str] | None = None) -> None:
   p.add_argument("--methods", default=",".join(METHODS))
   p.add_argument("overrides", nargs="*", help="applied to every run, e.g. rl.steps=20")
   args = p.parse_args(argv)
+  # The code the runs use: taken at start (later commits must not relabel the results).
+  args.commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True,
+                               text=True).stdout.strip()
+  if subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                    text=True).stdout.strip():
+    args.commit += " (plus uncommitted changes)"
   os.makedirs(args.out, exist_ok=True)
   log = os.path.join(args.runs, "reproduce.log")
   os.makedirs(args.runs, exist_ok=True)
@@ -172,7 +178,7 @@ def main(argv: list[str] | None = None) -> None:
 def write_results(args, argv, per_method: dict, seeds_done: int, seconds: float) -> None:
   k = 4
   summary, table = summarize(per_method, k)
-  commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+  commit = args.commit
   command = "python -m experiments.reproduce " + " ".join(argv if argv is not None else sys.argv[1:])
   with open(os.path.join(args.out, "results.json"), "w") as f:
     json.dump({"command": command, "commit": commit, "seeds": seeds_done, "summary": summary,
