@@ -139,8 +139,9 @@ def accumulate_grads(loss_fn: Callable, params: Any, batch: dict, n: int,
   (token count, sequence count) held by microbatch i, which makes the sum
   *equal* to the full-batch loss, not an average of microbatch means. Metrics
   are summed with `metric_weights_n` (token shares for token-mean metrics),
-  except `loss_keys`, which use the loss weights, and `max_keys` (maxima). Only one microbatch's
-  activations are alive at a time; gradients accumulate in fp32.
+  except `loss_keys`, which use the loss weights, and `max_keys` (maxima of
+  non-negative metrics). Only one microbatch's activations are alive at a
+  time; gradients accumulate in fp32.
   """
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
   if n == 1:
