@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import jax
+
 from realm_jax import answers, distill, inference, mrpv, sampling
 from realm_jax.configs import RFTConfig, SFTConfig
 
@@ -26,6 +28,13 @@ def correct_samples(prompts: list[str], samples: list[list[str]], golds: list[st
         seen.add(text)
         pairs.append((prompt, text))
   return pairs
+
+
+def update_batch_size(num_pairs: int, batch_size: int, process_count: int = 1) -> int:
+  """Rows per update: `batch_size`, or all the pairs a round kept when fewer (a
+  weak model's few correct samples still train), rounded down to a multiple of
+  the process count; 0 means no update."""
+  return min(batch_size, num_pairs) // process_count * process_count
 
 
 def run_rft(ctx: Any, sft_ctx: distill.SFTContext, params: Any, cfg: RFTConfig) -> Any:
@@ -46,10 +55,13 @@ def run_rft(ctx: Any, sft_ctx: distill.SFTContext, params: Any, cfg: RFTConfig) 
     pairs = correct_samples(prompts, samples, [ex.answer for ex in chunk])
     sft_ctx.writer.write("rft", r, {"round": r, "kept_samples": len(pairs),
                                     "questions": len(chunk)})
-    if len(pairs) < cfg.batch_size:
-      print(f"[realm-jax] rft round {r}: only {len(pairs)} correct samples, skipping the update")
+    batch = update_batch_size(len(pairs), cfg.batch_size, jax.process_count())
+    if batch == 0:
+      print(f"[realm-jax] rft round {r}: {len(pairs)} correct samples, skipping the update")
       continue
-    sft_cfg = SFTConfig(steps=cfg.steps_per_round, batch_size=cfg.batch_size, lr=cfg.lr, warmup=5,
+    if batch < cfg.batch_size:
+      print(f"[realm-jax] rft round {r}: only {len(pairs)} correct samples, batches of {batch}")
+    sft_cfg = SFTConfig(steps=cfg.steps_per_round, batch_size=batch, lr=cfg.lr, warmup=5,
                         route_share=0.0)
     params = distill.run_sft(f"rft{r}", dataclasses.replace(sft_ctx, seed=sft_ctx.seed + r),
                              params, pairs, sft_cfg)

@@ -198,3 +198,11 @@ def test_guided_distillation_with_token_level_kd(micro_base, tmp_path):
   with pytest.raises(ValueError, match="kd_teacher"):
     train.run("sft", str(tmp_path / "kd2"), MICRO + ["sft.steps=2", "sft.kd_alpha=0.5",
                                                      f"init_from={micro_base}"])
+
+
+def test_rft_update_batch_uses_the_few_correct_samples_a_weak_model_finds():
+  from realm_jax import rft
+  assert rft.update_batch_size(100, 32) == 32
+  assert rft.update_batch_size(25, 32) == 25          # all 25 pairs, one batch
+  assert rft.update_batch_size(25, 32, 2) == 24       # every process gets the same share
+  assert rft.update_batch_size(1, 32, 2) == 0 and rft.update_batch_size(0, 32) == 0  # no update
