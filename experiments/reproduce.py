@@ -155,8 +155,8 @@ def main(argv: list[str] | None = None) -> None:
   # The code the runs use: taken at start (later commits must not relabel the results).
   args.commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True,
                                text=True).stdout.strip()
-  if subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                    text=True).stdout.strip():
+  if subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                     f":(exclude){args.out}"], capture_output=True, text=True).stdout.strip():
     args.commit += " (plus uncommitted changes)"
   os.makedirs(args.out, exist_ok=True)
   log = os.path.join(args.runs, "reproduce.log")
