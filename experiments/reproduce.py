@@ -1,6 +1,7 @@
 """The miniature reproduction: every method and ablation, several seeds, one table.
 
     make reproduce        # = python -m experiments.reproduce --out experiments/results
+                          #   --seeds 5 $(REPRO_ARGS): the schedule is in the Makefile
 
 Per seed: one shared weak base (`base_model`), then each method starts from
 it (`init_from`), is trained and evaluated with and without routes; ReaLM-R1

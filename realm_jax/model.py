@@ -301,15 +301,16 @@ class Model(nn.Module):
                            policy=jax.checkpoint_policies.nothing_saveable)
     inv_freq = rope_inv_freq(c)
     if self.unrolled:
-      no_cache = cache is None
-      ks, vs = ([None] * c.num_layers,) * 2 if no_cache else (list(cache["k"]), list(cache["v"]))
+      ks, vs = [], []
       for l in range(c.num_layers):
-        layer_cache = None if no_cache else {"k": ks[l], "v": vs[l]}
-        (x_BTD, cache_l), _ = layer_cls(c, name=f"layers_{l}")(
+        layer_cache = None if cache is None else {"k": cache["k"][l], "v": cache["v"][l]}
+        (x_BTD, layer_cache), _ = layer_cls(c, name=f"layers_{l}")(
             (x_BTD, layer_cache), l, positions_BT, kv_mask_BS, inv_freq, cache_index)
-        if not no_cache:
-          ks[l], vs[l] = cache_l["k"], cache_l["v"]
-      cache = None if no_cache else {"k": tuple(ks), "v": tuple(vs)}
+        if layer_cache is not None:
+          ks.append(layer_cache["k"])
+          vs.append(layer_cache["v"])
+      if cache is not None:
+        cache = {"k": tuple(ks), "v": tuple(vs)}
     else:
       layers = nn.scan(layer_cls, variable_axes={"params": 0}, split_rngs={"params": True},
                        in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),

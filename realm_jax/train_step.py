@@ -81,7 +81,7 @@ def abstract_state(state: TrainState, shardings: StepShardings) -> TrainState:
 
 def completion_logits(params, cfg: model.ModelConfig, tokens_BT, mask_BT,
                       completion_len: int | None = None):
-  """Logits that predict tokens 1.., and those targets: ([B, L, V], [B, L], L).
+  """Logits that predict tokens 1.., and those targets: ([B, L, V], [B, L]).
 
   With `completion_len=M` the rows hold left-padded prompts followed by M
   completion slots (a rollout's layout), and only the last M targets get
@@ -91,7 +91,7 @@ def completion_logits(params, cfg: model.ModelConfig, tokens_BT, mask_BT,
   T = tokens_BT.shape[1]
   start = 0 if completion_len is None else max(T - 1 - int(completion_len), 0)
   logits_BLV, _ = model.apply(params, cfg, tokens_BT, mask_BT, logits_from=start)
-  return logits_BLV[:, :-1], tokens_BT[:, start + 1:], T - 1 - start
+  return logits_BLV[:, :-1], tokens_BT[:, start + 1:]
 
 
 def pad_to_targets(x_BL: jax.Array, T: int) -> jax.Array:
@@ -105,7 +105,7 @@ def token_logprobs(params, cfg: model.ModelConfig, tokens_BT, mask_BT,
 
   With `completion_len=M`, only the last M entries are computed (the rest are 0).
   """
-  logits_BLV, targets_BL, _ = completion_logits(params, cfg, tokens_BT, mask_BT, completion_len)
+  logits_BLV, targets_BL = completion_logits(params, cfg, tokens_BT, mask_BT, completion_len)
   return pad_to_targets(losses.token_logprobs(logits_BLV, targets_BL), tokens_BT.shape[1])
 
 
@@ -252,8 +252,8 @@ def policy_loss(params, batch, cfg: model.ModelConfig, loss_cfg: losses.LossConf
   for the completion targets only; the result is the same.
   """
   T = batch["tokens"].shape[1]
-  logits_NLV, targets_NL, _ = completion_logits(params, cfg, batch["tokens"], batch["mask"],
-                                                completion_len)
+  logits_NLV, targets_NL = completion_logits(params, cfg, batch["tokens"], batch["mask"],
+                                             completion_len)
   logp = pad_to_targets(losses.token_logprobs(logits_NLV, targets_NL), T)
   cmask = batch["completion_mask"][:, 1:]
   entropy = pad_to_targets(losses.token_entropy(logits_NLV), T)
