@@ -33,6 +33,7 @@ Conventions
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any
 
@@ -80,6 +81,12 @@ class ModelConfig:
   # an unrolled Python loop over the same stacked params (no stacked residual
   # buffers to fill and slice in the backward pass: faster for shallow models).
   scan_layers: bool = True
+  # Tiling of the cache-free (training / scoring) attention, `causal_attention`:
+  # batch rows per block and query blocks per sequence (each skips the keys
+  # after its end). None: automatic (`attention_tiling`). Any value gives the
+  # same numbers.
+  attention_block_rows: int | None = None
+  attention_query_blocks: int | None = None
   init_std: float = 0.02
 
   def __post_init__(self):
@@ -95,6 +102,10 @@ class ModelConfig:
           f"num_kv_heads={self.num_kv_heads} (grouped-query attention)")
     if self.head_dim % 2:
       raise ValueError(f"ModelConfig.head_dim={self.head_dim} must be even for RoPE")
+    for name in ("attention_block_rows", "attention_query_blocks"):
+      if getattr(self, name) is not None and getattr(self, name) < 1:
+        raise ValueError(f"ModelConfig.{name} must be positive or None (automatic), "
+                         f"got {getattr(self, name)}")
     for name in ("param_dtype", "dtype") + (("cache_dtype",) if self.cache_dtype else ()):
       if getattr(self, name) not in ("float32", "bfloat16", "float16"):
         raise ValueError(f"ModelConfig.{name}={getattr(self, name)!r}; use float32, bfloat16 or float16")
@@ -187,6 +198,167 @@ class Linear(nn.Module):
     return y
 
 
+ATTENTION_BLOCK_BYTES = 4 << 20  # CPU: fp32 logits of one attention tile (about an L2 cache)
+ATTENTION_MIN_QUERY_BLOCK = 64    # CPU: shortest automatic query block
+
+
+def _largest_divisor(n: int, at_most: int) -> int:
+  d = max(1, min(at_most, n))
+  while n % d:
+    d -= 1
+  return d
+
+
+def attention_tiling(cfg: ModelConfig, batch: int, length: int) -> tuple[int, int]:
+  """(batch rows per block, query blocks) of `causal_attention` over [batch, length].
+
+  Configured values win (clipped to divisors). Automatic on CPU: query blocks
+  of at least ATTENTION_MIN_QUERY_BLOCK slots (at most 8 blocks), and as many
+  rows as keep the largest block's [rows, N, T / blocks, S] fp32 logits
+  within ATTENTION_BLOCK_BYTES. On accelerators: one block of the whole batch
+  (their fused attention kernels are the way to tile there).
+  """
+  rows, parts = cfg.attention_block_rows, cfg.attention_query_blocks
+  cpu = jax.default_backend() == "cpu"
+  if parts is None:
+    parts = min(8, length // ATTENTION_MIN_QUERY_BLOCK) if cpu else 1
+  parts = _largest_divisor(length, parts)
+  if rows is None:
+    per_row = 4 * cfg.num_heads * (length // parts) * length
+    rows = max(1, ATTENTION_BLOCK_BYTES // per_row) if cpu else batch
+  return _largest_divisor(batch, rows), parts
+
+
+def _attention_logits(q_BTKgH, k_BSKH, allowed_BTS):
+  """Scaled q.k logits [B, K, T, g, S] (fp32), disallowed slots at -1e30.
+
+  The scale goes on q and the mask is an additive bias, so XLA can fuse both
+  into the dot instead of making extra passes over the logits."""
+  scale = 1.0 / math.sqrt(q_BTKgH.shape[-1])
+  bias_BTS = jnp.where(allowed_BTS, 0.0, -1e30).astype(jnp.float32)
+  logits_BKTgS = jnp.einsum("BTKgH,BSKH->BKTgS", q_BTKgH * jnp.asarray(scale, q_BTKgH.dtype),
+                            k_BSKH, preferred_element_type=jnp.float32)
+  return logits_BKTgS + bias_BTS[:, None, :, None, :]
+
+
+def _attention_block_fwd(q_BTKgH, k_BSKH, v_BSKH, allowed_BTS):
+  """(out [B, K, T, g, H], row max, 1 / row sum of exp(logits - max))."""
+  logits_BKTgS = _attention_logits(q_BTKgH, k_BSKH, allowed_BTS)
+  max_BKTg = jnp.max(logits_BKTgS, axis=-1)
+  unnorm_BKTgS = jnp.exp(logits_BKTgS - max_BKTg[..., None])
+  inv_sum_BKTg = 1.0 / jnp.sum(unnorm_BKTgS, axis=-1)
+  out_BKTgH = jnp.einsum("BKTgS,BSKH->BKTgH", unnorm_BKTgS.astype(v_BSKH.dtype), v_BSKH,
+                         preferred_element_type=jnp.float32) * inv_sum_BKTg[..., None]
+  return out_BKTgH.astype(v_BSKH.dtype), max_BKTg, inv_sum_BKTg
+
+
+def _attention_block_bwd(q_BTKgH, k_BSKH, v_BSKH, allowed_BTS, out_BKTgH, max_BKTg,
+                         inv_sum_BKTg, dout_BKTgH):
+  """(dq, dk, dv) of one block, from the unnormalised exp(logits - max)
+  recomputed with the saved row max; every 1/sum factor is applied per row
+  (to dout, or folded into the dlogits epilogue), never as a separate pass."""
+  dt = q_BTKgH.dtype
+  scale = 1.0 / math.sqrt(q_BTKgH.shape[-1])
+  unnorm_BKTgS = jnp.exp(_attention_logits(q_BTKgH, k_BSKH, allowed_BTS) - max_BKTg[..., None])
+  # p = unnorm * inv_sum (per row), so dv = unnorm^T (dout * inv_sum).
+  dout32_BKTgH = dout_BKTgH.astype(jnp.float32)
+  dv_BSKH = jnp.einsum("BKTgS,BKTgH->BSKH", unnorm_BKTgS.astype(dt),
+                       (dout32_BKTgH * inv_sum_BKTg[..., None]).astype(dt),
+                       preferred_element_type=jnp.float32)
+  dprobs_BKTgS = jnp.einsum("BKTgH,BSKH->BKTgS", dout_BKTgH, v_BSKH,
+                            preferred_element_type=jnp.float32)
+  # Softmax backward p (dp - sum_S p dp), where sum_S p dp = sum_H dout * out; the logits
+  # were (q * scale) . k, so the scale joins the per-row factor and dk uses the plain q.
+  rowdot_BKTg = jnp.sum(dout32_BKTgH * out_BKTgH.astype(jnp.float32), axis=-1)
+  dlogits_BKTgS = (unnorm_BKTgS * (dprobs_BKTgS - rowdot_BKTg[..., None])
+                   * (inv_sum_BKTg * scale)[..., None]).astype(dt)
+  # dq in the dots' natural [B, K, T, g, H] order (no transposed copy of dlogits), moved after.
+  dq_BTKgH = jnp.einsum("BKTgS,BSKH->BKTgH", dlogits_BKTgS, k_BSKH,
+                        preferred_element_type=jnp.float32).transpose(0, 2, 1, 3, 4)
+  dk_BSKH = jnp.einsum("BKTgS,BTKgH->BSKH", dlogits_BKTgS, q_BTKgH,
+                       preferred_element_type=jnp.float32)
+  return dq_BTKgH.astype(dt), dk_BSKH.astype(k_BSKH.dtype), dv_BSKH.astype(v_BSKH.dtype)
+
+
+def _by_blocks(fn, rows: int, *xs):
+  """fn over blocks of `rows` batch rows (`lax.map`), outputs re-joined along the batch.
+
+  Block j holds rows j, j + n, j + 2n, ... (n = B / rows blocks): a batch
+  sharded over devices keeps every block spread over all of them.
+  """
+  batch = xs[0].shape[0]
+  if rows >= batch:
+    return fn(*xs)
+  n = batch // rows
+  split = lambda x: jnp.swapaxes(x.reshape(rows, n, *x.shape[1:]), 0, 1)
+  join = lambda y: jnp.swapaxes(y, 0, 1).reshape(batch, *y.shape[2:])
+  out = jax.lax.map(lambda blk: fn(*blk), tuple(split(x) for x in xs))
+  return jax.tree.map(join, out)
+
+
+def _parts_fwd(parts: int, q_BTKgH, k_BSKH, v_BSKH, allowed_BTS):
+  """`_attention_block_fwd` over `parts` query blocks; block i sees only the
+  keys up to its own end (causal: later slots are never allowed)."""
+  if parts == 1:
+    return _attention_block_fwd(q_BTKgH, k_BSKH, v_BSKH, allowed_BTS)
+  step = q_BTKgH.shape[1] // parts
+  outs = [_attention_block_fwd(q_BTKgH[:, i * step:(i + 1) * step], k_BSKH[:, :(i + 1) * step],
+                               v_BSKH[:, :(i + 1) * step],
+                               allowed_BTS[:, i * step:(i + 1) * step, :(i + 1) * step])
+          for i in range(parts)]
+  return tuple(jnp.concatenate(xs, axis=2) for xs in zip(*outs))  # T is axis 2 of each
+
+
+def _parts_bwd(parts: int, q_BTKgH, k_BSKH, v_BSKH, allowed_BTS, out_BKTgH, max_BKTg,
+               inv_sum_BKTg, dout_BKTgH):
+  if parts == 1:
+    return _attention_block_bwd(q_BTKgH, k_BSKH, v_BSKH, allowed_BTS, out_BKTgH, max_BKTg,
+                                inv_sum_BKTg, dout_BKTgH)
+  S, step = k_BSKH.shape[1], q_BTKgH.shape[1] // parts
+  dqs, dk_BSKH, dv_BSKH = [], 0.0, 0.0
+  for i in range(parts):
+    t, s = slice(i * step, (i + 1) * step), slice(0, (i + 1) * step)
+    dq, dk, dv = _attention_block_bwd(q_BTKgH[:, t], k_BSKH[:, s], v_BSKH[:, s],
+                                      allowed_BTS[:, t, s], out_BKTgH[:, :, t], max_BKTg[:, :, t],
+                                      inv_sum_BKTg[:, :, t], dout_BKTgH[:, :, t])
+    pad = ((0, 0), (0, S - (i + 1) * step), (0, 0), (0, 0))
+    dqs.append(dq)
+    dk_BSKH = dk_BSKH + jnp.pad(dk, pad)
+    dv_BSKH = dv_BSKH + jnp.pad(dv, pad)
+  return jnp.concatenate(dqs, axis=1), dk_BSKH, dv_BSKH
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def causal_attention(q_BTKgH, k_BSKH, v_BSKH, allowed_BTS, rows: int, parts: int = 1):
+  """softmax(q.k / sqrt(H) over the allowed slots) . v, as [B, K, T, g, H].
+
+  Flash-attention's algebra without its tiling: the forward keeps only the
+  output and the row statistics (max, 1/sum); the backward recomputes the
+  probabilities from them and uses sum_S p dp = sum_H dout * out, so no
+  [B, K, T, g, S] tensor is saved between the passes. Both passes run `rows`
+  batch rows at a time (see `attention_tiling`), and, with `parts` > 1
+  (self-attention, T = S, `parts` dividing T), `parts` query blocks that
+  skip the keys after their last slot: about (parts + 1) / (2 parts) of the
+  work. A row without any allowed slot averages the values its block sees
+  (such rows are padding, read by nobody).
+  """
+  return _causal_attention_fwd(q_BTKgH, k_BSKH, v_BSKH, allowed_BTS, rows, parts)[0]
+
+
+def _causal_attention_fwd(q_BTKgH, k_BSKH, v_BSKH, allowed_BTS, rows, parts):
+  out, max_BKTg, inv_sum_BKTg = _by_blocks(functools.partial(_parts_fwd, parts), rows,
+                                           q_BTKgH, k_BSKH, v_BSKH, allowed_BTS)
+  return out, (q_BTKgH, k_BSKH, v_BSKH, allowed_BTS, out, max_BKTg, inv_sum_BKTg)
+
+
+def _causal_attention_bwd(rows, parts, res, dout_BKTgH):
+  dq, dk, dv = _by_blocks(functools.partial(_parts_bwd, parts), rows, *res, dout_BKTgH)
+  return dq, dk, dv, None
+
+
+causal_attention.defvjp(_causal_attention_fwd, _causal_attention_bwd)
+
+
 class Attention(nn.Module):
   cfg: ModelConfig
 
@@ -235,6 +407,12 @@ class Attention(nn.Module):
 
     g = N // K
     q_BTKgH = q_BTNH.reshape(B, T, K, g, H)
+    if cache is None:  # training / scoring: tiled, with a fused backward (`causal_attention`)
+      out_BKTgH = causal_attention(q_BTKgH, keys, values, allowed_BTS,
+                                   *attention_tiling(c, B, T))
+      out_BTD = Linear(c.d_model, ("q_heads", "embed"), False, c, name="o_proj")(
+          out_BKTgH.transpose(0, 2, 1, 3, 4).reshape(B, T, N * H))
+      return out_BTD, cache
     # Both dots produce their natural [B, K, (T, g), .] order (q's (T, g)
     # order kept): XLA:CPU then copies no big logits/probs tensor and keeps
     # the dots in its fast library; the small output is transposed after.

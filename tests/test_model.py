@@ -114,3 +114,79 @@ def test_forward_rejects_non_2d_tokens():
   for bad in (TOKENS[0], TOKENS[None]):
     with pytest.raises(ValueError, match=r'tokens \[B, T\], got shape'):
       model.forward(PARAMS, bad, CFG)
+
+
+# ----------------------------------------------------------------------------
+# Tiled attention with a fused backward (model.causal_attention).
+
+
+def _softmax_attention(q, k, v, allowed):
+  """The textbook formula: masked logits, jax.nn.softmax, weighted values; autodiff backward."""
+  logits = jnp.einsum("BTKgH,BSKH->BKTgS", q, k) / np.sqrt(q.shape[-1])
+  logits = jnp.where(allowed[:, None, :, None], logits, -1e30)
+  return jnp.einsum("BKTgS,BSKH->BKTgH", jax.nn.softmax(logits, axis=-1), v)
+
+
+@pytest.mark.parametrize("rows,parts", [(4, 1), (2, 1), (1, 1), (4, 2), (2, 4), (1, 8), (4, 16)])
+def test_tiled_attention_values_and_grads_equal_softmax_formula(rows, parts):
+  B, T, K, g, H = 4, 16, 2, 3, 8
+  kq, kk, kv, kw = jax.random.split(jax.random.key(3), 4)
+  q = 2 * jax.random.normal(kq, (B, T, K, g, H))  # large logits: the max shift matters
+  k, v = jax.random.normal(kk, (B, T, K, H)), jax.random.normal(kv, (B, T, K, H))
+  mask = np.ones((B, T), bool)
+  mask[1, :5] = mask[2, :15] = mask[3, :8] = False  # left padding, one row with 1 real token
+  allowed = np.tril(np.ones((T, T), bool))[None] & mask[:, None, :]
+  w = jax.random.normal(kw, (B, K, T, g, H))
+  real = mask[:, None, :, None, None]  # padded query rows are read by nobody
+
+  def loss(attn, q, k, v):
+    return jnp.sum(jnp.where(real, attn(q, k, v), 0.0) * w)
+
+  tiled = lambda q, k, v: model.causal_attention(q, k, v, allowed, rows, parts)
+  ref = lambda q, k, v: _softmax_attention(q, k, v, allowed)
+  out, want = jax.jit(tiled)(q, k, v), ref(q, k, v)
+  np.testing.assert_allclose(np.asarray(out)[np.broadcast_to(real, out.shape)],
+                             np.asarray(want)[np.broadcast_to(real, out.shape)], atol=2e-6, rtol=0)
+  got_g = jax.jit(jax.grad(lambda *a: loss(tiled, *a), argnums=(0, 1, 2)))(q, k, v)
+  want_g = jax.grad(lambda *a: loss(ref, *a), argnums=(0, 1, 2))(q, k, v)
+  for a, b in zip(got_g, want_g):
+    assert float(jnp.abs(b).max()) > 1e-2
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, rtol=0)
+  # No gradient reaches padded keys/values or the queries of padded rows.
+  assert float(jnp.abs(got_g[0][1, :5]).max()) == 0.0
+  assert float(jnp.abs(got_g[1][2, :15]).max()) == float(jnp.abs(got_g[2][2, :15]).max()) == 0.0
+
+
+def test_tiled_attention_bf16_inputs_give_bf16_grads_close_to_fp32():
+  B, T, K, g, H = 2, 8, 1, 2, 8
+  kq, kk, kv = jax.random.split(jax.random.key(4), 3)
+  q, k, v = (jax.random.normal(kq, (B, T, K, g, H)), jax.random.normal(kk, (B, T, K, H)),
+             jax.random.normal(kv, (B, T, K, H)))
+  allowed = np.tril(np.ones((T, T), bool))[None].repeat(B, 0)
+  f = lambda *a: jnp.sum(model.causal_attention(*a, allowed, 1, 2).astype(jnp.float32) ** 2)
+  g32 = jax.grad(f, argnums=(0, 1, 2))(q, k, v)
+  g16 = jax.grad(f, argnums=(0, 1, 2))(*(x.astype(jnp.bfloat16) for x in (q, k, v)))
+  for a, b in zip(g16, g32):
+    assert a.dtype == jnp.bfloat16
+    rel = float(jnp.linalg.norm(a.astype(jnp.float32) - b) / jnp.linalg.norm(b))
+    assert rel < 3e-2, rel  # bf16 inputs and probabilities: ~2^-8 relative rounding per op
+
+
+def test_attention_tiling_choices_and_config_checks():
+  cfg = dataclasses.replace(CFG, num_heads=8, num_kv_heads=4)
+  if jax.default_backend() == "cpu":
+    # Query blocks of >= 64 slots (at most 8); rows so that [rows, 8, T / parts, T] fp32 <= 4 MiB.
+    assert model.attention_tiling(cfg, 32, 256) == (8, 4)
+    assert model.attention_tiling(cfg, 32, 100) == (8, 1)  # 320 kB a row: 13 rows fit, 8 divide
+    assert model.attention_tiling(cfg, 6, 2048) == (1, 8)  # 8 MiB a row: one row at a time
+  fixed = dataclasses.replace(cfg, attention_block_rows=3, attention_query_blocks=3)
+  assert model.attention_tiling(fixed, 8, 10) == (2, 2)  # clipped to divisors of 8 and 10
+  for name in ("attention_block_rows", "attention_query_blocks"):
+    with pytest.raises(ValueError, match=f"ModelConfig.{name} must be positive"):
+      dataclasses.replace(CFG, **{name: 0})
+
+
+def test_model_logits_do_not_depend_on_the_attention_tiling():
+  for rows, parts in [(1, 1), (3, 1), (1, 3), (3, 9)]:
+    cfg = dataclasses.replace(CFG, attention_block_rows=rows, attention_query_blocks=parts)
+    np.testing.assert_allclose(logits(cfg=cfg)[MASK], logits()[MASK], atol=ATOL, rtol=0)
