@@ -190,3 +190,16 @@ def test_model_logits_do_not_depend_on_the_attention_tiling():
   for rows, parts in [(1, 1), (3, 1), (1, 3), (3, 9)]:
     cfg = dataclasses.replace(CFG, attention_block_rows=rows, attention_query_blocks=parts)
     np.testing.assert_allclose(logits(cfg=cfg)[MASK], logits()[MASK], atol=ATOL, rtol=0)
+
+
+def test_head_matmul_grads_equal_autodiff_of_the_plain_dot():
+  kx, kw, kg = jax.random.split(jax.random.key(5), 3)
+  x, w = jax.random.normal(kx, (24, 16)), jax.random.normal(kw, (16, 40))
+  g = jax.random.normal(kg, (24, 40))
+  f = lambda mm: lambda x, w: jnp.sum(mm(x, w) * g)
+  got = jax.jit(jax.grad(f(model.head_matmul), argnums=(0, 1)))(x, w)
+  want = jax.grad(f(jnp.dot), argnums=(0, 1))(x, w)
+  np.testing.assert_allclose(np.asarray(model.head_matmul(x, w)), np.asarray(x @ w), atol=1e-5)
+  for a, b in zip(got, want):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-4, rtol=1e-5)
+  np.testing.assert_allclose(np.asarray(got[1]), np.asarray(x.T @ g), atol=1e-4)  # dW = x^T g
