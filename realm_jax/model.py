@@ -166,9 +166,36 @@ class RMSNorm(nn.Module):
   def __call__(self, x):
     w = self.param("weight", nn.with_logical_partitioning(nn.initializers.ones, (self.axis_name,)),
                    (x.shape[-1],), self.param_dtype)
-    x32 = x.astype(jnp.float32)
-    x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
-    return (w.astype(jnp.float32) * x32).astype(x.dtype)
+    return rms_norm(x, w, self.eps)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def rms_norm(x, w, eps: float):
+  """w * x / sqrt(mean(x^2) + eps) over the last axis, statistics in fp32.
+
+  The backward keeps only x and the per-row 1/rms: dx = r (g - n mean(g n)),
+  with n = x r and g = dy w; dw = sum over rows of dy n.
+  """
+  return _rms_norm_fwd(x, w, eps)[0]
+
+
+def _rms_norm_fwd(x, w, eps):
+  x32 = x.astype(jnp.float32)
+  r = jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+  return (w.astype(jnp.float32) * (x32 * r)).astype(x.dtype), (x, w, r)
+
+
+def _rms_norm_bwd(eps, res, dy):
+  x, w, r = res
+  n = x.astype(jnp.float32) * r
+  dy32 = dy.astype(jnp.float32)
+  g = dy32 * w.astype(jnp.float32)
+  dx = r * (g - n * jnp.mean(g * n, axis=-1, keepdims=True))
+  dw = jnp.sum((dy32 * n).reshape(-1, n.shape[-1]), axis=0)
+  return dx.astype(x.dtype), dw.astype(w.dtype)
+
+
+rms_norm.defvjp(_rms_norm_fwd, _rms_norm_bwd)
 
 
 class Linear(nn.Module):

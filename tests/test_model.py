@@ -203,3 +203,21 @@ def test_head_matmul_grads_equal_autodiff_of_the_plain_dot():
   for a, b in zip(got, want):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-4, rtol=1e-5)
   np.testing.assert_allclose(np.asarray(got[1]), np.asarray(x.T @ g), atol=1e-4)  # dW = x^T g
+
+
+@pytest.mark.parametrize("shape", [(3, 5, 16), (7, 8)])
+def test_rms_norm_values_and_grads_equal_autodiff_of_the_formula(shape):
+  kx, kw, kg = jax.random.split(jax.random.key(6), 3)
+  x = 3 * jax.random.normal(kx, shape)
+  w = 1 + 0.1 * jax.random.normal(kw, shape[-1:])
+  g = jax.random.normal(kg, shape)
+  eps = 1e-5
+  formula = lambda x, w, eps: w * x / jnp.sqrt(jnp.mean(x * x, axis=-1, keepdims=True) + eps)
+  f = lambda norm: lambda x, w: jnp.sum(norm(x, w, eps) * g)
+  np.testing.assert_allclose(np.asarray(model.rms_norm(x, w, eps)), np.asarray(formula(x, w, eps)),
+                             atol=1e-5, rtol=1e-5)
+  got = jax.jit(jax.grad(f(model.rms_norm), argnums=(0, 1)))(x, w)
+  want = jax.grad(f(formula), argnums=(0, 1))(x, w)
+  for a, b in zip(got, want):
+    assert a.shape == b.shape
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, rtol=1e-5)
