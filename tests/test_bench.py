@@ -48,6 +48,10 @@ def test_run_bench_tiny(capsys, monkeypatch):
   json.loads(json.dumps(r))  # JSON-able
   assert set(r) >= {"machine", "model", "matmul", "sampling", "train", "extra", "repeats"}
   assert r["matmul"]["peak_gflops"] == max(r["matmul"][n]["gflops"] for n in ("32", "64")) > 0
+  # The peak is the best of the readings before and after the workloads.
+  assert r["matmul"]["peak_gflops"] == max(r["matmul"]["before_after_gflops"])
+  assert r["train"]["frac_of_peak"] == pytest.approx(
+      bench.train_flops(TINY, 2, 8) / r["train"]["median_s"] / 1e9 / r["matmul"]["peak_gflops"])
   s, t = r["sampling"], r["train"]
   for k in ("median_s", "tokens_per_s", "gflops", "frac_of_peak", "prefill_median_s",
             "first_call_s"):
