@@ -212,10 +212,38 @@ def bench_train(cfg: model_lib.ModelConfig, params, shape: BenchShape, repeats: 
   return out
 
 
+def bench_attention(cfg: model_lib.ModelConfig, repeats: int, batch: int = 8,
+                    length: int = 256) -> dict:
+  """Forward + backward of one layer's attention core on a training microbatch:
+  `model.causal_attention` (automatic tiling) against autodiff of the plain
+  masked-softmax formula, medians in ms."""
+  K, g, H = cfg.num_kv_heads, cfg.num_heads // cfg.num_kv_heads, cfg.head_dim
+  kq, kk, kv = jax.random.split(jax.random.key(2), 3)
+  q = jax.random.normal(kq, (batch, length, K, g, H))
+  k, v = jax.random.normal(kk, (batch, length, K, H)), jax.random.normal(kv, (batch, length, K, H))
+  allowed = jnp.tril(jnp.ones((length, length), bool))[None].repeat(batch, 0)
+  rows, parts = model_lib.attention_tiling(cfg, batch, length)
+
+  def plain(q, k, v):
+    logits = jnp.einsum("BTKgH,BSKH->BKTgS", q, k) / np.sqrt(H)
+    logits = jnp.where(allowed[:, None, :, None], logits, -1e30)
+    return jnp.einsum("BKTgS,BSKH->BKTgH", jax.nn.softmax(logits, axis=-1), v)
+
+  out = {"batch": batch, "length": length, "rows": rows, "query_blocks": parts}
+  for name, attn in [("tiled", lambda q, k, v: model_lib.causal_attention(q, k, v, allowed,
+                                                                          rows, parts)),
+                     ("softmax_autodiff", plain)]:
+    step = jax.jit(jax.grad(lambda q, k, v: jnp.sum(attn(q, k, v) ** 2), argnums=(0, 1, 2)))
+    _, times = _timed(lambda: step(q, k, v), max(repeats, 5))
+    out[f"{name}_ms"] = 1e3 * statistics.median(times)
+  return out
+
+
 def default_extra_benchmarks() -> dict[str, Callable[[int], dict]]:
   """Extra timings run by `main`: name -> fn(repeats) returning a JSON-able dict."""
   from realm_jax import bench_grpo
-  return {"grpo_step": lambda repeats: bench_grpo.run_grpo_bench(BENCH_MODEL, repeats)}
+  return {"grpo_step": lambda repeats: bench_grpo.run_grpo_bench(BENCH_MODEL, repeats),
+          "attention_fwd_bwd": lambda repeats: bench_attention(BENCH_MODEL, repeats)}
 
 
 def run_bench(repeats: int = 5, *, model_cfg: model_lib.ModelConfig = BENCH_MODEL,

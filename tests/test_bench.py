@@ -118,3 +118,9 @@ def test_grpo_step_bench_tiny():
   assert sum(r["phase_median_s"].values()) == pytest.approx(r["median_step_s"], rel=0.05)
   n = bench_grpo.PROMPTS * bench_grpo.GROUP * bench_grpo.NEW_TOKENS
   assert r["completion_tokens_per_s"] == pytest.approx(n / r["median_step_s"])
+
+
+def test_attention_bench_times_both_forms():
+  r = bench.bench_attention(TINY, 1, batch=2, length=8)
+  assert r["tiled_ms"] > 0 and r["softmax_autodiff_ms"] > 0
+  assert (r["rows"], r["query_blocks"]) == model_lib.attention_tiling(TINY, 2, 8)
