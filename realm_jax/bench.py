@@ -64,7 +64,7 @@ class BenchShape:
   train_batch: int = 32
   train_len: int = 256
   # Gradient accumulation inside the step (train_step.accumulate_grads); same loss and
-  # gradients for any count. 8 measured 1-3% faster than 4 and than 16 here (A/B, same sitting).
+  # gradients for any count. 8 measured 1-4% faster than 4 and than 16 here (A/B, same sitting).
   train_microbatches: int = 8
   matmul_sizes: tuple[int, ...] = (1024, 2048)
 
