@@ -259,8 +259,8 @@ def attention_tiling(cfg: ModelConfig, batch: int, length: int) -> tuple[int, in
 def _attention_logits(q_BTKgH, k_BSKH, allowed_BTS):
   """Scaled q.k logits [B, K, T, g, S] (fp32), disallowed slots at -1e30.
 
-  The scale goes on q and the mask is an additive bias, so XLA can fuse both
-  into the dot instead of making extra passes over the logits."""
+  The scale goes on the smaller q; the mask is an additive bias (measured
+  faster here than a select over the logits)."""
   scale = 1.0 / math.sqrt(q_BTKgH.shape[-1])
   bias_BTS = jnp.where(allowed_BTS, 0.0, -1e30).astype(jnp.float32)
   logits_BKTgS = jnp.einsum("BTKgH,BSKH->BKTgS", q_BTKgH * jnp.asarray(scale, q_BTKgH.dtype),
@@ -326,8 +326,6 @@ def _by_blocks(fn, rows: int, *xs):
 def _parts_fwd(parts: int, q_BTKgH, k_BSKH, v_BSKH, allowed_BTS):
   """`_attention_block_fwd` over `parts` query blocks; block i sees only the
   keys up to its own end (causal: later slots are never allowed)."""
-  if parts == 1:
-    return _attention_block_fwd(q_BTKgH, k_BSKH, v_BSKH, allowed_BTS)
   step = q_BTKgH.shape[1] // parts
   outs = [_attention_block_fwd(q_BTKgH[:, i * step:(i + 1) * step], k_BSKH[:, :(i + 1) * step],
                                v_BSKH[:, :(i + 1) * step],
@@ -338,9 +336,7 @@ def _parts_fwd(parts: int, q_BTKgH, k_BSKH, v_BSKH, allowed_BTS):
 
 def _parts_bwd(parts: int, q_BTKgH, k_BSKH, v_BSKH, allowed_BTS, out_BKTgH, max_BKTg,
                inv_sum_BKTg, dout_BKTgH):
-  if parts == 1:
-    return _attention_block_bwd(q_BTKgH, k_BSKH, v_BSKH, allowed_BTS, out_BKTgH, max_BKTg,
-                                inv_sum_BKTg, dout_BKTgH)
+  """(dq, dk, dv) summed over the query blocks of `_parts_fwd`."""
   S, step = k_BSKH.shape[1], q_BTKgH.shape[1] // parts
   dqs, dk_BSKH, dv_BSKH = [], 0.0, 0.0
   for i in range(parts):
@@ -437,17 +433,15 @@ class Attention(nn.Module):
     if cache is None:  # training / scoring: tiled, with a fused backward (`causal_attention`)
       out_BKTgH = causal_attention(q_BTKgH, keys, values, allowed_BTS,
                                    *attention_tiling(c, B, T))
-      out_BTD = Linear(c.d_model, ("q_heads", "embed"), False, c, name="o_proj")(
-          out_BKTgH.transpose(0, 2, 1, 3, 4).reshape(B, T, N * H))
-      return out_BTD, cache
-    # Both dots produce their natural [B, K, (T, g), .] order (q's (T, g)
-    # order kept): XLA:CPU then copies no big logits/probs tensor and keeps
-    # the dots in its fast library; the small output is transposed after.
-    logits_BKTgS = jnp.einsum(f"BTKgH,{k_spec}->BKTgS", q_BTKgH, keys,
-                              preferred_element_type=jnp.float32) / math.sqrt(H)
-    logits_BKTgS = jnp.where(allowed_BTS[:, None, :, None], logits_BKTgS, -1e30)
-    probs_BKTgS = jax.nn.softmax(logits_BKTgS, axis=-1).astype(x_BTD.dtype)
-    out_BKTgH = jnp.einsum(f"BKTgS,{v_spec}->BKTgH", probs_BKTgS, values)
+    else:
+      # Both dots produce their natural [B, K, (T, g), .] order (q's (T, g)
+      # order kept): XLA:CPU then copies no big logits/probs tensor and keeps
+      # the dots in its fast library; the small output is transposed after.
+      logits_BKTgS = jnp.einsum(f"BTKgH,{k_spec}->BKTgS", q_BTKgH, keys,
+                                preferred_element_type=jnp.float32) / math.sqrt(H)
+      logits_BKTgS = jnp.where(allowed_BTS[:, None, :, None], logits_BKTgS, -1e30)
+      probs_BKTgS = jax.nn.softmax(logits_BKTgS, axis=-1).astype(x_BTD.dtype)
+      out_BKTgH = jnp.einsum(f"BKTgS,{v_spec}->BKTgH", probs_BKTgS, values)
     out_BTKgH = out_BKTgH.transpose(0, 2, 1, 3, 4)
     out_BTD = Linear(c.d_model, ("q_heads", "embed"), False, c, name="o_proj")(
         out_BTKgH.reshape(B, T, N * H))
