@@ -194,7 +194,8 @@ def make_train_grad_fn(cfg: model_lib.ModelConfig, microbatches: int = 1):
 
   def fn(params, tokens):
     w = jnp.full((microbatches,), 1.0 / microbatches)
-    loss, _, grads = train_step.accumulate_grads(loss_fn, params, tokens, microbatches, w, w)
+    loss, _, grads = train_step.accumulate_grads(loss_fn, params, tokens, microbatches, w, w,
+                                                 layer_list=not cfg.scan_layers)
     return loss, grads
 
   return jax.jit(fn)

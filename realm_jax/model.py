@@ -695,5 +695,14 @@ def unstack_layers(params: Params) -> Params:
   return {**params, "model": model}
 
 
+def stack_layers(params: Params) -> Params:
+  """Inverse of `unstack_layers`: `model/layers_{l}/...` subtrees -> stacked `model/layers/...`."""
+  model = dict(params["model"])
+  L = sum(1 for k in model if k.startswith("layers_"))
+  layers = [model.pop(f"layers_{l}") for l in range(L)]
+  model["layers"] = jax.tree.map(lambda *xs: jnp.stack(xs), *layers)
+  return {**params, "model": model}
+
+
 def cast_params(params: Params, dtype: str) -> Params:
   return jax.tree.map(lambda x: x.astype(_dt(dtype)), params)

@@ -219,3 +219,33 @@ def test_unrolled_layers_equal_scan():
   g = lambda c: jax.grad(lambda p: jnp.sum(train_step.token_logprobs(p, c, tokens, mask)))(params)
   for a, b in zip(jax.tree.leaves(g(cfg_u)), jax.tree.leaves(g(CFG))):
     np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_microbatches_over_unrolled_layers_equal_one_pass():
+  """`scan_layers=False` steps slice the layers once per step (`layer_list`); the
+  result must equal the one-pass step of the scanned model, for RL and SFT."""
+  import dataclasses
+  cfg_u = dataclasses.replace(CFG, scan_layers=False)
+  params = model.init_params(CFG, jax.random.key(10))
+  for a, b in zip(jax.tree.leaves(model.stack_layers(model.unstack_layers(params))),
+                  jax.tree.leaves(params)):
+    np.testing.assert_array_equal(a, b)
+  assert (jax.tree.structure(model.stack_layers(model.unstack_layers(params)))
+          == jax.tree.structure(params))
+  batch = _uneven_rl_batch(10)
+  loss_cfg = losses.LossConfig(kl_coef=0.04)
+  d1, m1 = _sgd_step(lambda opt, **kw: train_step.make_rl_step(
+      CFG, opt, loss_cfg, completion_len=6, **kw), params, batch)
+  d4, m4 = _sgd_step(lambda opt, **kw: train_step.make_rl_step(
+      cfg_u, opt, loss_cfg, completion_len=6, **kw), params, batch, microbatches=4)
+  assert jax.tree.structure(d4) == jax.tree.structure(d1)
+  for a, b in zip(jax.tree.leaves(d4), jax.tree.leaves(d1)):
+    np.testing.assert_allclose(a, b, atol=2e-6)
+  assert float(m4["loss"]) == pytest.approx(float(m1["loss"]), abs=1e-5)
+  sft = {"tokens": batch["tokens"], "mask": batch["mask"], "loss_mask": batch["completion_mask"]}
+  d1, m1 = _sgd_step(lambda opt, **kw: train_step.make_sft_step(CFG, opt, **kw), params, sft)
+  d4, m4 = _sgd_step(lambda opt, **kw: train_step.make_sft_step(cfg_u, opt, **kw), params, sft,
+                     microbatches=4)
+  for a, b in zip(jax.tree.leaves(d4), jax.tree.leaves(d1)):
+    np.testing.assert_allclose(a, b, atol=2e-6)
+  assert float(m4["loss"]) == pytest.approx(float(m1["loss"]), abs=1e-6)
