@@ -276,8 +276,9 @@ def _to_heads(q_BTKgH, k_BSKH, v_BSKH, allowed_BTS):
   """Head-major operands, made once per block of rows: q * 1/sqrt(H) as [B, K, T, g, H],
   k and v as [B, K, S, H], and the mask as an additive fp32 bias [B, T, S] (measured
   faster here than a select over the logits). The query blocks slice these
-  instead of each transposing its own prefix of k and v (measured 14-25% off
-  the attention's forward+backward here)."""
+  instead of each transposing its own prefix of k and v (forward+backward
+  measured ~5% faster on 4 x 256 tokens and ~14% on 8 x 256 here, and ~14%
+  on one core)."""
   scale = 1.0 / math.sqrt(q_BTKgH.shape[-1])
   q_BKTgH = (q_BTKgH * jnp.asarray(scale, q_BTKgH.dtype)).transpose(0, 2, 1, 3, 4)
   bias_BTS = jnp.where(allowed_BTS, 0.0, -1e30).astype(jnp.float32)
