@@ -9,8 +9,8 @@ query / 4 kv heads, head dim 32, MLP 1024, untied head, fp32), and
   Generated tokens/s = 32 * 128 / wall time of one `generate` call (prefill +
   decode loop + copying the tokens to the host).
 - training: one jitted forward + backward (mean token cross-entropy and its
-  gradients, no optimizer) on 32 x 256 tokens (8192 tokens; sequences of the
-  length RL rollouts here have, 64 + 128).
+  gradients, no optimizer) on 32 x 256 tokens (8192 tokens; an RL rollout of
+  the GRPO benchmark is 64 + 128 = 192 tokens, padded here to 256).
 - peak: jit'd fp32 square matmuls (1024, 2048), best of the repeats, measured
   before the workloads and again after them; the best of both is the peak.
 
