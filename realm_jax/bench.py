@@ -225,16 +225,17 @@ def bench_attention(cfg: model_lib.ModelConfig, repeats: int, batch: int = 8,
   q = jax.random.normal(kq, (batch, length, K, g, H))
   k, v = jax.random.normal(kk, (batch, length, K, H)), jax.random.normal(kv, (batch, length, K, H))
   allowed = jnp.tril(jnp.ones((length, length), bool))[None].repeat(batch, 0)
-  rows, parts = model_lib.attention_tiling(cfg, batch, length)
+  tiling = model_lib.attention_tiling(cfg, batch, length)
 
   def plain(q, k, v):
     logits = jnp.einsum("BTKgH,BSKH->BKTgS", q, k) / np.sqrt(H)
     logits = jnp.where(allowed[:, None, :, None], logits, -1e30)
     return jnp.einsum("BKTgS,BSKH->BKTgH", jax.nn.softmax(logits, axis=-1), v)
 
-  out = {"batch": batch, "length": length, "rows": rows, "query_blocks": parts}
+  out = {"batch": batch, "length": length, "rows": tiling.rows, "query_blocks": tiling.parts,
+         "row_chains": tiling.chains, "save_probs": tiling.save_probs}
   for name, attn in [("tiled", lambda q, k, v: model_lib.causal_attention(q, k, v, allowed,
-                                                                          rows, parts)),
+                                                                          tiling)),
                      ("softmax_autodiff", plain)]:
     step = jax.jit(jax.grad(lambda q, k, v: jnp.sum(attn(q, k, v) ** 2), argnums=(0, 1, 2)))
     _, times = _timed(lambda: step(q, k, v), max(repeats, 5))

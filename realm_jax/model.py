@@ -35,7 +35,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -87,6 +87,11 @@ class ModelConfig:
   # same numbers.
   attention_block_rows: int | None = None
   attention_query_blocks: int | None = None
+  # Independent row groups per block (XLA:CPU runs them side by side), and
+  # whether the forward keeps its exp(logits - max) tiles for the backward
+  # instead of recomputing them. None: automatic (`attention_tiling`).
+  attention_row_chains: int | None = None
+  attention_save_probs: bool | None = None
   init_std: float = 0.02
 
   def __post_init__(self):
@@ -102,7 +107,7 @@ class ModelConfig:
           f"num_kv_heads={self.num_kv_heads} (grouped-query attention)")
     if self.head_dim % 2:
       raise ValueError(f"ModelConfig.head_dim={self.head_dim} must be even for RoPE")
-    for name in ("attention_block_rows", "attention_query_blocks"):
+    for name in ("attention_block_rows", "attention_query_blocks", "attention_row_chains"):
       if getattr(self, name) is not None and getattr(self, name) < 1:
         raise ValueError(f"ModelConfig.{name} must be positive or None (automatic), "
                          f"got {getattr(self, name)}")
@@ -227,6 +232,16 @@ class Linear(nn.Module):
 
 ATTENTION_BLOCK_BYTES = 4 << 20  # CPU: fp32 logits of one attention tile (about an L2 cache)
 ATTENTION_MIN_QUERY_BLOCK = 64    # CPU: shortest automatic query block
+ATTENTION_ROW_CHAINS = 2          # CPU: independent row groups per block
+ATTENTION_SAVE_BYTES = 16 << 20   # CPU: largest saved exp(logits - max) of one call
+
+
+class AttentionTiling(NamedTuple):
+  """How `causal_attention` splits its work; every choice gives the same numbers."""
+  rows: int                 # batch rows per block; blocks run one after another (`lax.map`)
+  parts: int = 1            # causal query blocks per sequence
+  chains: int = 1           # independent row groups within a block
+  save_probs: bool = False  # keep the forward's exp(logits - max) tiles for the backward
 
 
 def _largest_divisor(n: int, at_most: int) -> int:
@@ -236,16 +251,21 @@ def _largest_divisor(n: int, at_most: int) -> int:
   return d
 
 
-def attention_tiling(cfg: ModelConfig, batch: int, length: int) -> tuple[int, int]:
-  """(batch rows per block, query blocks) of `causal_attention` over [batch, length].
+def attention_tiling(cfg: ModelConfig, batch: int, length: int) -> AttentionTiling:
+  """The `AttentionTiling` of `causal_attention` over [batch, length] self-attention.
 
   Configured values win (clipped to divisors). Automatic on CPU: query blocks
-  of at least ATTENTION_MIN_QUERY_BLOCK slots (at most 8 blocks), and as many
+  of at least ATTENTION_MIN_QUERY_BLOCK slots (at most 8 blocks); as many
   rows as keep the largest block's [rows, N, T / blocks, S] fp32 logits
-  within ATTENTION_BLOCK_BYTES. On accelerators: one block of the whole batch
+  within ATTENTION_BLOCK_BYTES; ATTENTION_ROW_CHAINS row groups per block;
+  and saved exp tiles when all of them (the whole batch's, per layer) fit in
+  ATTENTION_SAVE_BYTES. Chains and saved tiles go together: on two cores the
+  pair measured ~3% off the benchmark's training step (paired A/B; either
+  alone, none). On accelerators: one block of the whole batch, recomputed
   (their fused attention kernels are the way to tile there).
   """
   rows, parts = cfg.attention_block_rows, cfg.attention_query_blocks
+  chains, save = cfg.attention_row_chains, cfg.attention_save_probs
   cpu = jax.default_backend() == "cpu"
   if parts is None:
     parts = min(8, length // ATTENTION_MIN_QUERY_BLOCK) if cpu else 1
@@ -253,23 +273,46 @@ def attention_tiling(cfg: ModelConfig, batch: int, length: int) -> tuple[int, in
   if rows is None:
     per_row = 4 * cfg.num_heads * (length // parts) * length
     rows = max(1, ATTENTION_BLOCK_BYTES // per_row) if cpu else batch
-  return _largest_divisor(batch, rows), parts
+  rows = _largest_divisor(batch, rows)
+  chains = _largest_divisor(rows, (ATTENTION_ROW_CHAINS if cpu else 1) if chains is None else chains)
+  if save is None:
+    tiles = length * length * (parts + 1) // (2 * parts)  # (query, key) slots the blocks compute
+    save = cpu and 4 * batch * cfg.num_heads * tiles <= ATTENTION_SAVE_BYTES
+  return AttentionTiling(rows, parts, chains, bool(save))
 
 
-def _by_blocks(fn, rows: int, *xs):
-  """fn over blocks of `rows` batch rows (`lax.map`), outputs re-joined along the batch.
+def _by_blocks(fn, rows: int, chains: int, *xs):
+  """fn over blocks of `rows` batch rows (`lax.map`), outputs re-joined along the batch;
+  within a block, fn runs on `chains` groups of rows as independent computations.
 
   Block j holds rows j, j + n, j + 2n, ... (n = B / rows blocks): a batch
-  sharded over devices keeps every block spread over all of them.
+  sharded over devices keeps every block spread over all of them. Arguments
+  and outputs are pytrees of arrays with the batch leading.
   """
-  batch = xs[0].shape[0]
+  batch = jax.tree.leaves(xs)[0].shape[0]
+  if chains > 1:
+    fn = _in_chains(fn, chains)
   if rows >= batch:
     return fn(*xs)
   n = batch // rows
   split = lambda x: jnp.swapaxes(x.reshape(rows, n, *x.shape[1:]), 0, 1)
   join = lambda y: jnp.swapaxes(y, 0, 1).reshape(batch, *y.shape[2:])
-  out = jax.lax.map(lambda blk: fn(*blk), tuple(split(x) for x in xs))
+  out = jax.lax.map(lambda blk: fn(*blk), jax.tree.map(split, xs))
   return jax.tree.map(join, out)
+
+
+def _in_chains(fn, chains: int):
+  """fn applied to `chains` contiguous groups of batch rows separately, outputs concatenated.
+
+  The groups share no op, so XLA:CPU's executor runs their (mostly
+  single-threaded, small) attention ops on different cores at once."""
+
+  def chained(*xs):
+    size = jax.tree.leaves(xs)[0].shape[0] // chains
+    outs = [fn(*jax.tree.map(lambda x: x[i * size:(i + 1) * size], xs)) for i in range(chains)]
+    return jax.tree.map(lambda *ys: jnp.concatenate(ys, axis=0), *outs)
+
+  return chained
 
 
 def _to_heads(q_BTKgH, k_BSKH, v_BSKH, allowed_BTS):
@@ -298,11 +341,13 @@ def _query_blocks(parts: int, length: int):
   return [(slice(i * step, (i + 1) * step), slice(0, (i + 1) * step)) for i in range(parts)]
 
 
-def _parts_fwd(parts: int, q_BTKgH, k_BSKH, v_BSKH, allowed_BTS):
-  """(out [B, K, T, g, H], row max, 1 / row sum of exp(logits - max)) over
-  `parts` causal query blocks (keys after a block's last slot are never allowed)."""
+def _parts_fwd(parts: int, save: bool, q_BTKgH, k_BSKH, v_BSKH, allowed_BTS):
+  """(out [B, K, T, g, H], stats) over `parts` causal query blocks (keys after
+  a block's last slot are never allowed). stats: (row max, 1 / row sum of
+  exp(logits - max)), or with `save` (the per-block exp(logits - max) tiles,
+  1 / row sum)."""
   q_BKTgH, k_BKSH, v_BKSH, bias_BTS = _to_heads(q_BTKgH, k_BSKH, v_BSKH, allowed_BTS)
-  outs, maxes, inv_sums = [], [], []
+  outs, maxes, unnorms, inv_sums = [], [], [], []
   for t, s in _query_blocks(parts, q_BTKgH.shape[1]):
     logits_BKTgS = _logits(q_BKTgH[:, :, t], k_BKSH[:, :, s], bias_BTS[:, t, s])
     max_BKTg = jnp.max(logits_BKTgS, axis=-1)
@@ -312,19 +357,22 @@ def _parts_fwd(parts: int, q_BTKgH, k_BSKH, v_BSKH, allowed_BTS):
                            v_BKSH[:, :, s], preferred_element_type=jnp.float32)
     outs.append((out_BKTgH * inv_sum_BKTg[..., None]).astype(v_BSKH.dtype))
     maxes.append(max_BKTg)
+    unnorms.append(unnorm_BKTgS)
     inv_sums.append(inv_sum_BKTg)
-  return tuple(jnp.concatenate(xs, axis=2) for xs in (outs, maxes, inv_sums))  # T is axis 2
+  cat = lambda xs: jnp.concatenate(xs, axis=2)  # T is axis 2
+  return cat(outs), ((tuple(unnorms) if save else cat(maxes)), cat(inv_sums))
 
 
-def _parts_bwd(parts: int, q_BTKgH, k_BSKH, v_BSKH, allowed_BTS, out_BKTgH, max_BKTg,
-               inv_sum_BKTg, dout_BKTgH):
-  """(dq, dk, dv) of `_parts_fwd`, from the unnormalised exp(logits - max)
-  recomputed with the saved row max. Every 1/sum factor is applied per row (to
-  dout, or in the dlogits epilogue), never as a separate pass. dk and dv are
-  summed over the blocks as [B, K, H, S], the dots' natural output order, and
-  transposed once at the end."""
+def _parts_bwd(parts: int, save: bool, q_BTKgH, k_BSKH, v_BSKH, allowed_BTS, out_BKTgH, stats,
+               dout_BKTgH):
+  """(dq, dk, dv) of `_parts_fwd`, from the unnormalised exp(logits - max):
+  the saved tiles, or recomputed with the saved row max. Every 1/sum factor is
+  applied per row (to dout, or in the dlogits epilogue), never as a separate
+  pass. dk and dv are summed over the blocks as [B, K, H, S], the dots'
+  natural output order, and transposed once at the end."""
   dt = q_BTKgH.dtype
   S, H = k_BSKH.shape[1], q_BTKgH.shape[-1]
+  saved_or_max, inv_sum_BKTg = stats
   q_BKTgH, k_BKSH, v_BKSH, bias_BTS = _to_heads(q_BTKgH, k_BSKH, v_BSKH, allowed_BTS)
   dout32_BKTgH = dout_BKTgH.astype(jnp.float32)
   # Softmax backward p (dp - sum_S p dp), where sum_S p dp = sum_H dout * out.
@@ -332,9 +380,12 @@ def _parts_bwd(parts: int, q_BTKgH, k_BSKH, v_BSKH, allowed_BTS, out_BKTgH, max_
   # p = unnorm * inv_sum (per row), so dv = unnorm^T (dout * inv_sum).
   dout_n_BKTgH = (dout32_BKTgH * inv_sum_BKTg[..., None]).astype(dt)
   dqs, dk_BKHS, dv_BKHS = [], 0.0, 0.0
-  for t, s in _query_blocks(parts, q_BTKgH.shape[1]):
-    unnorm_BKTgS = jnp.exp(_logits(q_BKTgH[:, :, t], k_BKSH[:, :, s], bias_BTS[:, t, s])
-                           - max_BKTg[:, :, t, :, None])
+  for i, (t, s) in enumerate(_query_blocks(parts, q_BTKgH.shape[1])):
+    if save:
+      unnorm_BKTgS = saved_or_max[i]
+    else:
+      unnorm_BKTgS = jnp.exp(_logits(q_BKTgH[:, :, t], k_BKSH[:, :, s], bias_BTS[:, t, s])
+                             - saved_or_max[:, :, t, :, None])
     dv = jnp.einsum("BKTgH,BKTgS->BKHS", dout_n_BKTgH[:, :, t], unnorm_BKTgS.astype(dt),
                     preferred_element_type=jnp.float32)
     dprobs_BKTgS = jnp.einsum("BKTgH,BKSH->BKTgS", dout_BKTgH[:, :, t], v_BKSH[:, :, s],
@@ -354,31 +405,35 @@ def _parts_bwd(parts: int, q_BTKgH, k_BSKH, v_BSKH, allowed_BTS, out_BKTgH, max_
           dv_BKHS.transpose(0, 3, 1, 2).astype(v_BSKH.dtype))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
-def causal_attention(q_BTKgH, k_BSKH, v_BSKH, allowed_BTS, rows: int, parts: int = 1):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def causal_attention(q_BTKgH, k_BSKH, v_BSKH, allowed_BTS, tiling: AttentionTiling):
   """softmax(q.k / sqrt(H) over the allowed slots) . v, as [B, K, T, g, H].
 
-  Flash-attention's algebra without its tiling: the forward keeps only the
-  output and the row statistics (max, 1/sum); the backward recomputes the
+  Flash-attention's algebra without its tiling: the forward keeps the output
+  and the row statistics (max, 1/sum); the backward recomputes the
   probabilities from them and uses sum_S p dp = sum_H dout * out, so no
-  [B, K, T, g, S] tensor is saved between the passes. Both passes run `rows`
-  batch rows at a time (see `attention_tiling`), and, with `parts` > 1
-  (self-attention, T = S, `parts` dividing T), `parts` query blocks that
-  skip the keys after their last slot: about (parts + 1) / (2 parts) of the
-  work. A row without any allowed slot averages the values its block sees
-  (such rows are padding, read by nobody).
+  [B, K, T, g, S] tensor is saved between the passes, unless
+  `tiling.save_probs` keeps the forward's exp tiles (short sequences, where
+  recomputing costs more than the memory). Both passes run `tiling.rows`
+  batch rows at a time, each block as `tiling.chains` independent row groups
+  (see `attention_tiling`), and, with `tiling.parts` > 1 (self-attention,
+  T = S, `parts` dividing T), `parts` query blocks that skip the keys after
+  their last slot: about (parts + 1) / (2 parts) of the work. A row without
+  any allowed slot averages the values its block sees (such rows are
+  padding, read by nobody).
   """
-  return _causal_attention_fwd(q_BTKgH, k_BSKH, v_BSKH, allowed_BTS, rows, parts)[0]
+  return _causal_attention_fwd(q_BTKgH, k_BSKH, v_BSKH, allowed_BTS, tiling)[0]
 
 
-def _causal_attention_fwd(q_BTKgH, k_BSKH, v_BSKH, allowed_BTS, rows, parts):
-  out, max_BKTg, inv_sum_BKTg = _by_blocks(functools.partial(_parts_fwd, parts), rows,
-                                           q_BTKgH, k_BSKH, v_BSKH, allowed_BTS)
-  return out, (q_BTKgH, k_BSKH, v_BSKH, allowed_BTS, out, max_BKTg, inv_sum_BKTg)
+def _causal_attention_fwd(q_BTKgH, k_BSKH, v_BSKH, allowed_BTS, tiling):
+  fwd = functools.partial(_parts_fwd, tiling.parts, tiling.save_probs)
+  out, stats = _by_blocks(fwd, tiling.rows, tiling.chains, q_BTKgH, k_BSKH, v_BSKH, allowed_BTS)
+  return out, (q_BTKgH, k_BSKH, v_BSKH, allowed_BTS, out, stats)
 
 
-def _causal_attention_bwd(rows, parts, res, dout_BKTgH):
-  dq, dk, dv = _by_blocks(functools.partial(_parts_bwd, parts), rows, *res, dout_BKTgH)
+def _causal_attention_bwd(tiling, res, dout_BKTgH):
+  bwd = functools.partial(_parts_bwd, tiling.parts, tiling.save_probs)
+  dq, dk, dv = _by_blocks(bwd, tiling.rows, tiling.chains, *res, dout_BKTgH)
   return dq, dk, dv, None
 
 
@@ -435,7 +490,7 @@ class Attention(nn.Module):
     q_BTKgH = q_BTNH.reshape(B, T, K, g, H)
     if cache is None:  # training / scoring: tiled, with a fused backward (`causal_attention`)
       out_BKTgH = causal_attention(q_BTKgH, keys, values, allowed_BTS,
-                                   *attention_tiling(c, B, T))
+                                   attention_tiling(c, B, T))
     else:
       # Both dots produce their natural [B, K, (T, g), .] order (q's (T, g)
       # order kept): XLA:CPU then copies no big logits/probs tensor and keeps

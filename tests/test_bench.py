@@ -123,4 +123,5 @@ def test_grpo_step_bench_tiny():
 def test_attention_bench_times_both_forms():
   r = bench.bench_attention(TINY, 1, batch=2, length=8)
   assert r["tiled_ms"] > 0 and r["softmax_autodiff_ms"] > 0
-  assert (r["rows"], r["query_blocks"]) == model_lib.attention_tiling(TINY, 2, 8)
+  assert (r["rows"], r["query_blocks"], r["row_chains"], r["save_probs"]) == tuple(
+      model_lib.attention_tiling(TINY, 2, 8))

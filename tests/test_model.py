@@ -127,8 +127,11 @@ def _softmax_attention(q, k, v, allowed):
   return jnp.einsum("BKTgS,BSKH->BKTgH", jax.nn.softmax(logits, axis=-1), v)
 
 
-@pytest.mark.parametrize("rows,parts", [(4, 1), (2, 1), (1, 1), (4, 2), (2, 4), (1, 8), (4, 16)])
-def test_tiled_attention_values_and_grads_equal_softmax_formula(rows, parts):
+@pytest.mark.parametrize("rows,parts,chains,save", [
+    (4, 1, 1, False), (2, 1, 1, False), (1, 1, 1, False), (4, 2, 1, False), (2, 4, 1, False),
+    (1, 8, 1, False), (4, 16, 1, False), (4, 4, 2, False), (4, 1, 1, True), (2, 4, 2, True),
+    (4, 4, 4, True)])
+def test_tiled_attention_values_and_grads_equal_softmax_formula(rows, parts, chains, save):
   B, T, K, g, H = 4, 16, 2, 3, 8
   kq, kk, kv, kw = jax.random.split(jax.random.key(3), 4)
   q = 2 * jax.random.normal(kq, (B, T, K, g, H))  # large logits: the max shift matters
@@ -142,7 +145,8 @@ def test_tiled_attention_values_and_grads_equal_softmax_formula(rows, parts):
   def loss(attn, q, k, v):
     return jnp.sum(jnp.where(real, attn(q, k, v), 0.0) * w)
 
-  tiled = lambda q, k, v: model.causal_attention(q, k, v, allowed, rows, parts)
+  tiling = model.AttentionTiling(rows, parts, chains, save)
+  tiled = lambda q, k, v: model.causal_attention(q, k, v, allowed, tiling)
   ref = lambda q, k, v: _softmax_attention(q, k, v, allowed)
   out, want = jax.jit(tiled)(q, k, v), ref(q, k, v)
   np.testing.assert_allclose(np.asarray(out)[np.broadcast_to(real, out.shape)],
@@ -163,32 +167,40 @@ def test_tiled_attention_bf16_inputs_give_bf16_grads_close_to_fp32():
   q, k, v = (jax.random.normal(kq, (B, T, K, g, H)), jax.random.normal(kk, (B, T, K, H)),
              jax.random.normal(kv, (B, T, K, H)))
   allowed = np.tril(np.ones((T, T), bool))[None].repeat(B, 0)
-  f = lambda *a: jnp.sum(model.causal_attention(*a, allowed, 1, 2).astype(jnp.float32) ** 2)
-  g32 = jax.grad(f, argnums=(0, 1, 2))(q, k, v)
-  g16 = jax.grad(f, argnums=(0, 1, 2))(*(x.astype(jnp.bfloat16) for x in (q, k, v)))
-  for a, b in zip(g16, g32):
-    assert a.dtype == jnp.bfloat16
-    rel = float(jnp.linalg.norm(a.astype(jnp.float32) - b) / jnp.linalg.norm(b))
-    assert rel < 3e-2, rel  # bf16 inputs and probabilities: ~2^-8 relative rounding per op
+  for save in (False, True):
+    tiling = model.AttentionTiling(rows=1, parts=2, save_probs=save)
+    f = lambda *a: jnp.sum(model.causal_attention(*a, allowed, tiling).astype(jnp.float32) ** 2)
+    g32 = jax.grad(f, argnums=(0, 1, 2))(q, k, v)
+    g16 = jax.grad(f, argnums=(0, 1, 2))(*(x.astype(jnp.bfloat16) for x in (q, k, v)))
+    for a, b in zip(g16, g32):
+      assert a.dtype == jnp.bfloat16
+      rel = float(jnp.linalg.norm(a.astype(jnp.float32) - b) / jnp.linalg.norm(b))
+      assert rel < 3e-2, rel  # bf16 inputs and probabilities: ~2^-8 relative rounding per op
 
 
 def test_attention_tiling_choices_and_config_checks():
   cfg = dataclasses.replace(CFG, num_heads=8, num_kv_heads=4)
   if jax.default_backend() == "cpu":
-    # Query blocks of >= 64 slots (at most 8); rows so that [rows, 8, T / parts, T] fp32 <= 4 MiB.
-    assert model.attention_tiling(cfg, 32, 256) == (8, 4)
-    assert model.attention_tiling(cfg, 32, 100) == (8, 1)  # 320 kB a row: 13 rows fit, 8 divide
-    assert model.attention_tiling(cfg, 6, 2048) == (1, 8)  # 8 MiB a row: one row at a time
-  fixed = dataclasses.replace(cfg, attention_block_rows=3, attention_query_blocks=3)
-  assert model.attention_tiling(fixed, 8, 10) == (2, 2)  # clipped to divisors of 8 and 10
-  for name in ("attention_block_rows", "attention_query_blocks"):
+    # Query blocks of >= 64 slots (at most 8); rows so that [rows, 8, T / parts, T] fp32 <= 4 MiB;
+    # 2 row chains; exp tiles saved when the batch's 8 heads x computed slots x 4 B <= 16 MiB.
+    assert model.attention_tiling(cfg, 32, 256) == (8, 4, 2, False)  # 32 x 8 x 40960 x 4 = 40 MiB
+    assert model.attention_tiling(cfg, 4, 256) == (4, 4, 2, True)  # 5 MiB (the benchmark's)
+    assert model.attention_tiling(cfg, 32, 100) == (8, 1, 2, True)  # 320 kB a row: 13 fit, 8 divide
+    assert model.attention_tiling(cfg, 6, 2048) == (1, 8, 1, False)  # 8 MiB a row: one at a time
+  fixed = dataclasses.replace(cfg, attention_block_rows=3, attention_query_blocks=3,
+                              attention_row_chains=3, attention_save_probs=False)
+  # Clipped to divisors of 8 (rows), 10 (query blocks) and the block's 2 rows (chains).
+  assert model.attention_tiling(fixed, 8, 10) == (2, 2, 2, False)
+  for name in ("attention_block_rows", "attention_query_blocks", "attention_row_chains"):
     with pytest.raises(ValueError, match=f"ModelConfig.{name} must be positive"):
       dataclasses.replace(CFG, **{name: 0})
 
 
 def test_model_logits_do_not_depend_on_the_attention_tiling():
-  for rows, parts in [(1, 1), (3, 1), (1, 3), (3, 9)]:
-    cfg = dataclasses.replace(CFG, attention_block_rows=rows, attention_query_blocks=parts)
+  for rows, parts, chains, save in [(1, 1, 1, False), (3, 1, 1, True), (1, 3, 1, False),
+                                    (3, 9, 3, True), (3, 3, 3, False)]:
+    cfg = dataclasses.replace(CFG, attention_block_rows=rows, attention_query_blocks=parts,
+                              attention_row_chains=chains, attention_save_probs=save)
     np.testing.assert_allclose(logits(cfg=cfg)[MASK], logits()[MASK], atol=ATOL, rtol=0)
 
 
