@@ -731,6 +731,18 @@ def unstack_cache(cache: KVCache) -> KVCache:
           "v": tuple(jnp.transpose(cache["v"], (0, 1, 3, 2, 4)))}
 
 
+def grow_cache(cache: KVCache, max_len: int) -> KVCache:
+  """Layer-list decode cache with S slots -> `max_len` >= S slots (new slots zero)."""
+  S = cache["v"][0].shape[2]
+  if max_len < S:
+    raise ValueError(f"grow_cache: cache already has {S} slots > max_len={max_len}")
+  if max_len == S:
+    return cache
+  pad_k = lambda k: jnp.pad(k, ((0, 0), (0, 0), (0, 0), (0, max_len - S)))
+  pad_v = lambda v: jnp.pad(v, ((0, 0), (0, 0), (0, max_len - S), (0, 0)))
+  return {"k": tuple(map(pad_k, cache["k"])), "v": tuple(map(pad_v, cache["v"]))}
+
+
 def stack_cache(cache: KVCache) -> KVCache:
   """Layer-list decode layout -> stacked {'k', 'v': [L, B, S, K, H]}."""
   return {"k": jnp.transpose(jnp.stack(cache["k"]), (0, 1, 4, 2, 3)),

@@ -51,6 +51,10 @@ class SamplingConfig:
   stop_ids: tuple[int, ...] = ()
   num_samples: int = 1  # G, samples per prompt
   pad_id: int = 0
+  # Decode runs in this many phases of about M / phases steps; phase p keeps
+  # only the cache slots that its steps can reach (T + its last step), so early
+  # steps attend over a shorter cache. 1 = one cache of T + M slots throughout.
+  cache_phases: int = 4
 
   def __post_init__(self):
     if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
@@ -72,6 +76,9 @@ class SamplingConfig:
       raise ValueError(f"SamplingConfig.num_samples must be an int >= 1, got {self.num_samples!r}")
     if not isinstance(self.pad_id, int) or self.pad_id < 0:
       raise ValueError(f"SamplingConfig.pad_id must be an int >= 0, got {self.pad_id!r}")
+    if not isinstance(self.cache_phases, int) or self.cache_phases < 1:
+      raise ValueError(
+          f"SamplingConfig.cache_phases must be an int >= 1, got {self.cache_phases!r}")
 
   @property
   def greedy(self) -> bool:
@@ -204,6 +211,24 @@ def sample_step(logits_NV: jax.Array, u_N: jax.Array, scfg: SamplingConfig
 # Prefill + decode loop.
 
 
+def decode_phases(T: int, M: int, phases: int, align: int = 8) -> list[tuple[int, int]]:
+  """Split decode steps 1 .. M-1 into at most `phases` runs: [(end, slots)].
+
+  A run covers the steps before `end` (the previous run's end, or 1, up to
+  end - 1); its cache holds `slots` >= T + end - 1 slots, the ones those steps
+  write and read, rounded up to a multiple of `align` (at most T + M).
+  Empty for M = 1 (no decode step).
+  """
+  steps = M - 1
+  out: list[tuple[int, int]] = []
+  for p in range(1, min(phases, steps) + 1):
+    end = 1 + -(-steps * p // min(phases, steps))
+    slots = min(T + M, -(-(T + end - 1) // align) * align)
+    if not out or end > out[-1][0]:
+      out.append((end, slots))
+  return out
+
+
 def _record(state: DecodeState, logits_NV, u_MN, scfg: SamplingConfig) -> DecodeState:
   """Sample completion token `state.step` (with uniforms `u_MN[step]`) and write it."""
   u_N = jax.lax.dynamic_index_in_dim(u_MN, state.step, axis=0, keepdims=False)
@@ -251,12 +276,16 @@ def generate(params: model_lib.Params, cfg: model_lib.ModelConfig, prompt_tokens
   # Decode layout: one weight and cache buffer per layer, sliced once here so
   # the loop body reads and updates them in place (see model.py).
   params = model_lib.unstack_layers(params)
+  # Decode phases: (last step + 1, cache slots). Step j feeds token j-1 at slot
+  # T + j - 1, so a phase ending before step e needs slots [0, T + e - 1).
+  phases = decode_phases(T, M, scfg.cache_phases)
+  S0 = phases[0][1] if phases else S
   # Prefill the B prompts into slots [0, T); generated slots are valid keys
   # from the start (causality hides the ones not yet written).
   kv_mask_BS = jnp.concatenate([mask_BT, jnp.ones((B, M), bool)], axis=1)
-  cache = model_lib.unstack_cache(model_lib.init_cache(cfg, B, S))
+  cache = model_lib.unstack_cache(model_lib.init_cache(cfg, B, S0))
   logits_B1V, cache = model_lib.apply(params, cfg, tokens_BT, mask_BT, cache=cache, cache_index=0,
-                                      kv_mask_BS=kv_mask_BS, last_only=True)
+                                      kv_mask_BS=kv_mask_BS[:, :S0], last_only=True)
   rep = lambda x: jnp.repeat(x, G, axis=0) if G > 1 else x
   cache = jax.tree.map(rep, cache)
   kv_mask_NS = rep(kv_mask_BS)
@@ -277,20 +306,24 @@ def generate(params: model_lib.Params, cfg: model_lib.ModelConfig, prompt_tokens
           else jax.random.uniform(rng, (M, N), jnp.float32))
   state = _record(state, rep(logits_B1V[:, 0]), u_MN, scfg)
 
-  def cond(s: DecodeState):
-    return (s.step < M) & ~jnp.all(s.done_N)
+  for end, slots in phases:
+    state = state.replace(cache=model_lib.grow_cache(state.cache, slots))
+    kv_mask = kv_mask_NS[:, :slots]
 
-  def body(s: DecodeState):
-    # Feed completion token step-1 (slot T+step-1), then sample token `step`.
-    j = s.step - 1
-    last_N1 = jax.lax.dynamic_slice_in_dim(s.tokens_NM, j, 1, axis=1)
-    logits_N1V, cache = model_lib.apply(
-        params, cfg, last_N1, positions_BT=(prompt_len_N + j)[:, None], cache=s.cache,
-        cache_index=T + j, kv_mask_BS=kv_mask_NS)
-    s = s.replace(cache=cache)
-    return _record(s, logits_N1V[:, 0], u_MN, scfg)
+    def cond(s: DecodeState, end=end):
+      return (s.step < end) & ~jnp.all(s.done_N)
 
-  state = jax.lax.while_loop(cond, body, state)
+    def body(s: DecodeState, kv_mask=kv_mask):
+      # Feed completion token step-1 (slot T+step-1), then sample token `step`.
+      j = s.step - 1
+      last_N1 = jax.lax.dynamic_slice_in_dim(s.tokens_NM, j, 1, axis=1)
+      logits_N1V, cache = model_lib.apply(
+          params, cfg, last_N1, positions_BT=(prompt_len_N + j)[:, None], cache=s.cache,
+          cache_index=T + j, kv_mask_BS=kv_mask)
+      s = s.replace(cache=cache)
+      return _record(s, logits_N1V[:, 0], u_MN, scfg)
+
+    state = jax.lax.while_loop(cond, body, state)
 
   comp_mask_NM = jnp.arange(M)[None, :] < state.lengths_N[:, None]
   zeros_NT = jnp.zeros((N, T), jnp.float32)

@@ -292,13 +292,15 @@ def test_decode_layout_matches_stacked_cache(params):
 
 
 def test_decode_loop_updates_cache_in_place():
-  """The compiled decode loop writes each layer's cache buffers in place: inside
-  the while body the only ops producing cache-shaped arrays are the 2 L
-  dynamic-update-slices (no per-step copy or transpose of the cache)."""
+  """The compiled decode loops write each layer's cache buffers in place: inside
+  each phase's while body the only ops producing cache-shaped arrays are the
+  2 L dynamic-update-slices (no per-step copy or transpose of the cache)."""
   B, T, M = 3, 5, 7
-  K, H, S = CFG.num_kv_heads, CFG.head_dim, T + M
+  K, H = CFG.num_kv_heads, CFG.head_dim
   params = jax.eval_shape(lambda: model_lib.init_params(CFG, jax.random.key(0)))
-  scfg = sampling.SamplingConfig(max_new_tokens=M, temperature=1.0)
+  scfg = sampling.SamplingConfig(max_new_tokens=M, temperature=1.0, cache_phases=2)
+  phases = sampling.decode_phases(T, M, 2)
+  assert phases == [(4, 8), (7, 12)]  # steps 1-3 reach slot 7 (of 8), steps 4-6 slot 10 (of 12)
   hlo = sampling.generate.lower(params, CFG, jax.ShapeDtypeStruct((B, T), jnp.int32),
                                 jax.ShapeDtypeStruct((B, T), bool), jax.random.key(0),
                                 scfg).compile().as_text()
@@ -310,13 +312,51 @@ def test_decode_loop_updates_cache_in_place():
       bodies[name] = []
     elif name:
       bodies[name].append(line)
-  cache_shape = re.compile(rf"= f32\[{B},{K},({H},{S}|{S},{H})\]\S* (\w+)\(")
-  writers = [(n, m.group(2), line) for b in re.findall(r"while\(.*body=%([\w.\-]+)", hlo)
-             for line in bodies[b] for m in [cache_shape.search(line)] if m
-             for n in [line.split("=")[0].strip()]]
-  assert len(writers) == 2 * CFG.num_layers, writers
-  for n, op, _ in writers:
-    assert op == "fusion" and "dynamic-update-slice" in n and "copy" not in n, n
+  S = "|".join(str(slots) for _, slots in phases)
+  cache_shape = re.compile(rf"= f32\[{B},{K},({H},({S})|({S}),{H})\]\S* (\w+)\(")
+  slots_seen, decode_loops = set(), 0
+  for b in re.findall(r"while\(.*body=%([\w.\-]+)", hlo):  # also the RNG's loop, no cache
+    writers = [(n, m.group(4), int(m.group(2) or m.group(3))) for line in bodies[b]
+               for m in [cache_shape.search(line)] if m
+               for n in [line.split("=")[0].strip()]]
+    if not writers:
+      continue
+    decode_loops += 1
+    assert len(writers) == 2 * CFG.num_layers, writers
+    for n, op, _ in writers:
+      assert op == "fusion" and "dynamic-update-slice" in n and "copy" not in n, n
+    slots_seen |= {S for _, _, S in writers}
+  assert decode_loops == len(phases) and slots_seen == {8, 12}
+
+
+def test_decode_phases_split_steps_and_size_caches():
+  # 127 decode steps in 4 runs of 32, 32, 32, 31; cache slots T + end - 1, rounded up to 8.
+  assert sampling.decode_phases(64, 128, 4) == [(33, 96), (65, 128), (97, 160), (128, 192)]
+  assert sampling.decode_phases(64, 128, 1) == [(128, 192)]
+  assert sampling.decode_phases(5, 3, 4) == [(2, 8), (3, 8)]  # 2 steps: at most 2 runs, <= T + M
+  assert sampling.decode_phases(5, 1, 4) == []  # M = 1: prefill only
+  assert sampling.decode_phases(7, 10, 3, align=1) == [(4, 10), (7, 13), (10, 16)]
+  with pytest.raises(ValueError, match="cache_phases"):
+    sampling.SamplingConfig(max_new_tokens=4, cache_phases=0)
+
+
+@pytest.mark.parametrize("temperature,stop", [(0.0, None), (1.0, None), (0.8, 7)])
+def test_phased_decode_equals_one_cache(params, temperature, stop):
+  """Shorter caches in early phases change no token and no log-prob: the slots
+  they drop are ones no earlier step may attend to."""
+  toks, mask = left_pad(random_prompts(9, [7, 2, 5]), 7)
+  kw = dict(max_new_tokens=13, temperature=temperature, num_samples=2,
+            stop_ids=() if stop is None else (stop,))
+  one = sampling.generate(params, CFG, toks, mask, jax.random.key(4),
+                          sampling.SamplingConfig(cache_phases=1, **kw))
+  for phases in (2, 5, 12):
+    assert len(sampling.decode_phases(7, 13, phases)) > 1
+    many = sampling.generate(params, CFG, toks, mask, jax.random.key(4),
+                             sampling.SamplingConfig(cache_phases=phases, **kw))
+    np.testing.assert_array_equal(many.tokens, one.tokens)
+    np.testing.assert_array_equal(many.completion_mask, one.completion_mask)
+    np.testing.assert_allclose(many.logprobs, one.logprobs, atol=LP_TOL)
+    np.testing.assert_allclose(many.model_logprobs, one.model_logprobs, atol=LP_TOL)
 
 
 def test_compiled_once_per_shape(params):
