@@ -54,6 +54,8 @@ class SamplingConfig:
   # Decode runs in this many phases of about M / phases steps; phase p keeps
   # only the cache slots that its steps can reach (T + its last step), so early
   # steps attend over a shorter cache. 1 = one cache of T + M slots throughout.
+  # Between phases the cache is copied into the next, larger buffer, so for a
+  # moment both are live: use 1 where the KV cache nearly fills device memory.
   cache_phases: int = 4
 
   def __post_init__(self):
