@@ -89,6 +89,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.error(f"unrecognized arguments: {' '.join(bad or extra)}")
   if extra:
     args.overrides = list(args.overrides) + extra
+  if args.command in ("train", "eval", "generate", "data"):  # they compile models
+    from realm_jax import compile_cache
+    compile_cache.enable()
   if args.command == "train":
     from realm_jax import train
     train.run(args.experiment, args.workdir, args.overrides)

@@ -11,3 +11,6 @@ if "xla_force_host_platform_device_count" not in _flags:
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# The CLI's persistent compilation cache stays off in tests (no writes under ~/.cache);
+# tests/test_compile_cache.py turns it on in subprocesses.
+os.environ.setdefault("REALM_JAX_COMPILE_CACHE", "off")
