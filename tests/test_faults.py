@@ -210,13 +210,41 @@ def _rl_cmd(base: str, workdir: str, *extra: str) -> list[str]:
       f"keep_checkpoints={RL_STEPS}", "rl.eaai.gate_threshold=0.5", *extra])
 
 
+_HELD_RUN = textwrap.dedent("""
+    import sys, time
+    from realm_jax import metrics, rewards, train
+
+    AFTER, WORKDIR = int(sys.argv[1]), sys.argv[2]
+    real = rewards.default_scorers
+
+    def scorers():
+      out = real()
+      fmt = out["format"]
+      def held(batch):
+        # The whole-batch call, once per step: hold the run once AFTER RL steps are logged
+        # (their checkpoints finalise meanwhile in the background); the test kills it here.
+        if len(batch["completions"]) > 1:
+          while sum("loss" in r for r in metrics.read_metrics(WORKDIR, "rl")) >= AFTER:
+            time.sleep(0.05)
+        return fmt(batch)
+      out["format"] = held
+      return out
+
+    rewards.default_scorers = scorers
+    train.run(sys.argv[3], WORKDIR, sys.argv[4:])
+    """)
+
+
 @pytest.fixture(scope="module")
 def rl_runs(runner, root, base):
   """(uninterrupted run, run SIGKILLed once two checkpoints were final, a pristine copy of it,
   its number of metrics lines)."""
   ref, wd = os.path.join(root, "rl_reference"), os.path.join(root, "rl_killed")
   ref_proc = runner.start(_rl_cmd(base, ref), ref)
-  proc = runner.start(_rl_cmd(base, wd), wd)
+  cmd = _rl_cmd(base, wd)  # [python, -m, realm_jax, train, EXPERIMENT, --workdir, WD, *overrides]
+  # Held in step 4's reward until killed: its steps of a few tens of ms would
+  # otherwise race the checkpoints' background finalisation to the end of the run.
+  proc = runner.start([sys.executable, "-c", _HELD_RUN, "4", wd, cmd[4], *cmd[7:]], wd)
   _wait_until(proc, lambda: len(_ckpt_steps(wd, "rl")) >= 2, "two finalized checkpoints")
   os.killpg(proc.pid, signal.SIGKILL)
   assert proc.wait(TIMEOUT) == -signal.SIGKILL
