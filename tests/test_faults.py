@@ -173,9 +173,9 @@ def _sft_cmd(workdir: str) -> list[str]:
                                              "checkpoint_every=100"])
 
 
-def _preempt(proc: subprocess.Popen, wd: str, phase: str) -> list[int]:
-  """SIGTERMs `proc` after its first `phase` step; checks it exits 0 in time; returns its steps."""
-  _wait_until(proc, lambda: bool(_steps(wd, phase)), f"the first {phase} metrics line")
+def _preempt(proc: subprocess.Popen, wd: str, phase: str, after: int = 1) -> list[int]:
+  """SIGTERMs `proc` after `after` `phase` steps; checks it exits 0 in time; returns its steps."""
+  _wait_until(proc, lambda: len(_steps(wd, phase)) >= after, f"{after} {phase} metrics lines")
   os.kill(proc.pid, signal.SIGTERM)
   try:
     rc = proc.wait(PREEMPT_GRACE)
@@ -212,7 +212,7 @@ def _rl_cmd(base: str, workdir: str, *extra: str) -> list[str]:
 
 _HELD_RUN = textwrap.dedent("""
     import sys, time
-    from realm_jax import metrics, rewards, train
+    from realm_jax import metrics, preemption, rewards, train
 
     AFTER, WORKDIR = int(sys.argv[1]), sys.argv[2]
     real = rewards.default_scorers
@@ -222,9 +222,11 @@ _HELD_RUN = textwrap.dedent("""
       fmt = out["format"]
       def held(batch):
         # The whole-batch call, once per step: hold the run once AFTER RL steps are logged
-        # (their checkpoints finalise meanwhile in the background); the test kills it here.
+        # (their checkpoints finalise meanwhile in the background) until the test kills it
+        # or sends SIGTERM, which lets the step finish and the run save and exit.
         if len(batch["completions"]) > 1:
-          while sum("loss" in r for r in metrics.read_metrics(WORKDIR, "rl")) >= AFTER:
+          while (sum("loss" in r for r in metrics.read_metrics(WORKDIR, "rl")) >= AFTER
+                 and not preemption.requested()):
             time.sleep(0.05)
         return fmt(batch)
       out["format"] = held
@@ -291,9 +293,12 @@ def test_kill9_resumes_from_last_checkpoint_with_identical_metrics(rl_runs, resu
 def test_sigterm_in_rl_saves_exits_0_and_resumes(runner, root, base, rl_runs):
   reference = rl_runs[0]
   wd = os.path.join(root, "rl_sigterm")
-  done = _preempt(runner.start(_rl_cmd(base, wd), wd), wd, "rl")
+  cmd = _rl_cmd(base, wd)
+  # Held in step 2's reward until the SIGTERM arrives (see _HELD_RUN), so it stops after step 3.
+  held = runner.start([sys.executable, "-c", _HELD_RUN, "2", wd, cmd[4], *cmd[7:]], wd)
+  done = _preempt(held, wd, "rl", after=2)
   stopped = done[-1] + 1
-  assert done == list(range(stopped)) and stopped < RL_STEPS
+  assert done == list(range(stopped)) and stopped == 3
   # The step it stopped at was saved, though checkpoint_every=2 may not have asked for it.
   assert _ckpt_steps(wd, "rl")[-1] == stopped
   assert not os.path.exists(os.path.join(wd, "DONE"))
