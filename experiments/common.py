@@ -9,7 +9,8 @@ stand-in for a pretrained base SLM (it follows the format, reasons poorly).
 
 import dataclasses
 
-from realm_jax import configs, eaai, losses, mrpv
+from realm_jax import configs
+from realm_jax.rl import eaai, losses, mrpv
 
 TINY_MRPV = mrpv.MRPVConfig(
     num_routes=2, min_positive=1, min_negative=1, all_same_share=0.2,

@@ -22,7 +22,8 @@ The untrained model scores 0/20 greedy without routes and 2/20 with them (it
 copies the routes and never writes the tags), hence the SFT stage first.
 """
 
-from realm_jax import configs, eaai, losses, mrpv
+from realm_jax import configs
+from realm_jax.rl import eaai, losses, mrpv
 
 
 def get_config() -> configs.ExperimentConfig:

@@ -7,7 +7,7 @@ from realm_jax.model import ModelConfig, forward  # noqa: E402
 
 def load_pretrained(path: str):
   """(ModelConfig, params) from a Hugging Face folder or a .gguf file."""
-  from realm_jax.pretrained import load_pretrained as _load
+  from realm_jax.model.pretrained import load_pretrained as _load
   return _load(path)
 
 

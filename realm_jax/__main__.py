@@ -1,4 +1,4 @@
-from realm_jax.cli import main
+from realm_jax.cli.main import main
 
 if __name__ == "__main__":
   main()

@@ -6,9 +6,11 @@ dataclass field types, e.g. `rl.steps=20 rl.eaai.shape=cosine model.tiny.num_lay
 
 Stages run in order when enabled: base warm-up SFT (`sft` with `stage=base`),
 guided distillation SFT (`sft`), rejection-sampling fine-tuning (`rft`),
-RL (`rl`). Each concept's own config lives with it (losses.LossConfig,
-mrpv.MRPVConfig, eaai.EAAIConfig, sampling.SamplingConfig,
-sharding.MeshConfig); this module only composes them.
+RL (`rl`). Each concept's own config lives beside its code (`model.spec.ModelSpec`,
+`data.config.DataConfig`, `train.config.SFTConfig`, `rl.config.RLConfig` and
+`RFTConfig`, `rl.losses.LossConfig`, `rl.mrpv.MRPVConfig`, `rl.eaai.EAAIConfig`,
+`evaluation.accuracy.EvalConfig`); this module only composes them
+(and re-exports them, so an experiment file imports one module).
 """
 
 from __future__ import annotations
@@ -21,158 +23,15 @@ import types
 import typing
 from typing import Any
 
-from realm_jax import eaai, losses, mrpv
-from realm_jax.model import ModelConfig
+from realm_jax.data.config import DataConfig
+from realm_jax.evaluation.accuracy import EvalConfig
+from realm_jax.model.spec import TINY_MODEL, ModelSpec
+from realm_jax.rl import eaai
+from realm_jax.rl.config import RFTConfig, RLConfig
+from realm_jax.train.config import SFTConfig
 
-TINY_MODEL = ModelConfig(vocab_size=512, num_layers=4, d_model=128, num_heads=4,
-                         num_kv_heads=2, head_dim=32, mlp_dim=384, rope_theta=10000.0,
-                         tie_embeddings=True, max_seq_len=1024)
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelSpec:
-  """Which model: `pretrained` (HF folder, .gguf, or 'smollm2') or `tiny` from scratch.
-
-  tokenizer: a tokenizer file/folder; None trains a SentencePiece model of
-  `tokenizer_vocab` pieces (digits split) on the run's corpus, or uses the
-  pretrained model's own.
-  """
-  pretrained: str | None = None
-  tiny: ModelConfig = TINY_MODEL
-  tokenizer: str | None = None
-  tokenizer_vocab: int = 512
-  dtype: str = "float32"
-  param_dtype: str = "float32"
-  remat: bool = False
-  scan_layers: bool = True  # False: unrolled layers (faster backward for shallow models)
-
-
-@dataclasses.dataclass(frozen=True)
-class DataConfig:
-  """source: `domain:NAME`, `gym:TASK`, `gsm8k:FILE`; comma-separated for a mix."""
-  source: str = "domain:tariff"
-  difficulty: int = 0
-  num_train: int = 2000
-  num_eval: int = 128
-  seed: int = 1234
-  negatives_per_question: int = 3
-  route_file: str | None = None
-  prompt_buckets: tuple[int, ...] = (128, 256, 384, 512)
-  sft_buckets: tuple[int, ...] = (128, 192, 256, 384, 512)
-
-  def __post_init__(self):
-    if self.num_train <= 0 or self.num_eval <= 0:
-      raise ValueError("data.num_train and data.num_eval must be positive")
-    if list(self.prompt_buckets) != sorted(self.prompt_buckets):
-      raise ValueError(f"data.prompt_buckets must be increasing, got {self.prompt_buckets}")
-
-
-@dataclasses.dataclass(frozen=True)
-class SFTConfig:
-  """Supervised fine-tuning on teacher CoTs (guided distillation, METHOD §4).
-
-  steps: 0 disables the stage. route_share: share of items shown with routes
-  and a gold `<verify>` block, so the student learns the MRPV format.
-  num_items: how many training items the stage sees (None: all).
-  kd_alpha/kd_temperature/kd_teacher: token-level KD mix (forward KL at
-  temperature T, weight alpha) when the teacher is a model sharing the
-  tokenizer: `kd_teacher` is a run directory whose final params teach (0 disables).
-  """
-  steps: int = 0
-  batch_size: int = 32
-  lr: float = 1e-3
-  warmup: int = 20
-  weight_decay: float = 0.01
-  grad_clip: float = 1.0
-  route_share: float = 0.5
-  num_items: int | None = None
-  kd_alpha: float = 0.0
-  kd_temperature: float = 1.0
-  kd_teacher: str | None = None  # a run directory (its final params) sharing model and tokenizer
-  microbatches: int = 1  # gradient accumulation inside the step (same loss, less memory)
-
-  def __post_init__(self):
-    if self.steps < 0 or self.batch_size <= 0:
-      raise ValueError("sft.steps must be >= 0 and sft.batch_size > 0")
-    if self.microbatches < 1 or self.batch_size % self.microbatches:
-      raise ValueError(f"sft.microbatches={self.microbatches} must divide sft.batch_size="
-                       f"{self.batch_size}")
-    if not 0.0 <= self.route_share <= 1.0:
-      raise ValueError(f"sft.route_share must be in [0, 1], got {self.route_share}")
-    if not 0.0 <= self.kd_alpha <= 1.0:
-      raise ValueError(f"sft.kd_alpha must be in [0, 1], got {self.kd_alpha}")
-
-
-@dataclasses.dataclass(frozen=True)
-class RFTConfig:
-  """Rejection-sampling fine-tuning: keep the model's own correct samples."""
-  rounds: int = 0
-  questions: int = 256
-  samples_per_question: int = 4
-  temperature: float = 1.0
-  steps_per_round: int = 100
-  batch_size: int = 32
-  lr: float = 5e-4
-
-
-@dataclasses.dataclass(frozen=True)
-class RLConfig:
-  """GRPO-family RL with MRPV routes and the EAAI schedule (METHOD §2, §3, §5).
-
-  routes: 'eaai' (scheduled by `eaai`), 'always' (CoT-synthesizer style),
-  'never' (plain GRPO). negatives: False keeps only positive routes (ablation).
-  """
-  steps: int = 0
-  batch_prompts: int = 8
-  group_size: int = 4
-  lr: float = 3e-4
-  warmup: int = 5
-  weight_decay: float = 0.0
-  grad_clip: float = 1.0
-  num_inner_updates: int = 1
-  num_minibatches: int = 1
-  microbatches: int = 1  # gradient accumulation inside each update (same loss, less memory)
-  max_new_tokens: int = 160
-  temperature: float = 1.0
-  normalize_std: bool = True
-  filter_zero_variance: bool = False
-  mask_truncated: bool = False
-  routes: str = "eaai"
-  negatives: bool = True
-  loss: losses.LossConfig = losses.LossConfig(kl_coef=0.04)
-  mrpv: mrpv.MRPVConfig = mrpv.MRPVConfig()
-  eaai: eaai.EAAIConfig = eaai.EAAIConfig()
-
-  def __post_init__(self):
-    if self.routes not in ("eaai", "always", "never"):
-      raise ValueError(f"rl.routes={self.routes!r}; choose eaai, always or never")
-    if self.group_size < 2:
-      raise ValueError(f"rl.group_size={self.group_size}: group-relative advantages need >= 2")
-    n = self.batch_prompts * self.group_size
-    if n % self.num_minibatches:
-      raise ValueError(
-          f"rl.batch_prompts*group_size={n} is not divisible by rl.num_minibatches="
-          f"{self.num_minibatches}; pick a divisor of {n}")
-    if (n // self.num_minibatches) % self.group_size:
-      raise ValueError(
-          f"each minibatch ({n // self.num_minibatches} completions) must hold whole groups of "
-          f"rl.group_size={self.group_size}; lower rl.num_minibatches")
-    if self.num_inner_updates < 1:
-      raise ValueError("rl.num_inner_updates must be >= 1")
-    if self.microbatches < 1 or (n // self.num_minibatches) % self.microbatches:
-      raise ValueError(
-          f"rl.microbatches={self.microbatches} must divide the {n // self.num_minibatches} "
-          f"completions of an update (batch_prompts*group_size/num_minibatches)")
-
-
-@dataclasses.dataclass(frozen=True)
-class EvalConfig:
-  num_questions: int = 128
-  k: int = 4
-  temperature: float = 1.0
-  max_new_tokens: int = 160
-  batch_size: int = 64
-  final_only: bool = False  # skip evaluating the run's starting point
+__all__ = ["DataConfig", "EvalConfig", "ExperimentConfig", "ModelSpec", "RFTConfig", "RLConfig",
+           "SFTConfig", "TINY_MODEL", "apply_overrides", "experiment_names", "load_experiment"]
 
 
 @dataclasses.dataclass(frozen=True)

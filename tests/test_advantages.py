@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from realm_jax import advantages
+from realm_jax.rl import advantages
 
 TOL = 1e-5
 

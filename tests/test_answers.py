@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from realm_jax.answers import extract_answer, is_equivalent, normalize_number, score_batch
+from realm_jax.data.answers import extract_answer, is_equivalent, normalize_number, score_batch
 
 
 @pytest.mark.parametrize(

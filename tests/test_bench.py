@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from realm_jax import bench
+from realm_jax.cli import bench
 from realm_jax import model as model_lib
 
 TINY = model_lib.ModelConfig(vocab_size=10, num_layers=2, d_model=4, num_heads=2, num_kv_heads=1,
@@ -101,7 +101,7 @@ def test_train_grad_fn_microbatches_equal_the_plain_cross_entropy():
 
 
 def test_even_token_reward_hand_count():
-  from realm_jax import bench_grpo
+  from realm_jax.cli import bench_grpo
   toks = np.array([[1, 2, 4, 5], [3, 3, 8, 0]])
   mask = np.array([[0, 1, 1, 1], [0, 0, 1, 1]], bool)
   # row 0: completion 2,4,5 -> 2/3 even; row 1: completion 8,0 -> 2/2
@@ -109,7 +109,7 @@ def test_even_token_reward_hand_count():
 
 
 def test_grpo_step_bench_tiny():
-  from realm_jax import bench_grpo
+  from realm_jax.cli import bench_grpo
   cfg = model_lib.ModelConfig(vocab_size=64, num_layers=1, d_model=16, num_heads=2, num_kv_heads=1,
                               head_dim=8, mlp_dim=32)
   r = bench_grpo.run_grpo_bench(cfg, repeats=2)
@@ -124,4 +124,4 @@ def test_attention_bench_times_both_forms():
   r = bench.bench_attention(TINY, 1, batch=2, length=8)
   assert r["tiled_ms"] > 0 and r["softmax_autodiff_ms"] > 0
   assert (r["rows"], r["query_blocks"], r["row_chains"], r["save_probs"]) == tuple(
-      model_lib.attention_tiling(TINY, 2, 8))
+      model_lib.attention.attention_tiling(TINY, 2, 8))

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from realm_jax import checkpoint as ck
-from realm_jax import sharding as sh
+from realm_jax.train import checkpoint as ck
+from realm_jax.train import sharding as sh
 
 
 def _state(scale=1.0):

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from realm_jax import cli
+from realm_jax.cli import main as cli
 
 
 def _run(*args, **kw):
@@ -24,7 +24,7 @@ def test_data_stats_prints_route_pool_table(capsys):
 
 
 def test_data_stats_token_lengths_with_a_tokenizer(tmp_path, capsys):
-  from realm_jax import tokenizer
+  from realm_jax.model import tokenizer
   texts = [f"Parcel {i} kg to zone B costs {3 * i} dollars." for i in range(200)]
   tokenizer.train_sentencepiece(texts, 300, out_path=str(tmp_path / "t.model"), model_type="bpe",
                                 hard_vocab_limit=False)
@@ -36,7 +36,7 @@ def test_data_stats_token_lengths_with_a_tokenizer(tmp_path, capsys):
 def test_data_routes_writes_a_pool_that_reads_back(tmp_path, capsys):
   out_file = tmp_path / "pool.jsonl"
   cli.main(["data", "routes", "domain:dosing", "--out", str(out_file), "--n", "12", "--negatives", "2"])
-  from realm_jax import teachers
+  from realm_jax.data import teachers
   pool = teachers.read_route_pool(out_file)
   assert len(pool) == 12 and all(len(ex.routes) == 3 for ex in pool)
   assert all(sum(r.positive for r in ex.routes) == 1 for ex in pool)
@@ -78,7 +78,7 @@ def test_data_routes_with_a_model_teacher(tmp_path, capsys):
   out_file = tmp_path / "model_pool.jsonl"
   cli.main(["data", "routes", "domain:tariff", "--out", str(out_file), "--n", "2", "--negatives", "1",
             "--teacher-model", "smollm2", "--samples", "1", "--max-new-tokens", "24"])
-  from realm_jax import answers, teachers
+  from realm_jax.data import answers, teachers
   pool = teachers.read_route_pool(out_file)
   model_routes = [(ex, r) for ex in pool for r in ex.routes if r.source == "model"]
   assert len(model_routes) == 2
@@ -90,7 +90,7 @@ def test_data_routes_with_a_model_teacher(tmp_path, capsys):
 
 def test_bench_and_sweep_receive_their_own_flags(monkeypatch):
   seen = {}
-  from realm_jax import bench, sweep
+  from realm_jax.cli import bench, sweep
   monkeypatch.setattr(bench, "main", lambda argv: seen.setdefault("bench", argv))
   monkeypatch.setattr(sweep, "main", lambda argv: seen.setdefault("sweep", argv) and 0)
   cli.main(["bench", "--json", "--repeats", "3"])

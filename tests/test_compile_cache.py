@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from realm_jax import compile_cache
+from realm_jax.train import compile_cache
 
 
 def test_cache_dir_from_environment(tmp_path):
@@ -49,7 +49,7 @@ def test_cli_enables_the_cache_for_compiling_commands(tmp_path):
 def test_second_process_compiles_from_the_cache(tmp_path):
   code = """
 import json, jax, jax.numpy as jnp
-from realm_jax import compile_cache
+from realm_jax.train import compile_cache
 events = []
 jax.monitoring.register_event_listener(lambda name, **kw: events.append(name))
 compile_cache.enable()

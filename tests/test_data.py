@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from realm_jax import data
-from realm_jax.tokenizer import Tokenizer
+from realm_jax.data import pipeline as data
+from realm_jax.model.tokenizer import Tokenizer
 
 
 class CharTokenizer(Tokenizer):

@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 
-from realm_jax import distributed as dist
+from realm_jax.train import distributed as dist
 
 # Runs in each of two processes (2 CPU devices each, 4 global).
 WORKER = textwrap.dedent("""
@@ -23,7 +23,7 @@ WORKER = textwrap.dedent("""
     xla_bridge._jax.make_gloo_tcp_collectives = functools.partial(
         xla_bridge._jax.make_gloo_tcp_collectives, hostname="127.0.0.1")
 
-    from realm_jax import distributed, sharding as sh
+    from realm_jax.train import distributed, sharding as sh
 
     plan = distributed.maybe_initialize()
     assert plan.mode == "explicit", plan

@@ -7,8 +7,8 @@ import re
 import numpy as np
 import pytest
 
-from realm_jax.answers import extract_answer, is_equivalent
-from realm_jax.domains import DOMAINS, ERROR_TYPES, get_domain
+from realm_jax.data.answers import extract_answer, is_equivalent
+from realm_jax.data.domains import DOMAINS, ERROR_TYPES, get_domain
 
 # ---------------------------------------------------------------- golden cases
 # Each answer is worked out by hand from the rule book in the comment.

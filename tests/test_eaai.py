@@ -9,7 +9,8 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from realm_jax import eaai, plots
+from realm_jax.rl import eaai
+from realm_jax.cli import plots
 
 TOL = 1e-5
 

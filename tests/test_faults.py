@@ -28,7 +28,7 @@ import jax
 import numpy as np
 import pytest
 
-from realm_jax import checkpoint, metrics
+from realm_jax.train import checkpoint, metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -173,9 +173,14 @@ def _sft_cmd(workdir: str) -> list[str]:
                                              "checkpoint_every=100"])
 
 
-def _preempt(proc: subprocess.Popen, wd: str, phase: str, after: int = 1) -> list[int]:
-  """SIGTERMs `proc` after `after` `phase` steps; checks it exits 0 in time; returns its steps."""
-  _wait_until(proc, lambda: len(_steps(wd, phase)) >= after, f"{after} {phase} metrics lines")
+def _preempt(proc: subprocess.Popen, wd: str, phase: str, after: int = 1,
+             held: bool = False) -> list[int]:
+  """SIGTERMs `proc` after `after` `phase` steps (with `held`: once the run is held inside
+  step `after`, see _HELD_RUN); checks it exits 0 in time; returns its steps."""
+  if held:
+    _wait_until(proc, lambda: os.path.exists(wd + ".held"), f"the hold in {phase} step {after}")
+  else:
+    _wait_until(proc, lambda: len(_steps(wd, phase)) >= after, f"{after} {phase} metrics lines")
   os.kill(proc.pid, signal.SIGTERM)
   try:
     rc = proc.wait(PREEMPT_GRACE)
@@ -211,8 +216,10 @@ def _rl_cmd(base: str, workdir: str, *extra: str) -> list[str]:
 
 
 _HELD_RUN = textwrap.dedent("""
-    import sys, time
-    from realm_jax import metrics, preemption, rewards, train
+    import os, sys, time
+    from realm_jax.train import metrics, preemption
+    from realm_jax.rl import rewards
+    from realm_jax.cli import train
 
     AFTER, WORKDIR = int(sys.argv[1]), sys.argv[2]
     real = rewards.default_scorers
@@ -223,11 +230,16 @@ _HELD_RUN = textwrap.dedent("""
       def held(batch):
         # The whole-batch call, once per step: hold the run once AFTER RL steps are logged
         # (their checkpoints finalise meanwhile in the background) until the test kills it
-        # or sends SIGTERM, which lets the step finish and the run save and exit.
+        # or sends SIGTERM, which lets the step finish and the run save and exit. On entering
+        # the hold it writes WORKDIR.held: the test signals only after it sees that marker,
+        # so the signal always lands inside step AFTER, never between steps.
         if len(batch["completions"]) > 1:
-          while (sum("loss" in r for r in metrics.read_metrics(WORKDIR, "rl")) >= AFTER
-                 and not preemption.requested()):
-            time.sleep(0.05)
+          if sum("loss" in r for r in metrics.read_metrics(WORKDIR, "rl")) >= AFTER:
+            with open(WORKDIR + ".held.tmp", "w") as f:
+              f.write("held\n")
+            os.replace(WORKDIR + ".held.tmp", WORKDIR + ".held")
+            while not preemption.requested():
+              time.sleep(0.05)
         return fmt(batch)
       out["format"] = held
       return out
@@ -247,7 +259,8 @@ def rl_runs(runner, root, base):
   # Held in step 4's reward until killed: its steps of a few tens of ms would
   # otherwise race the checkpoints' background finalisation to the end of the run.
   proc = runner.start([sys.executable, "-c", _HELD_RUN, "4", wd, cmd[4], *cmd[7:]], wd)
-  _wait_until(proc, lambda: len(_ckpt_steps(wd, "rl")) >= 2, "two finalized checkpoints")
+  _wait_until(proc, lambda: os.path.exists(wd + ".held") and len(_ckpt_steps(wd, "rl")) >= 2,
+              "the hold in step 4 and two finalized checkpoints")
   os.killpg(proc.pid, signal.SIGKILL)
   assert proc.wait(TIMEOUT) == -signal.SIGKILL
   assert not os.path.exists(os.path.join(wd, "DONE")), "the run finished before it was killed"
@@ -296,7 +309,7 @@ def test_sigterm_in_rl_saves_exits_0_and_resumes(runner, root, base, rl_runs):
   cmd = _rl_cmd(base, wd)
   # Held in step 2's reward until the SIGTERM arrives (see _HELD_RUN), so it stops after step 3.
   held = runner.start([sys.executable, "-c", _HELD_RUN, "2", wd, cmd[4], *cmd[7:]], wd)
-  done = _preempt(held, wd, "rl", after=2)
+  done = _preempt(held, wd, "rl", after=2, held=True)
   stopped = done[-1] + 1
   assert done == list(range(stopped)) and stopped == 3
   # The step it stopped at was saved, though checkpoint_every=2 may not have asked for it.
@@ -376,7 +389,8 @@ NAN_LRS = {  # rl.lr -> the error expected
 
 _FLAKY_SCORER = textwrap.dedent("""
     import json, sys
-    from realm_jax import rewards, train
+    from realm_jax.rl import rewards
+    from realm_jax.cli import train
 
     LOG = sys.argv[1]
     real = rewards.default_scorers
@@ -439,7 +453,7 @@ def test_nan_stops_naming_step_and_metric_and_saves_nothing_bad(side_runs, lr):
 
 
 def test_finite_params_check_names_phase_and_step():
-  from realm_jax import distill
+  from realm_jax.train import sft as distill
   distill.check_finite_params({"a": np.ones(3, np.float32), "b": np.zeros((), np.int32)}, 0, "rl")
   for bad in (np.inf, -np.inf, np.nan):
     params = {"a": np.ones(3, np.float32), "b": {"c": np.array([0.0, bad], np.float32)}}

@@ -18,7 +18,8 @@ from gguf import GGMLQuantizationType as QT
 from gguf import GGUFWriter
 from gguf.quants import quantize
 
-from realm_jax import gguf_import, model, pretrained
+from realm_jax.model import gguf as gguf_import, pretrained
+from realm_jax import model
 from tests.test_hf_import import ATOL, MASK, TOKENS, hf_logits, make_hf_model
 
 # HF name suffix -> llama.cpp name suffix, written out independently of the loader.

@@ -16,7 +16,8 @@ import torch
 import transformers
 from safetensors.numpy import load_file, save_file
 
-from realm_jax import hf_import, model
+from realm_jax.model import hf as hf_import
+from realm_jax import model
 
 ATOL = 1e-4  # fp32 logits policy
 

@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from realm_jax import losses
+from realm_jax.rl import losses
+from realm_jax.train import losses as train_losses
 
 LOGP_TOL = 1e-5   # fp32 policy for log-probs
 LOGIT_TOL = 1e-4  # fp32 policy for logits (and their gradients)
@@ -38,12 +39,12 @@ def test_config_validation(kwargs, match):
 def test_token_logprobs_and_entropy_golden():
   # logits [0, ln2, ln3] -> softmax [1, 2, 3] / 6.
   logits = jnp.array([[[0.0, LN2, LN3], [0.0, LN2, LN3]]])
-  logp = losses.token_logprobs(logits, jnp.array([[2, 0]]))
+  logp = train_losses.token_logprobs(logits, jnp.array([[2, 0]]))
   np.testing.assert_allclose(logp, [[math.log(0.5), math.log(1 / 6)]],
                              atol=LOGP_TOL)
   # H = -(1/6 ln 1/6 + 2/6 ln 2/6 + 3/6 ln 3/6) = 1.011404...
   h = -sum(p * math.log(p) for p in (1 / 6, 2 / 6, 3 / 6))
-  np.testing.assert_allclose(losses.token_entropy(logits), [[h, h]],
+  np.testing.assert_allclose(train_losses.token_entropy(logits), [[h, h]],
                              atol=LOGP_TOL)
 
 
@@ -55,10 +56,10 @@ def test_token_logprobs_matches_float64_numpy_and_upcasts_bf16():
   ref = z - z.max(-1, keepdims=True)
   ref = ref - np.log(np.exp(ref).sum(-1, keepdims=True))
   ref = np.take_along_axis(ref, targets[..., None], -1)[..., 0]
-  out = losses.token_logprobs(jnp.asarray(logits), jnp.asarray(targets))
+  out = train_losses.token_logprobs(jnp.asarray(logits), jnp.asarray(targets))
   assert out.dtype == jnp.float32
   np.testing.assert_allclose(out, ref, atol=LOGP_TOL)
-  out_bf16 = losses.token_logprobs(jnp.asarray(logits, jnp.bfloat16),
+  out_bf16 = train_losses.token_logprobs(jnp.asarray(logits, jnp.bfloat16),
                                    jnp.asarray(targets))
   assert out_bf16.dtype == jnp.float32
 
@@ -289,17 +290,17 @@ def test_no_gradient_through_masked_logits():
   off = ~np.asarray(mask, bool)
 
   def rl(z):
-    logp = losses.token_logprobs(z, targets)
+    logp = train_losses.token_logprobs(z, targets)
     return losses.ppo_loss(logp, old, adv, mask, cfg, ref_logp_BT=old,
-                           entropy_BT=losses.token_entropy(z))[0]
+                           entropy_BT=train_losses.token_entropy(z))[0]
 
   def sft(z):
-    return losses.sft_loss(z, targets, mask)[0]
+    return train_losses.sft_loss(z, targets, mask)[0]
 
   teacher = jnp.asarray(rng.normal(size=(2, 4, 7)), jnp.float32)
 
   def kd(z):
-    return losses.kd_loss(z, teacher, mask, 2.0)[0]
+    return train_losses.kd_loss(z, teacher, mask, 2.0)[0]
 
   for fn in (rl, sft, kd):
     g = np.asarray(jax.grad(fn)(logits))
@@ -316,7 +317,7 @@ def test_sft_loss_golden_with_prompt_masking():
   #   t2 target 1 -> nll ln 3.  loss = (ln 2 + ln 3) / 2 = ln(6) / 2.
   #   argmax is 2: t1 hit, t2 miss -> accuracy 0.5.
   logits = jnp.tile(jnp.array([0.0, LN2, LN3]), (1, 3, 1))
-  loss, m = losses.sft_loss(logits, jnp.array([[-1, 2, 1]]),
+  loss, m = train_losses.sft_loss(logits, jnp.array([[-1, 2, 1]]),
                             jnp.array([[0, 1, 1]]))
   np.testing.assert_allclose(loss, math.log(6.0) / 2, atol=LOGP_TOL)
   np.testing.assert_allclose(m["token_accuracy"], 0.5, atol=LOGP_TOL)
@@ -332,14 +333,14 @@ def test_kd_loss_golden():
   teacher = jnp.array([[[0.0, LN3]]])
   student = jnp.zeros((1, 1, 2))
   mask = jnp.ones((1, 1))
-  loss1, m1 = losses.kd_loss(student, teacher, mask, 1.0)
+  loss1, m1 = train_losses.kd_loss(student, teacher, mask, 1.0)
   kl1 = 0.25 * math.log(0.5) + 0.75 * math.log(1.5)
   np.testing.assert_allclose(loss1, kl1, atol=LOGP_TOL)
   np.testing.assert_allclose(m1["kl"], kl1, atol=LOGP_TOL)
   s3 = math.sqrt(3.0)
   p = (1 / (1 + s3), s3 / (1 + s3))
   kl2 = p[0] * math.log(2 * p[0]) + p[1] * math.log(2 * p[1])
-  loss2, m2 = losses.kd_loss(student, teacher, mask, 2.0)
+  loss2, m2 = train_losses.kd_loss(student, teacher, mask, 2.0)
   np.testing.assert_allclose(m2["kl"], kl2, atol=LOGP_TOL)
   np.testing.assert_allclose(loss2, 4.0 * kl2, atol=LOGP_TOL)
 
@@ -348,13 +349,13 @@ def test_kd_loss_invariances():
   z = jnp.asarray(np.random.default_rng(5).normal(size=(2, 3, 9)),
                   jnp.float32)
   mask = jnp.ones((2, 3))
-  loss, _ = losses.kd_loss(z, z, mask, 1.5)
+  loss, _ = train_losses.kd_loss(z, z, mask, 1.5)
   np.testing.assert_allclose(loss, 0.0, atol=LOGP_TOL)
   # The teacher is a constant.
-  g = jax.grad(lambda t: losses.kd_loss(z + 1.0 * (z > 0), t, mask)[0])(z)
+  g = jax.grad(lambda t: train_losses.kd_loss(z + 1.0 * (z > 0), t, mask)[0])(z)
   assert np.all(np.asarray(g) == 0.0)
   with pytest.raises(ValueError, match="temperature"):
-    losses.kd_loss(z, z, mask, 0.0)
+    train_losses.kd_loss(z, z, mask, 0.0)
 
 
 # -- route contrast ------------------------------------------------------------

@@ -117,7 +117,7 @@ def test_forward_rejects_non_2d_tokens():
 
 
 # ----------------------------------------------------------------------------
-# Tiled attention with a fused backward (model.causal_attention).
+# Tiled attention with a fused backward (model.attention.causal_attention).
 
 
 def _softmax_attention(q, k, v, allowed):
@@ -145,8 +145,8 @@ def test_tiled_attention_values_and_grads_equal_softmax_formula(rows, parts, cha
   def loss(attn, q, k, v):
     return jnp.sum(jnp.where(real, attn(q, k, v), 0.0) * w)
 
-  tiling = model.AttentionTiling(rows, parts, chains, save)
-  tiled = lambda q, k, v: model.causal_attention(q, k, v, allowed, tiling)
+  tiling = model.attention.AttentionTiling(rows, parts, chains, save)
+  tiled = lambda q, k, v: model.attention.causal_attention(q, k, v, allowed, tiling)
   ref = lambda q, k, v: _softmax_attention(q, k, v, allowed)
   out, want = jax.jit(tiled)(q, k, v), ref(q, k, v)
   np.testing.assert_allclose(np.asarray(out)[np.broadcast_to(real, out.shape)],
@@ -168,8 +168,8 @@ def test_tiled_attention_bf16_inputs_give_bf16_grads_close_to_fp32():
              jax.random.normal(kv, (B, T, K, H)))
   allowed = np.tril(np.ones((T, T), bool))[None].repeat(B, 0)
   for save in (False, True):
-    tiling = model.AttentionTiling(rows=1, parts=2, save_probs=save)
-    f = lambda *a: jnp.sum(model.causal_attention(*a, allowed, tiling).astype(jnp.float32) ** 2)
+    tiling = model.attention.AttentionTiling(rows=1, parts=2, save_probs=save)
+    f = lambda *a: jnp.sum(model.attention.causal_attention(*a, allowed, tiling).astype(jnp.float32) ** 2)
     g32 = jax.grad(f, argnums=(0, 1, 2))(q, k, v)
     g16 = jax.grad(f, argnums=(0, 1, 2))(*(x.astype(jnp.bfloat16) for x in (q, k, v)))
     for a, b in zip(g16, g32):
@@ -183,14 +183,14 @@ def test_attention_tiling_choices_and_config_checks():
   if jax.default_backend() == "cpu":
     # Query blocks of >= 64 slots (at most 8); rows so that [rows, 8, T / parts, T] fp32 <= 4 MiB;
     # 2 row chains; exp tiles saved when the batch's 8 heads x computed slots x 4 B <= 16 MiB.
-    assert model.attention_tiling(cfg, 32, 256) == (8, 4, 2, False)  # 32 x 8 x 40960 x 4 = 40 MiB
-    assert model.attention_tiling(cfg, 4, 256) == (4, 4, 2, True)  # 5 MiB (the benchmark's)
-    assert model.attention_tiling(cfg, 32, 100) == (8, 1, 2, True)  # 320 kB a row: 13 fit, 8 divide
-    assert model.attention_tiling(cfg, 6, 2048) == (1, 8, 1, False)  # 8 MiB a row: one at a time
+    assert model.attention.attention_tiling(cfg, 32, 256) == (8, 4, 2, False)  # 32 x 8 x 40960 x 4 = 40 MiB
+    assert model.attention.attention_tiling(cfg, 4, 256) == (4, 4, 2, True)  # 5 MiB (the benchmark's)
+    assert model.attention.attention_tiling(cfg, 32, 100) == (8, 1, 2, True)  # 320 kB a row: 13 fit, 8 divide
+    assert model.attention.attention_tiling(cfg, 6, 2048) == (1, 8, 1, False)  # 8 MiB a row: one at a time
   fixed = dataclasses.replace(cfg, attention_block_rows=3, attention_query_blocks=3,
                               attention_row_chains=3, attention_save_probs=False)
   # Clipped to divisors of 8 (rows), 10 (query blocks) and the block's 2 rows (chains).
-  assert model.attention_tiling(fixed, 8, 10) == (2, 2, 2, False)
+  assert model.attention.attention_tiling(fixed, 8, 10) == (2, 2, 2, False)
   for name in ("attention_block_rows", "attention_query_blocks", "attention_row_chains"):
     with pytest.raises(ValueError, match=f"ModelConfig.{name} must be positive"):
       dataclasses.replace(CFG, **{name: 0})
@@ -209,9 +209,9 @@ def test_head_matmul_grads_equal_autodiff_of_the_plain_dot():
   x, w = jax.random.normal(kx, (24, 16)), jax.random.normal(kw, (16, 40))
   g = jax.random.normal(kg, (24, 40))
   f = lambda mm: lambda x, w: jnp.sum(mm(x, w) * g)
-  got = jax.jit(jax.grad(f(model.head_matmul), argnums=(0, 1)))(x, w)
+  got = jax.jit(jax.grad(f(model.layers.head_matmul), argnums=(0, 1)))(x, w)
   want = jax.grad(f(jnp.dot), argnums=(0, 1))(x, w)
-  np.testing.assert_allclose(np.asarray(model.head_matmul(x, w)), np.asarray(x @ w), atol=1e-5)
+  np.testing.assert_allclose(np.asarray(model.layers.head_matmul(x, w)), np.asarray(x @ w), atol=1e-5)
   for a, b in zip(got, want):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-4, rtol=1e-5)
   np.testing.assert_allclose(np.asarray(got[1]), np.asarray(x.T @ g), atol=1e-4)  # dW = x^T g
@@ -226,9 +226,9 @@ def test_rms_norm_values_and_grads_equal_autodiff_of_the_formula(shape):
   eps = 1e-5
   formula = lambda x, w, eps: w * x / jnp.sqrt(jnp.mean(x * x, axis=-1, keepdims=True) + eps)
   f = lambda norm: lambda x, w: jnp.sum(norm(x, w, eps) * g)
-  np.testing.assert_allclose(np.asarray(model.rms_norm(x, w, eps)), np.asarray(formula(x, w, eps)),
+  np.testing.assert_allclose(np.asarray(model.layers.rms_norm(x, w, eps)), np.asarray(formula(x, w, eps)),
                              atol=1e-5, rtol=1e-5)
-  got = jax.jit(jax.grad(f(model.rms_norm), argnums=(0, 1)))(x, w)
+  got = jax.jit(jax.grad(f(model.layers.rms_norm), argnums=(0, 1)))(x, w)
   want = jax.grad(f(formula), argnums=(0, 1))(x, w)
   for a, b in zip(got, want):
     assert a.shape == b.shape

@@ -20,7 +20,7 @@ WORKER = textwrap.dedent("""
     # Cross-process CPU collectives (gloo) listen on loopback only.
     xla_bridge._jax.make_gloo_tcp_collectives = functools.partial(
         xla_bridge._jax.make_gloo_tcp_collectives, hostname="127.0.0.1")
-    from realm_jax import train
+    from realm_jax.cli import train
     train.run("grpo", sys.argv[1], sys.argv[2:])
     print("worker done", flush=True)
 """)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from realm_jax import mrpv, rewards
+from realm_jax.rl import mrpv, rewards
 
 TOL = 1e-6
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from realm_jax import model as model_lib
-from realm_jax import sampling
+from realm_jax.model import sampling
 
 # Large init so logits are well separated (no near-ties in argmax / supports).
 CFG = model_lib.ModelConfig(vocab_size=61, num_layers=2, d_model=32, num_heads=4, num_kv_heads=2,
@@ -388,7 +388,7 @@ def test_compiled_once_per_shape(params):
 
 def test_sharded_rollout_equals_single_device(params):
   """The mesh rollout (explicit in/out shardings) gives the single-device numbers."""
-  from realm_jax import sharding as sh
+  from realm_jax.train import sharding as sh
   assert jax.device_count() >= 8, "the suite runs with 8 fake CPU devices (tests/conftest.py)"
   # vocab 61 is prime, so no tensor axis here; data x fsdp splits the 4 prompts.
   mesh = sh.make_mesh(sh.MeshConfig(data=2, fsdp=2, tensor=1), jax.devices()[:4])

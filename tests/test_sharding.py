@@ -8,7 +8,8 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from realm_jax import model
-from realm_jax import sharding as sh
+from realm_jax.train import sharding as sh
+from realm_jax.rl import step as rl_step
 
 TOL = 1e-5  # fp32 policy
 
@@ -193,7 +194,8 @@ def test_compiled_memory_estimate_golden_and_check_fits():
 def test_sharded_microbatched_rl_step_matches_single_device_one_pass(shape):
   """Strided microbatches of a batch sharded over the data axes: same update as
   the unsharded step without microbatches."""
-  from realm_jax import losses, train_step
+  from realm_jax.rl import losses
+  from realm_jax.train import step as train_step
   params = model.init_params(CFG, jax.random.key(2))
   tokens, mask = _batch()
   rng = np.random.default_rng(2)
@@ -203,12 +205,12 @@ def test_sharded_microbatched_rl_step_matches_single_device_one_pass(shape):
            "adv": jnp.asarray(rng.normal(size=8), jnp.float32)}
   opt = optax.sgd(1.0)
   loss_cfg = losses.LossConfig(kl_coef=0.04)
-  step = train_step.make_rl_step(CFG, opt, loss_cfg, completion_len=6)
+  step = rl_step.make_rl_step(CFG, opt, loss_cfg, completion_len=6)
   want, want_m = step(train_step.init_state(jax.tree.map(jnp.copy, params), opt), batch)
 
   mesh = sh.make_mesh(sh.MeshConfig(*shape))
   state, shardings = train_step.shard_state(train_step.init_state(params, opt), opt, CFG, mesh)
-  step_sh = train_step.make_rl_step(CFG, opt, loss_cfg, shardings=shardings, completion_len=6,
+  step_sh = rl_step.make_rl_step(CFG, opt, loss_cfg, shardings=shardings, completion_len=6,
                                     microbatches=2)
   with sh.use_mesh(mesh):
     got, got_m = step_sh(state, {k: sh.put(v, shardings.batch) for k, v in batch.items()})

@@ -11,7 +11,8 @@ import pytest
 import torch
 import transformers
 
-from realm_jax import gguf_import, model, pretrained, sampling
+from realm_jax.model import gguf as gguf_import, pretrained, sampling
+from realm_jax import model
 
 PATH = gguf_import.smollm2_gguf_path()
 SENTENCES = ['What is the capital of France?', 'Hello world, café  naïve 123 + 4567!',

@@ -15,8 +15,16 @@ import os
 import numpy as np
 import pytest
 
-from realm_jax import configs, corpus, data as data_lib, evaluate, gguf_import, metrics, mrpv
-from realm_jax import pretrained, rl_loop, train
+from realm_jax import configs
+from realm_jax.rl import corpus, mrpv
+from realm_jax.data import pipeline as data_lib
+from realm_jax.cli import evaluate
+from realm_jax.model import gguf as gguf_import
+from realm_jax.train import metrics
+from realm_jax.model import pretrained
+from realm_jax.rl import loop as rl_loop
+from realm_jax.cli import train
+from realm_jax.evaluation import accuracy
 
 EXPERIMENT = "realm_r1_smollm2"
 SMOKE = [
@@ -151,7 +159,7 @@ def test_smoke_run_trains_saves_and_evaluates(smoke_run, monkeypatch):
 
 def test_wilson_bounds_at_zero_accuracy_are_exact():
   # The untrained 135M model scores 0 here; p = 0 gives [0, z^2/n / (1 + z^2/n)] exactly.
-  lo, hi = evaluate.wilson_interval(0, 20)
+  lo, hi = accuracy.wilson_interval(0, 20)
   assert lo == 0.0 and hi == pytest.approx(3.8416 / 20 / (1 + 3.8416 / 20), abs=1e-12)
-  lo, hi = evaluate.wilson_interval(20, 20)
+  lo, hi = accuracy.wilson_interval(20, 20)
   assert hi == 1.0 and lo == pytest.approx(1 - 3.8416 / 20 / (1 + 3.8416 / 20), abs=1e-12)

@@ -5,8 +5,8 @@ import pathlib
 
 import pytest
 
-from realm_jax.records import Example
-from realm_jax.sources import (
+from realm_jax.data.records import Example
+from realm_jax.data.sources import (
     DataFormatError,
     domain_examples,
     gym_score,

@@ -8,7 +8,7 @@ import matplotlib.image
 import pytest
 
 from realm_jax import configs
-from realm_jax import sweep as sw
+from realm_jax.cli import sweep as sw
 
 SWEEP_FILE = Path(__file__).resolve().parents[1] / "experiments" / "sweeps" / "tiny_lr.py"
 

@@ -6,10 +6,10 @@ import pathlib
 import numpy as np
 import pytest
 
-from realm_jax.domains import get_domain
-from realm_jax.records import Example, Route
-from realm_jax.sources import DataFormatError, read_gsm8k_jsonl
-from realm_jax.teachers import (
+from realm_jax.data.domains import get_domain
+from realm_jax.data.records import Example, Route
+from realm_jax.data.sources import DataFormatError, read_gsm8k_jsonl
+from realm_jax.data.teachers import (
     domain_teacher,
     file_teacher,
     model_teacher,

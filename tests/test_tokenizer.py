@@ -9,7 +9,7 @@ import pytest
 import tokenizers
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
-from realm_jax import tokenizer as tk
+from realm_jax.model import tokenizer as tk
 
 WORDS = ('the of and to in is was for on that with as by at from his it an were are which this '
          'be has or had first one their its new after who they two her she been other when time '

@@ -7,7 +7,10 @@ import os
 import numpy as np
 import pytest
 
-from realm_jax import configs, evaluate, metrics, train
+from realm_jax import configs
+from realm_jax.cli import evaluate, train
+from realm_jax.train import metrics
+from realm_jax.evaluation import accuracy
 
 # A micro model and micro stages: each experiment runs its real code path in seconds.
 MICRO = [
@@ -132,16 +135,17 @@ def test_nan_stops_the_run_naming_step_and_metric(micro_base, tmp_path):
 
 
 def test_wilson_interval_and_majority_vote_by_hand():
-  lo, hi = evaluate.wilson_interval(8, 10)
+  lo, hi = accuracy.wilson_interval(8, 10)
   # p=0.8, n=10, z=1.96: centre=(0.8+0.19208)/1.38416=0.71674, half=0.22646...
   assert lo == pytest.approx(0.4902, abs=1e-3) and hi == pytest.approx(0.9433, abs=1e-3)
-  assert evaluate.majority_vote(["12", "12.0", "$13", None, "13"]) == "12"
-  assert evaluate.majority_vote([None, None]) is None
+  assert accuracy.majority_vote(["12", "12.0", "$13", None, "13"]) == "12"
+  assert accuracy.majority_vote([None, None]) is None
 
 
 def test_route_prompt_shares_context_and_labels():
-  from realm_jax import corpus, domains
-  from realm_jax.teachers import domain_teacher
+  from realm_jax.rl import corpus
+  from realm_jax.data import domains
+  from realm_jax.data.teachers import domain_teacher
   d = domains.get_domain("tariff")
   ex = domain_teacher(d, d.generate(0, 1, 0), np.random.default_rng(0), 3)[0]
   cfg = configs.load_experiment("demo").rl.mrpv
@@ -201,7 +205,7 @@ def test_guided_distillation_with_token_level_kd(micro_base, tmp_path):
 
 
 def test_rft_update_batch_uses_the_few_correct_samples_a_weak_model_finds():
-  from realm_jax import rft
+  from realm_jax.rl import rft
   assert rft.update_batch_size(100, 32) == 32
   assert rft.update_batch_size(25, 32) == 25          # all 25 pairs, one batch
   assert rft.update_batch_size(25, 32, 2) == 24       # every process gets the same share

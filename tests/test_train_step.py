@@ -6,7 +6,10 @@ import numpy as np
 import optax
 import pytest
 
-from realm_jax import losses, model, train_step
+from realm_jax.rl import losses
+from realm_jax import model
+from realm_jax.train import step as train_step
+from realm_jax.rl import step as rl_step
 
 CFG = model.ModelConfig(vocab_size=40, num_layers=2, d_model=16, num_heads=2, num_kv_heads=1,
                         head_dim=8, mlp_dim=32)
@@ -64,9 +67,9 @@ def test_rl_loss_and_gradients_do_not_depend_on_completion_only_logits():
   batch = {"tokens": tokens, "mask": mask, "completion_mask": cmask, "ref_logp": ref,
            "adv": jnp.asarray(rng.normal(size=4), jnp.float32)}
   cfg = losses.LossConfig(kl_coef=0.04, entropy_coef=0.01)
-  grad = jax.value_and_grad(train_step.rl_loss, has_aux=True)
-  (l_full, m_full), g_full = grad(params, batch, CFG, cfg, 0.0, 0.1)
-  (l_part, m_part), g_part = grad(params, batch, CFG, cfg, 0.0, 0.1, 4)
+  grad = jax.value_and_grad(rl_step.policy_loss, has_aux=True)
+  (l_full, m_full), g_full = grad(params, batch, CFG, cfg)
+  (l_part, m_part), g_part = grad(params, batch, CFG, cfg, 4)
   assert float(l_part) == pytest.approx(float(l_full), abs=1e-6)
   for k in ("entropy", "kl_k3", "ratio_mean"):
     assert float(m_part[k]) == pytest.approx(float(m_full[k]), abs=1e-6), k
@@ -83,7 +86,7 @@ def test_rl_step_with_zero_advantage_and_reference_equal_policy_changes_nothing(
   ref = train_step.token_logprobs(params, CFG, tokens, mask)
   batch = {"tokens": tokens, "mask": mask, "completion_mask": cmask, "ref_logp": ref,
            "adv": jnp.zeros(4)}
-  step = train_step.make_rl_step(CFG, opt, losses.LossConfig(kl_coef=0.1))
+  step = rl_step.make_rl_step(CFG, opt, losses.LossConfig(kl_coef=0.1))
   new_state, m = step(state, batch)
   # (Params may still move: Adam rescales float-noise gradients, so the check is the gradient.)
   assert float(m["grad_norm"]) == pytest.approx(0.0, abs=1e-6)
@@ -100,7 +103,7 @@ def test_rl_step_raises_logprob_of_positively_rewarded_completion():
   adv = jnp.array([1.0, -1.0, 0.0, 0.0])
   lp0 = train_step.token_logprobs(params, CFG, tokens, mask)
   batch = {"tokens": tokens, "mask": mask, "completion_mask": cmask, "ref_logp": lp0, "adv": adv}
-  step = train_step.make_rl_step(CFG, opt, losses.LossConfig())
+  step = rl_step.make_rl_step(CFG, opt, losses.LossConfig())
   new_state, _ = step(state, batch)
   lp1 = train_step.token_logprobs(new_state.params, CFG, tokens, mask)
   seq = lambda lp, i: float(jnp.sum(lp[i] * cmask[i, 1:]))
@@ -150,7 +153,7 @@ def test_rl_step_microbatches_equal_one_pass(aggregation):
   batch = _uneven_rl_batch(5)
   loss_cfg = losses.LossConfig(kl_coef=0.04, entropy_coef=0.01, aggregation=aggregation,
                                max_len=6, clip_low=0.1, clip_high=0.1)
-  make = lambda opt, **kw: train_step.make_rl_step(CFG, opt, loss_cfg, completion_len=6, **kw)
+  make = lambda opt, **kw: rl_step.make_rl_step(CFG, opt, loss_cfg, completion_len=6, **kw)
   d1, m1 = _sgd_step(make, params, batch)
   for n in (2, 4):
     dn, mn = _sgd_step(make, params, batch, microbatches=n)
@@ -172,7 +175,7 @@ def test_rl_step_microbatches_with_the_contrast_term():
                route_ref_logp=jnp.asarray(rng.normal(-10, 1, (B, K)), jnp.float32),
                route_labels=jnp.asarray([[True, False]] * B),
                route_valid=jnp.asarray([[True, True]] * 3 + [[True, False]]))
-  make = lambda opt, **kw: train_step.make_rl_step(CFG, opt, losses.LossConfig(kl_coef=0.04),
+  make = lambda opt, **kw: rl_step.make_rl_step(CFG, opt, losses.LossConfig(kl_coef=0.04),
                                                    contrast_coef=0.5, completion_len=6, **kw)
   d1, m1 = _sgd_step(make, params, batch)
   d4, m4 = _sgd_step(make, params, batch, microbatches=4)
@@ -234,9 +237,9 @@ def test_microbatches_over_unrolled_layers_equal_one_pass():
           == jax.tree.structure(params))
   batch = _uneven_rl_batch(10)
   loss_cfg = losses.LossConfig(kl_coef=0.04)
-  d1, m1 = _sgd_step(lambda opt, **kw: train_step.make_rl_step(
+  d1, m1 = _sgd_step(lambda opt, **kw: rl_step.make_rl_step(
       CFG, opt, loss_cfg, completion_len=6, **kw), params, batch)
-  d4, m4 = _sgd_step(lambda opt, **kw: train_step.make_rl_step(
+  d4, m4 = _sgd_step(lambda opt, **kw: rl_step.make_rl_step(
       cfg_u, opt, loss_cfg, completion_len=6, **kw), params, batch, microbatches=4)
   assert jax.tree.structure(d4) == jax.tree.structure(d1)
   for a, b in zip(jax.tree.leaves(d4), jax.tree.leaves(d1)):

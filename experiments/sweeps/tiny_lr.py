@@ -6,7 +6,7 @@
 Results land in runs/sweeps/tiny_lr/results.{csv,md,png}.
 """
 
-from realm_jax.sweep import Sweep
+from realm_jax.cli.sweep import Sweep
 
 
 def get_sweep() -> Sweep:

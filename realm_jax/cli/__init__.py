@@ -1,0 +1,1 @@
+"""Command-line entry points: `realm-jax train / eval / generate / data / bench / sweep`."""

@@ -1,0 +1,333 @@
+"""`realm-jax bench`: sampler and training-step throughput, and this machine's matmul peak.
+
+Workload (the same as the peer harnesses in the project's peers/ folder): a
+Llama-family model with random weights (vocab 8192, 4 layers, d_model 256, 8
+query / 4 kv heads, head dim 32, MLP 1024, untied head, fp32), and
+
+- sampling: 32 prompts x 64 random prompt tokens, 128 new tokens, temperature
+  1, no top-k/top-p, no stop ids (every row generates all 128 tokens).
+  Generated tokens/s = 32 * 128 / wall time of one `generate` call (prefill +
+  decode loop + copying the tokens to the host).
+- training: one jitted forward + backward (mean token cross-entropy and its
+  gradients, no optimizer) on 32 x 256 tokens (8192 tokens; an RL rollout of
+  the GRPO benchmark is 64 + 128 = 192 tokens, padded here to 256).
+- peak: jit'd fp32 square matmuls (1024, 2048), best of the repeats, measured
+  before the workloads and again after them; the best of both is the peak.
+
+Compile time is excluded (one warm-up call, reported separately); timings
+are medians over `repeats` calls.
+
+FLOP counts (useful work, causal; the embedding lookup is a gather, not a matmul):
+
+    P_mm          = L (D N H + 2 D K H + N H D + 3 D F) + D V     matmul weights incl. lm_head
+    attn(pairs)   = 4 N H L * pairs     QK^T and PV, 2 FLOPs per multiply-add
+    causal(a, b)  = sum_{t=a+1..b} t    (query, key) pairs of positions a..b-1 over keys 0..t
+
+    sampling prefill = B [2 (P_mm - D V) T + 2 D V + attn(causal(0, T))]   (last slot's logits)
+    sampling decode  = B [2 P_mm (M - 1) + attn(causal(T, T + M - 1))]     (M - 1 tokens fed back)
+    training step    = B [6 P_mm T + 3 attn(causal(0, T))]                (backward = 2x forward)
+
+Fractions of peak are achieved FLOP/s over the best measured matmul FLOP/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import statistics
+import time
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from realm_jax import model as model_lib
+from realm_jax.model import sampling
+
+BENCH_MODEL = model_lib.ModelConfig(
+    vocab_size=8192, num_layers=4, d_model=256, num_heads=8, num_kv_heads=4, head_dim=32,
+    mlp_dim=1024, family="llama", rope_theta=10000.0, rms_eps=1e-5, tie_embeddings=False,
+    param_dtype="float32", dtype="float32", init_std=0.02,
+    scan_layers=False)  # an implementation choice, not part of the fixed model: 4 layers unroll
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchShape:
+  """Workload sizes; the defaults are the project's fixed benchmark."""
+  sample_batch: int = 32
+  prompt_len: int = 64
+  new_tokens: int = 128
+  train_batch: int = 32
+  train_len: int = 256
+  # Gradient accumulation inside the step (train_step.accumulate_grads); same loss and
+  # gradients for any count. 8 measured 1-4% faster than 4 and than 16 here (A/B, same sitting).
+  train_microbatches: int = 8
+  matmul_sizes: tuple[int, ...] = (1024, 2048)
+
+  def __post_init__(self):
+    for f in dataclasses.fields(self):
+      v = getattr(self, f.name)
+      if any(int(x) < 1 for x in (v if isinstance(v, tuple) else (v,))):
+        raise ValueError(f"BenchShape.{f.name} must be positive, got {v!r}")
+    if self.train_batch % self.train_microbatches:
+      raise ValueError(f"BenchShape.train_microbatches={self.train_microbatches} must divide "
+                       f"train_batch={self.train_batch}")
+    if self.new_tokens < 2:
+      raise ValueError(f"BenchShape.new_tokens must be >= 2 (decode steps), got {self.new_tokens}")
+
+
+# ----------------------------------------------------------------------------
+# FLOP counts (see the module docstring).
+
+
+def matmul_params(cfg: model_lib.ModelConfig) -> int:
+  """P_mm: weights that multiply activations per token, lm_head included (biases not)."""
+  D, N, K, H, F, V = (cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.mlp_dim,
+                      cfg.vocab_size)
+  return cfg.num_layers * (D * N * H + 2 * D * K * H + N * H * D + 3 * D * F) + D * V
+
+
+def causal_pairs(start: int, end: int) -> int:
+  """(query, key) pairs when positions start..end-1 each attend keys 0..t."""
+  return sum(t + 1 for t in range(start, end))
+
+
+def attention_flops(cfg: model_lib.ModelConfig, pairs: int) -> int:
+  return 4 * cfg.num_heads * cfg.head_dim * cfg.num_layers * pairs
+
+
+def sampling_flops(cfg: model_lib.ModelConfig, B: int, T: int, M: int) -> dict[str, int]:
+  DV = cfg.d_model * cfg.vocab_size
+  P = matmul_params(cfg)
+  prefill = B * (2 * (P - DV) * T + 2 * DV + attention_flops(cfg, causal_pairs(0, T)))
+  decode = B * (2 * P * (M - 1) + attention_flops(cfg, causal_pairs(T, T + M - 1)))
+  return {"prefill": prefill, "decode": decode, "total": prefill + decode}
+
+
+def train_flops(cfg: model_lib.ModelConfig, B: int, T: int) -> int:
+  return B * (6 * matmul_params(cfg) * T + 3 * attention_flops(cfg, causal_pairs(0, T)))
+
+
+# ----------------------------------------------------------------------------
+# Timing.
+
+
+def _timed(fn: Callable[[], object], repeats: int) -> tuple[float, list[float]]:
+  """(first call incl. compile, [repeats timed calls]); each call blocks on its result."""
+  t0 = time.perf_counter()
+  jax.block_until_ready(fn())
+  first = time.perf_counter() - t0
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - t0)
+  return first, times
+
+
+def bench_matmul(sizes: tuple[int, ...], repeats: int) -> dict:
+  mm = jax.jit(lambda a, b: a @ b)
+  out = {}
+  for n in sizes:
+    ka, kb = jax.random.split(jax.random.key(n))
+    a = jax.random.normal(ka, (n, n), jnp.float32)
+    b = jax.random.normal(kb, (n, n), jnp.float32)
+    _, times = _timed(lambda: mm(a, b), max(repeats, 3))
+    out[str(n)] = {"best_s": min(times), "gflops": 2 * n ** 3 / min(times) / 1e9}
+  out["peak_gflops"] = max(v["gflops"] for v in out.values())
+  return out
+
+
+def _summary(first: float, times: list[float], flops: int, peak_gflops: float) -> dict:
+  med = statistics.median(times)
+  return {"first_call_s": first, "times_s": times, "median_s": med,
+          "spread_s": max(times) - min(times), "gflops": flops / med / 1e9,
+          "frac_of_peak": flops / med / 1e9 / peak_gflops}
+
+
+def bench_sampling(cfg: model_lib.ModelConfig, params, shape: BenchShape, repeats: int,
+                   peak_gflops: float) -> dict:
+  B, T, M = shape.sample_batch, shape.prompt_len, shape.new_tokens
+  rng = np.random.default_rng(0)
+  tokens = jnp.asarray(rng.integers(1, cfg.vocab_size, (B, T)), jnp.int32)
+  mask = jnp.ones((B, T), bool)
+  scfg = sampling.SamplingConfig(max_new_tokens=M, temperature=1.0)
+  fn = sampling.make_generate_fn(cfg, scfg)
+  calls = iter(range(10 ** 9))
+
+  def run():
+    roll = fn(params, tokens, mask, jax.random.key(next(calls)))
+    lengths = np.asarray(roll.lengths)
+    np.asarray(roll.tokens)  # to host, as a caller that decodes text would
+    if not np.all(lengths == M):
+      raise RuntimeError(f"bench sampler stopped early: lengths {sorted(set(lengths.tolist()))}")
+    return roll
+
+  first, times = _timed(run, repeats)
+  flops = sampling_flops(cfg, B, T, M)
+  out = {"batch": B, "prompt_len": T, "new_tokens": M, "temperature": 1.0,
+         "generated_tokens": B * M, **_summary(first, times, flops["total"], peak_gflops)}
+  out["tokens_per_s"] = B * M / out["median_s"]
+  out["flops"] = flops
+  # Prefill alone (one sampled token, no decode step) splits the time.
+  pre = sampling.make_generate_fn(cfg, dataclasses.replace(scfg, max_new_tokens=1))
+  _, pre_times = _timed(lambda: pre(params, tokens, mask, jax.random.key(0)).tokens, repeats)
+  out["prefill_median_s"] = statistics.median(pre_times)
+  out["decode_step_ms"] = 1e3 * (out["median_s"] - out["prefill_median_s"]) / (M - 1)
+  return out
+
+
+def make_train_grad_fn(cfg: model_lib.ModelConfig, microbatches: int = 1):
+  """Jitted (loss, grads) of the mean next-token cross-entropy on tokens [B, T + 1],
+  accumulated over `microbatches` equal microbatches (every token counts, so
+  equal weights give exactly the one-pass loss and gradient)."""
+  from realm_jax.train import step as train_step
+
+  def loss_fn(params, tokens):
+    logits = model_lib.apply(params, cfg, tokens[:, :-1])[0].astype(jnp.float32)
+    target = jnp.take_along_axis(logits, tokens[:, 1:, None], axis=-1)[..., 0]
+    return jnp.mean(jax.nn.logsumexp(logits, axis=-1) - target), {}  # -log softmax(l)[target]
+
+  def fn(params, tokens):
+    w = jnp.full((microbatches,), 1.0 / microbatches)
+    loss, _, grads = train_step.accumulate_grads(loss_fn, params, tokens, microbatches, w, w,
+                                                 layer_list=not cfg.scan_layers)
+    return loss, grads
+
+  return jax.jit(fn)
+
+
+def bench_train(cfg: model_lib.ModelConfig, params, shape: BenchShape, repeats: int,
+                peak_gflops: float) -> dict:
+  B, T = shape.train_batch, shape.train_len
+  tokens = jnp.asarray(np.random.default_rng(1).integers(0, cfg.vocab_size, (B, T + 1)), jnp.int32)
+  step = make_train_grad_fn(cfg, shape.train_microbatches)
+  first, times = _timed(lambda: step(params, tokens), repeats)
+  flops = train_flops(cfg, B, T)
+  out = {"batch": B, "seq_len": T, "tokens": B * T, "microbatches": shape.train_microbatches,
+         **_summary(first, times, flops, peak_gflops)}
+  out["tokens_per_s"] = B * T / out["median_s"]
+  out["flops"] = flops
+  return out
+
+
+def bench_attention(cfg: model_lib.ModelConfig, repeats: int, batch: int = 8,
+                    length: int = 256) -> dict:
+  """Forward + backward of one layer's attention core on a training microbatch:
+  `model.attention.causal_attention` (automatic tiling) against autodiff of the plain
+  masked-softmax formula, medians in ms."""
+  K, g, H = cfg.num_kv_heads, cfg.num_heads // cfg.num_kv_heads, cfg.head_dim
+  kq, kk, kv = jax.random.split(jax.random.key(2), 3)
+  q = jax.random.normal(kq, (batch, length, K, g, H))
+  k, v = jax.random.normal(kk, (batch, length, K, H)), jax.random.normal(kv, (batch, length, K, H))
+  allowed = jnp.tril(jnp.ones((length, length), bool))[None].repeat(batch, 0)
+  tiling = model_lib.attention.attention_tiling(cfg, batch, length)
+
+  def plain(q, k, v):
+    logits = jnp.einsum("BTKgH,BSKH->BKTgS", q, k) / np.sqrt(H)
+    logits = jnp.where(allowed[:, None, :, None], logits, -1e30)
+    return jnp.einsum("BKTgS,BSKH->BKTgH", jax.nn.softmax(logits, axis=-1), v)
+
+  out = {"batch": batch, "length": length, "rows": tiling.rows, "query_blocks": tiling.parts,
+         "row_chains": tiling.chains, "save_probs": tiling.save_probs}
+  for name, attn in [("tiled", lambda q, k, v: model_lib.attention.causal_attention(q, k, v, allowed,
+                                                                          tiling)),
+                     ("softmax_autodiff", plain)]:
+    step = jax.jit(jax.grad(lambda q, k, v: jnp.sum(attn(q, k, v) ** 2), argnums=(0, 1, 2)))
+    _, times = _timed(lambda: step(q, k, v), max(repeats, 5))
+    out[f"{name}_ms"] = 1e3 * statistics.median(times)
+  return out
+
+
+def default_extra_benchmarks() -> dict[str, Callable[[int], dict]]:
+  """Extra timings run by `main`: name -> fn(repeats) returning a JSON-able dict."""
+  from realm_jax.cli import bench_grpo
+  return {"grpo_step": lambda repeats: bench_grpo.run_grpo_bench(BENCH_MODEL, repeats),
+          "attention_fwd_bwd": lambda repeats: bench_attention(BENCH_MODEL, repeats)}
+
+
+def run_bench(repeats: int = 5, *, model_cfg: model_lib.ModelConfig = BENCH_MODEL,
+              shape: BenchShape = BenchShape(),
+              extra_benchmarks: dict[str, Callable[[int], dict]] | None = None) -> dict:
+  """Run every benchmark once; returns a JSON-able dict (see `format_report`)."""
+  if repeats < 1:
+    raise ValueError(f"repeats must be >= 1, got {repeats}")
+  params = jax.jit(model_lib.init_params, static_argnums=0)(model_cfg, jax.random.key(0))
+  result = {
+      "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
+                  "backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
+                  "jax": jax.__version__, "XLA_FLAGS": os.environ.get("XLA_FLAGS", "")},
+      "model": {**dataclasses.asdict(model_cfg), "params": model_cfg.num_params,
+                "matmul_params": matmul_params(model_cfg)},
+      "repeats": repeats,
+  }
+  before = bench_matmul(shape.matmul_sizes, repeats)
+  result["sampling"] = bench_sampling(model_cfg, params, shape, repeats, before["peak_gflops"])
+  result["train"] = bench_train(model_cfg, params, shape, repeats, before["peak_gflops"])
+  # The yardstick is the best matmul rate seen before *and* after the workloads: a machine
+  # whose speed drifts (shared hosts) cannot flatter the fractions with a slow peak reading.
+  after = bench_matmul(shape.matmul_sizes, repeats)
+  result["matmul"] = {n: max(before[n], after[n], key=lambda v: v["gflops"])
+                      for n in before if n != "peak_gflops"}
+  result["matmul"]["peak_gflops"] = peak = max(before["peak_gflops"], after["peak_gflops"])
+  result["matmul"]["before_after_gflops"] = [before["peak_gflops"], after["peak_gflops"]]
+  for part in ("sampling", "train"):
+    result[part]["frac_of_peak"] = result[part]["gflops"] / peak
+  result["extra"] = {name: fn(repeats) for name, fn in (extra_benchmarks or {}).items()}
+  return result
+
+
+def format_report(r: dict) -> str:
+  s, t, mm = r["sampling"], r["train"], r["matmul"]
+  m = r["model"]
+  lines = [
+      f"model: {m['family']} V={m['vocab_size']} L={m['num_layers']} D={m['d_model']} "
+      f"N={m['num_heads']} K={m['num_kv_heads']} H={m['head_dim']} F={m['mlp_dim']} "
+      f"{m['dtype']}, {m['params'] / 1e6:.2f}M params ({m['matmul_params'] / 1e6:.2f}M in matmuls)",
+      f"machine: {r['machine']['cpu_count']} CPUs, jax {r['machine']['jax']} "
+      f"({r['machine']['backend']}), median of {r['repeats']}",
+      "matmul peak (best of before and after the workloads): "
+      + ", ".join(f"{n}^3 {v['gflops']:.0f}" for n, v in mm.items() if n.isdigit())
+      + f" GFLOP/s -> {mm['peak_gflops']:.0f}"
+      + (" (before {:.0f}, after {:.0f})".format(*mm["before_after_gflops"])
+         if "before_after_gflops" in mm else ""),
+      f"sampling {s['batch']}x{s['prompt_len']} +{s['new_tokens']} T=1: "
+      f"{s['tokens_per_s']:,.0f} gen tok/s ({s['median_s']:.3f} s/call, "
+      f"spread {s['spread_s']:.3f}; "
+      f"prefill {s['prefill_median_s'] * 1e3:.0f} ms, decode {s['decode_step_ms']:.2f} ms/step), "
+      f"{s['gflops']:.0f} GFLOP/s = {100 * s['frac_of_peak']:.0f}% of peak",
+      f"train fwd+bwd {t['batch']}x{t['seq_len']}: {t['tokens_per_s']:,.0f} tok/s "
+      f"({t['median_s']:.3f} s/step, spread {t['spread_s']:.3f}), "
+      f"{t['gflops']:.0f} GFLOP/s = {100 * t['frac_of_peak']:.0f}% of peak",
+      f"compile/first call: sampling {s['first_call_s']:.1f} s, train {t['first_call_s']:.1f} s",
+  ]
+  g = r.get("extra", {}).get("grpo_step")
+  if g:
+    phases = ", ".join(f"{k} {v:.2f}" for k, v in g["phase_median_s"].items())
+    lines.append(f"GRPO step 8x4 prompts, 64+128 tokens, beta 0.04, 1 AdamW update: "
+                 f"{g['median_step_s']:.2f} s/step ({phases} s), "
+                 f"{g['completion_tokens_per_s']:,.0f} completion tok/s")
+  for name, res in r.get("extra", {}).items():
+    if name != "grpo_step":
+      lines.append(f"{name}: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                           for k, v in res.items()))
+  return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+  ap = argparse.ArgumentParser(prog="realm-jax bench", description=__doc__.splitlines()[0])
+  ap.add_argument("--json", action="store_true", help="print the result as JSON")
+  ap.add_argument("--repeats", type=int, default=5, help="timed calls per benchmark (median)")
+  ap.add_argument("--out", default=None, help="also write the JSON result to this file")
+  args = ap.parse_args(argv)
+  result = run_bench(args.repeats, extra_benchmarks=default_extra_benchmarks())
+  text = json.dumps(result, indent=2)
+  if args.out:
+    with open(args.out, "w") as f:
+      f.write(text + "\n")
+  print(text if args.json else format_report(result))
+  return result

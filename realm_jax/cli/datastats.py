@@ -1,0 +1,87 @@
+"""`realm-jax data stats|routes`: route pools of a source, their statistics, token lengths."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from realm_jax.rl import corpus
+from realm_jax.data import sources, teachers
+from realm_jax.data.config import DataConfig
+from realm_jax.data.records import Example
+from realm_jax.train import generation
+
+
+def examples_with_routes(source: str, n: int, seed: int, difficulty: int, negatives: int = 3,
+                         route_file: str | None = None) -> list[Example]:
+  """A source's examples with labelled route pools (`routes:FILE` reads a written pool)."""
+  if source.startswith("routes:"):
+    return teachers.read_route_pool(source.split(":", 1)[1])
+  examples = sources.load_source(source, n, seed, difficulty)
+  cfg = DataConfig(source=source, negatives_per_question=negatives)
+  examples = corpus._with_routes(examples, source, cfg, seed)
+  if route_file:
+    examples = teachers.file_teacher(route_file, examples)
+  return examples
+
+
+def stats_table(examples: list[Example], tokenizer=None) -> str:
+  s = teachers.route_pool_stats(examples)
+  rows = [("items", s["items"]), ("items with a positive route", s["items_with_positive"]),
+          ("items with a negative route", s["items_with_negative"]), ("routes", s["routes"]),
+          ("positive routes", f"{s['positive']} ({s['positive_share']:.1%})"),
+          ("negative routes", f"{s['negative']} ({s['negative_share']:.1%})")]
+  rows += [(f"  negatives: {e}", f"{share:.1%}") for e, share in s["error_share"].items()]
+  rows += [(f"  source: {src}", f"{share:.1%}") for src, share in s["source_share"].items()]
+  if tokenizer is not None and examples:
+    for name, texts in (("question tokens", [ex.question for ex in examples]),
+                        ("CoT tokens", [ex.cot or "" for ex in examples]),
+                        ("route tokens", [r.text for ex in examples for r in ex.routes])):
+      if texts:
+        lens = np.array([len(tokenizer.encode(t)) for t in texts])
+        rows.append((f"{name} min/median/max", f"{lens.min()}/{int(np.median(lens))}/{lens.max()}"))
+  width = max(len(r[0]) for r in rows)
+  return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
+
+
+def print_stats(source: str, tokenizer: str | None = None, n: int = 200, seed: int = 0,
+                difficulty: int = 0) -> None:
+  tok = None
+  if tokenizer:
+    from realm_jax.model.tokenizer import load_tokenizer
+    tok = load_tokenizer(tokenizer)
+  print(stats_table(examples_with_routes(source, n, seed, difficulty), tok))
+
+
+def model_generate_fn(model_path: str, max_new_tokens: int = 256, temperature: float = 0.8,
+                      seed: int = 0):
+  """A `teachers.model_teacher` generate_fn over any model realm_jax loads (chat prompts)."""
+  from realm_jax.model import gguf as gguf_import, pretrained, sampling
+  path = gguf_import.smollm2_gguf_path() if model_path == "smollm2" else model_path
+  cfg, params = pretrained.load_pretrained(path)
+  tok = pretrained.load_pretrained_tokenizer(path)
+  scfg = sampling.SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature,
+                                 stop_ids=tuple(tok.stop_ids), num_samples=1, pad_id=tok.pad_id)
+
+  def generate(prompts: list[str]) -> list[str]:
+    outs = generation.generate_texts(params, cfg, tok, prompts, scfg, min(16, len(prompts)),
+                                    chat=True, seed=seed)
+    return [o[0] for o in outs]
+
+  return generate
+
+
+def write_routes(source: str, out: str, n: int = 200, seed: int = 0, difficulty: int = 0,
+                 negatives: int = 3, route_file: str | None = None,
+                 teacher_model: str | None = None, samples: int = 2,
+                 max_new_tokens: int = 256) -> None:
+  examples = examples_with_routes(source, n, seed, difficulty, negatives, route_file)
+  if teacher_model:
+    rule_book = None
+    if source.startswith("domain:"):
+      from realm_jax.data import domains
+      rule_book = domains.get_domain(source.split(":", 1)[1]).rule_book()
+    examples = teachers.model_teacher(
+        examples, model_generate_fn(teacher_model, max_new_tokens, seed=seed), rule_book, samples)
+  teachers.write_route_pool(out, examples)
+  print(f"wrote {len(examples)} items to {out}")
+  print(stats_table(examples))

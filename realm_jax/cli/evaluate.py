@@ -1,0 +1,44 @@
+"""`realm-jax eval --workdir DIR`: evaluates a run's starting point and final params
+and writes eval.json, eval.md and PNG plots into the workdir."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+
+from realm_jax.cli import plots, train
+from realm_jax.train import sharding
+from realm_jax.evaluation.accuracy import evaluate_params, markdown_table
+
+
+def run(workdir: str, overrides: list[str] | None = None) -> dict:
+  """Evaluates the run's starting point and final params; writes eval.json/eval.md/plots."""
+  run_info = train.load_run_info(workdir)
+  cfg = train.load_config(workdir, overrides)
+  mesh = train.make_mesh(cfg.mesh)
+  with sharding.use_mesh(mesh):
+    return _run(workdir, run_info, cfg, train.prepare(cfg, workdir, mesh))
+
+
+def _run(workdir: str, run_info: dict, cfg, ctx) -> dict:
+  results: dict[str, dict[str, dict[str, float]]] = {}
+  stages = train.stage_params(ctx, workdir)
+  if cfg.eval.final_only:
+    stages = {k: v for k, v in stages.items() if k.startswith("final")}
+  for stage, params in stages.items():
+    results[stage] = {}
+    for with_routes, name in ((False, "without routes"), (True, "with routes")):
+      results[stage][name] = evaluate_params(
+          params, ctx.model_cfg, ctx.tokenizer, ctx.data.eval[:cfg.eval.num_questions], cfg.eval,
+          cfg.rl.mrpv, with_routes=with_routes, seed=cfg.seed, chat=ctx.chat)
+  table = markdown_table(results, cfg.eval.k)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "eval.json"), "w") as f:
+      json.dump({"experiment": run_info.get("experiment"), "results": results}, f, indent=2)
+    with open(os.path.join(workdir, "eval.md"), "w") as f:
+      f.write(f"# {run_info.get('experiment')} ({workdir})\n\n{table}")
+    plots.plot_training(workdir)
+  print(table)
+  return results

@@ -1,0 +1,131 @@
+"""`realm-jax` (also `python -m realm_jax`): parse flags, call one function.
+
+  realm-jax train EXPERIMENT --workdir DIR [key.sub=value ...]
+  realm-jax eval --workdir DIR
+  realm-jax generate --model PATH --prompt TEXT [--chat] [--max-new-tokens N] [--temperature T]
+  realm-jax bench [--json] [--repeats N]
+  realm-jax data stats SOURCE [--tokenizer PATH] [--n N]
+  realm-jax data routes SOURCE --out FILE [--n N] [--negatives K] [--teacher-model PATH]
+  realm-jax plot-schedule [EXPERIMENT] --out FILE.png [key=value ...]
+  realm-jax sweep SWEEPFILE [--parallel N] [--out DIR] [--dry-run]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(prog="realm-jax", description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  sub = p.add_subparsers(dest="command", required=True)
+
+  t = sub.add_parser("train", help="run an experiment (experiments/NAME.py)")
+  t.add_argument("experiment", help="experiment name (e.g. demo, realm_zero) or a .py path")
+  t.add_argument("--workdir", required=True)
+  t.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. rl.steps=20")
+
+  e = sub.add_parser("eval", help="evaluate a run's latest checkpoint")
+  e.add_argument("--workdir", required=True)
+  e.add_argument("overrides", nargs="*")
+
+  g = sub.add_parser("generate", help="sample from a model")
+  g.add_argument("--model", required=True, help="HF folder or .gguf file (or 'smollm2')")
+  g.add_argument("--prompt", required=True)
+  g.add_argument("--chat", action="store_true", help="wrap the prompt in the chat template")
+  g.add_argument("--max-new-tokens", type=int, default=64)
+  g.add_argument("--temperature", type=float, default=0.0)
+  g.add_argument("--seed", type=int, default=0)
+
+  b = sub.add_parser("bench", help="throughput benchmark")
+  b.add_argument("args", nargs=argparse.REMAINDER)
+
+  d = sub.add_parser("data", help="data tools")
+  dsub = d.add_subparsers(dest="data_command", required=True)
+  ds = dsub.add_parser("stats", help="print a table of a source's statistics")
+  ds.add_argument("source", help="domain:NAME | gym:TASK | gsm8k:FILE | routes:FILE")
+  ds.add_argument("--tokenizer", default=None, help="tokenizer file/folder for token lengths")
+  ds.add_argument("--n", type=int, default=200)
+  ds.add_argument("--seed", type=int, default=0)
+  ds.add_argument("--difficulty", type=int, default=0)
+  dr = dsub.add_parser("routes", help="write a route-pool file for a dataset")
+  dr.add_argument("source")
+  dr.add_argument("--out", required=True)
+  dr.add_argument("--n", type=int, default=200)
+  dr.add_argument("--seed", type=int, default=0)
+  dr.add_argument("--difficulty", type=int, default=0)
+  dr.add_argument("--negatives", type=int, default=3)
+  dr.add_argument("--route-file", default=None, help="JSONL routes from any LLM (file teacher)")
+  dr.add_argument("--teacher-model", default=None,
+                  help="model teacher: HF folder, .gguf or 'smollm2', prompted with the rule book")
+  dr.add_argument("--samples", type=int, default=2, help="model-teacher routes per question")
+  dr.add_argument("--max-new-tokens", type=int, default=256)
+
+  s = sub.add_parser("plot-schedule", help="PNG of an experiment's EAAI schedule")
+  s.add_argument("experiment", nargs="?", default="realm_zero")
+  s.add_argument("--out", required=True)
+  s.add_argument("overrides", nargs="*")
+
+  w = sub.add_parser("sweep", help="run a grid of experiments")
+  w.add_argument("args", nargs=argparse.REMAINDER)
+  return p
+
+
+def main(argv: list[str] | None = None) -> None:
+  argv = list(sys.argv[1:] if argv is None else argv)
+  if argv and argv[0] in ("bench", "sweep"):  # they parse their own flags
+    if argv[0] == "bench":
+      from realm_jax.cli import bench
+      bench.main(argv[1:])
+      return
+    from realm_jax.cli import sweep
+    sys.exit(sweep.main(argv[1:]))
+  parser = _parser()
+  args, extra = parser.parse_known_args(argv)
+  # Dotted overrides may follow flags (`train X --workdir D a.b=1`): argparse leaves them over.
+  bad = [e for e in extra if "=" not in e or e.startswith("-")]
+  if bad or (extra and not hasattr(args, "overrides")):
+    parser.error(f"unrecognized arguments: {' '.join(bad or extra)}")
+  if extra:
+    args.overrides = list(args.overrides) + extra
+  if args.command in ("train", "eval", "generate", "data"):  # they compile models
+    from realm_jax.train import compile_cache
+    compile_cache.enable()
+  if args.command == "train":
+    from realm_jax.cli import train
+    train.run(args.experiment, args.workdir, args.overrides)
+  elif args.command == "eval":
+    from realm_jax.cli import evaluate
+    evaluate.run(args.workdir, args.overrides)
+  elif args.command == "generate":
+    from realm_jax.cli import generate as inference
+    print(inference.generate_text(args.model, args.prompt, chat=args.chat,
+                                  max_new_tokens=args.max_new_tokens,
+                                  temperature=args.temperature, seed=args.seed))
+  elif args.command == "bench":
+    from realm_jax.cli import bench
+    bench.main(args.args)
+  elif args.command == "data":
+    from realm_jax.cli import datastats
+    if args.data_command == "stats":
+      datastats.print_stats(args.source, tokenizer=args.tokenizer, n=args.n, seed=args.seed,
+                            difficulty=args.difficulty)
+    else:
+      datastats.write_routes(args.source, args.out, n=args.n, seed=args.seed,
+                             difficulty=args.difficulty, negatives=args.negatives,
+                             route_file=args.route_file, teacher_model=args.teacher_model,
+                             samples=args.samples, max_new_tokens=args.max_new_tokens)
+  elif args.command == "plot-schedule":
+    from realm_jax import configs
+    from realm_jax.cli import plots
+    cfg = configs.load_experiment(args.experiment, args.overrides)
+    plots.plot_schedule(cfg.eaai_config(), args.out)
+    print(f"wrote {args.out}")
+  elif args.command == "sweep":
+    from realm_jax.cli import sweep
+    sys.exit(sweep.main(args.args))
+
+
+if __name__ == "__main__":
+  main(sys.argv[1:])

@@ -1,0 +1,1 @@
+"""Examples, routes, verification and grain pipelines."""

@@ -1,0 +1,1 @@
+"""Measurement: accuracy with and without routes, pass@k, maj@k, intervals."""

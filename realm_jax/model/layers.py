@@ -1,0 +1,161 @@
+"""Building blocks: RoPE, RMSNorm, Linear, the SwiGLU MLP and the fp32 head matmul.
+
+Axis legend as in `realm_jax.model` (B batch, T length, D model, N query heads,
+H head dim, F MLP, V vocab). Hand-written backward passes (`rms_norm`,
+`head_matmul`) are tested against autodiff of their formulas.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from realm_jax.model.config import ModelConfig
+
+
+def rope_inv_freq(cfg: ModelConfig) -> jax.Array:
+  """inv_freq[i] = theta^(-2i/H), optionally Llama-3 scaled (as in HF)."""
+  H = cfg.head_dim
+  inv = 1.0 / (cfg.rope_theta ** (jnp.arange(0, H, 2, dtype=jnp.float32) / H))
+  s = cfg.rope_scaling
+  if s is None:
+    return inv
+  low_wavelen = s.original_max_position_embeddings / s.low_freq_factor
+  high_wavelen = s.original_max_position_embeddings / s.high_freq_factor
+  wavelen = 2 * math.pi / inv
+  scaled = jnp.where(wavelen > low_wavelen, inv / s.factor, inv)
+  smooth = (s.original_max_position_embeddings / wavelen - s.low_freq_factor) / (
+      s.high_freq_factor - s.low_freq_factor)
+  smoothed = (1 - smooth) * scaled / s.factor + smooth * scaled
+  medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+  return jnp.where(medium, smoothed, scaled)
+
+
+def apply_rope(x_BTNH: jax.Array, positions_BT: jax.Array, inv_freq: jax.Array) -> jax.Array:
+  """Rotate-half RoPE (HF convention): x*cos + rotate_half(x)*sin, in fp32."""
+  ang_BTh = positions_BT[..., None].astype(jnp.float32) * inv_freq
+  cos = jnp.cos(ang_BTh)[:, :, None, :]
+  sin = jnp.sin(ang_BTh)[:, :, None, :]
+  x = x_BTNH.astype(jnp.float32)
+  x1, x2 = jnp.split(x, 2, axis=-1)
+  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return out.astype(x_BTNH.dtype)
+
+
+def _dt(name: str):
+  return jnp.dtype(name)
+
+
+def constrain(x: jax.Array, axes: tuple[str | None, ...]) -> jax.Array:
+  """Logical sharding constraint; a no-op unless `sharding.py` set rules."""
+  return nn.with_logical_constraint(x, axes)
+
+
+class RMSNorm(nn.Module):
+  eps: float
+  param_dtype: Any
+  axis_name: str = "norm"
+
+  @nn.compact
+  def __call__(self, x):
+    w = self.param("weight", nn.with_logical_partitioning(nn.initializers.ones, (self.axis_name,)),
+                   (x.shape[-1],), self.param_dtype)
+    return rms_norm(x, w, self.eps)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def rms_norm(x, w, eps: float):
+  """w * x / sqrt(mean(x^2) + eps) over the last axis, statistics in fp32.
+
+  The backward keeps only x and the per-row 1/rms: dx = r (g - n mean(g n)),
+  with n = x r and g = dy w; dw = sum over rows of dy n.
+  """
+  return _rms_norm_fwd(x, w, eps)[0]
+
+
+def _rms_norm_fwd(x, w, eps):
+  x32 = x.astype(jnp.float32)
+  r = jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+  return (w.astype(jnp.float32) * (x32 * r)).astype(x.dtype), (x, w, r)
+
+
+def _rms_norm_bwd(eps, res, dy):
+  x, w, r = res
+  n = x.astype(jnp.float32) * r
+  dy32 = dy.astype(jnp.float32)
+  g = dy32 * w.astype(jnp.float32)
+  dx = r * (g - n * jnp.mean(g * n, axis=-1, keepdims=True))
+  dw = jnp.sum((dy32 * n).reshape(-1, n.shape[-1]), axis=0)
+  return dx.astype(x.dtype), dw.astype(w.dtype)
+
+
+rms_norm.defvjp(_rms_norm_fwd, _rms_norm_bwd)
+
+
+class Linear(nn.Module):
+  """y = x @ kernel (+ bias); kernel is HF's weight transposed, shape [in, out].
+
+  Leading axes are flattened so the matmul (and its autodiff weight gradient,
+  a contraction over one token axis) is 2-D: with [B, T, in] operands XLA:CPU
+  materialises transposed copies of the activation gradients for the weight
+  gradient, which dominated the training step.
+  """
+  features: int
+  axes: tuple[str, str]
+  use_bias: bool
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x):
+    init = nn.initializers.normal(self.cfg.init_std)
+    k = self.param("kernel", nn.with_logical_partitioning(init, self.axes),
+                   (x.shape[-1], self.features), _dt(self.cfg.param_dtype))
+    y = jnp.dot(x.reshape(-1, x.shape[-1]), k.astype(x.dtype))
+    y = y.reshape(*x.shape[:-1], self.features)
+    if self.use_bias:
+      b = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, self.axes[1:]),
+                     (self.features,), _dt(self.cfg.param_dtype))
+      y = y + b.astype(y.dtype)
+    return y
+
+
+class MLP(nn.Module):
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x_BTD):
+    c = self.cfg
+    gate_BTF = Linear(c.mlp_dim, ("embed", "mlp"), False, c, name="gate_proj")(x_BTD)
+    up_BTF = Linear(c.mlp_dim, ("embed", "mlp"), False, c, name="up_proj")(x_BTD)
+    h_BTF = constrain(nn.silu(gate_BTF) * up_BTF, ("batch", "length", "mlp"))
+    return Linear(c.d_model, ("mlp", "embed"), False, c, name="down_proj")(h_BTF)
+
+
+@jax.custom_vjp
+def head_matmul(x_MD, w_DV):
+  """fp32 logits x @ w. Its weight gradient contracts over tokens from an
+  explicitly transposed x (a small copy): XLA:CPU runs that [D, M] x [M, V]
+  product much faster than the transposed-operand form autodiff gives."""
+  return jnp.dot(x_MD, w_DV, preferred_element_type=jnp.float32)
+
+
+def _head_matmul_fwd(x_MD, w_DV):
+  return head_matmul(x_MD, w_DV), (x_MD, w_DV)
+
+
+def _head_matmul_bwd(res, dlogits_MV):
+  x_MD, w_DV = res
+  dlogits = dlogits_MV.astype(x_MD.dtype)
+  dx_MD = jax.lax.dot_general(dlogits, w_DV, (((1,), (1,)), ((), ())),
+                              preferred_element_type=jnp.float32)
+  x_DM = jax.lax.optimization_barrier(x_MD.T)  # keeps the transpose a real copy
+  dw_DV = jnp.dot(x_DM, dlogits, preferred_element_type=jnp.float32)
+  return dx_MD.astype(x_MD.dtype), dw_DV.astype(w_DV.dtype)
+
+
+head_matmul.defvjp(_head_matmul_fwd, _head_matmul_bwd)

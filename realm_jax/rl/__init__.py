@@ -1,0 +1,1 @@
+"""The method: MRPV, EAAI, GRPO-family losses and advantages, rewards, the RL loop, RFT."""

@@ -1,0 +1,41 @@
+"""Supervised stages' options (format warm-up, guided distillation)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class SFTConfig:
+  """Supervised fine-tuning on teacher CoTs (guided distillation, METHOD §4).
+
+  steps: 0 disables the stage. route_share: share of items shown with routes
+  and a gold `<verify>` block, so the student learns the MRPV format.
+  num_items: how many training items the stage sees (None: all).
+  kd_alpha/kd_temperature/kd_teacher: token-level KD mix (forward KL at
+  temperature T, weight alpha) when the teacher is a model sharing the
+  tokenizer: `kd_teacher` is a run directory whose final params teach (0 disables).
+  """
+  steps: int = 0
+  batch_size: int = 32
+  lr: float = 1e-3
+  warmup: int = 20
+  weight_decay: float = 0.01
+  grad_clip: float = 1.0
+  route_share: float = 0.5
+  num_items: int | None = None
+  kd_alpha: float = 0.0
+  kd_temperature: float = 1.0
+  kd_teacher: str | None = None  # a run directory (its final params) sharing model and tokenizer
+  microbatches: int = 1  # gradient accumulation inside the step (same loss, less memory)
+
+  def __post_init__(self):
+    if self.steps < 0 or self.batch_size <= 0:
+      raise ValueError("sft.steps must be >= 0 and sft.batch_size > 0")
+    if self.microbatches < 1 or self.batch_size % self.microbatches:
+      raise ValueError(f"sft.microbatches={self.microbatches} must divide sft.batch_size="
+                       f"{self.batch_size}")
+    if not 0.0 <= self.route_share <= 1.0:
+      raise ValueError(f"sft.route_share must be in [0, 1], got {self.route_share}")
+    if not 0.0 <= self.kd_alpha <= 1.0:
+      raise ValueError(f"sft.kd_alpha must be in [0, 1], got {self.kd_alpha}")
