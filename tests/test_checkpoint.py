@@ -1,4 +1,4 @@
-"""Checkpoint round trips across meshes, retention, corruption fallback, resume plan."""
+"""Checkpoint round trips across meshes, retention, corruption fallback (when to save: test_loop)."""
 
 import os
 
@@ -26,24 +26,6 @@ def _sharded(state, mesh):
 def _abstract(state, shardings):
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype,
                                                         sharding=s), state, shardings)
-
-
-@pytest.mark.parametrize("step,every,last,expected", [
-    (0, 10, 100, False),   # never at step 0
-    (1, 10, 100, False),
-    (9, 10, 100, False),
-    (10, 10, 100, True),
-    (20, 10, 100, True),
-    (25, 10, 25, True),    # last step fires off-period
-    (99, 10, 100, False),
-    (100, 10, 100, True),
-    (7, 0, 10, False),     # every=0 disables the periodic part ...
-    (10, 0, 10, True),     # ... but not the last step
-    (10, -1, None, False),
-    (1, 1, None, True),
-])
-def test_is_periodic_boundaries(step, every, last, expected):
-  assert ck.is_periodic(step, every, last) is expected
 
 
 def test_roundtrip_across_meshes_with_extra(tmp_path):

@@ -1,6 +1,8 @@
 """The command line: each subcommand reaches its function and reports bad input clearly."""
 
-import os
+import importlib
+import json
+import re
 import struct
 import subprocess
 import sys
@@ -44,9 +46,83 @@ def test_data_routes_writes_a_pool_that_reads_back(tmp_path, capsys):
   assert "items" in capsys.readouterr().out
 
 
-def test_unknown_domain_lists_the_valid_ones():
-  with pytest.raises(ValueError, match="tariff"):
+def test_unknown_domain_lists_the_valid_ones(capsys):
+  with pytest.raises(SystemExit) as info:
     cli.main(["data", "stats", "domain:nope", "--n", "3"])
+  assert info.value.code == 2
+  assert capsys.readouterr().err == (
+      "realm-jax: error: unknown domain 'nope'; valid domains: dosing, tariff, tax\n")
+
+
+def _one_error_line(capsys, argv, code):
+  with pytest.raises(SystemExit) as info:
+    cli.main(argv)
+  err = capsys.readouterr().err
+  assert info.value.code == code and err.startswith("realm-jax: error: ") and err.count("\n") == 1
+  return err
+
+
+def test_data_errors_are_one_line(tmp_path, capsys):
+  llm = tmp_path / "llm.jsonl"
+  llm.write_text(json.dumps({"question_id": "tariff-d0-s0-1", "route": "Answer: 3"}) + "\n")
+  err = _one_error_line(capsys, ["data", "stats", f"routes:{llm}"], 1)
+  assert "--route-file" in err and "realm-jax data routes SOURCE" in err
+  bad = tmp_path / "bad.jsonl"
+  bad.write_bytes(b'{"question_id": "x", "route": "\xff"}\n')
+  err = _one_error_line(capsys, ["data", "routes", "domain:tariff", "--out", str(tmp_path / "p"),
+                                 "--n", "2", "--route-file", str(bad)], 1)
+  assert f"{bad}:1: field '<line>': invalid UTF-8" in err
+  empty = tmp_path / "empty.jsonl"
+  empty.write_text("")
+  assert "no usable examples" in _one_error_line(capsys, ["data", "stats", f"gsm8k:{empty}"], 1)
+  err = _one_error_line(capsys, ["data", "stats", f"gsm8k:{tmp_path}"], 1)
+  assert err == f"realm-jax: error: {tmp_path}: is a directory; give the path of a file\n"
+
+
+def test_data_warnings_are_one_line(tmp_path):
+  gsm = tmp_path / "g.jsonl"
+  gsm.write_text(json.dumps({"question": "q?", "answer": "#### seven"}) + "\n")
+  r = _run("data", "stats", f"gsm8k:{gsm}")
+  assert r.returncode == 0 and r.stderr.count("\n") == 1, r.stderr
+  assert r.stderr.startswith(f"realm-jax: warning: {gsm}: kept 1 of 1 items")
+  assert "1 kept items have a gold answer after '####' that is not a plain number" in r.stderr
+
+
+def test_config_errors_exit_2_whatever_the_order(tmp_path, capsys):
+  out = str(tmp_path / "s.png")
+  for pair in (["rl.mrpv.num_routes=5", "data.negatives_per_question=4"],
+               ["rl.microbatches=3", "rl.batch_prompts=6"]):
+    for items in (pair, pair[::-1]):
+      cli.main(["plot-schedule", "demo", "--out", out, *items])
+  capsys.readouterr()
+  for bad in ("rl.lr=-1", "rl.steps=-1", "rl.temperature=-1", "rl.batch_prompts=0",
+              "keep_checkpoints=0", "mesh=1,2"):
+    assert bad.split("=")[0] in _one_error_line(capsys, ["plot-schedule", "demo", "--out", out,
+                                                         bad], 2)
+
+
+def test_train_help_lists_experiments_and_override_syntax(capsys):
+  with pytest.raises(SystemExit) as info:
+    cli.main(["train", "--help"])
+  assert info.value.code == 0
+  out = capsys.readouterr().out
+  from realm_jax import configs
+  for name in configs.experiment_names():
+    doc = importlib.import_module(f"experiments.{name}").__doc__.strip().splitlines()[0]
+    assert re.search(rf"^  {name} +{re.escape(doc)}$", out, re.M), name
+  examples = re.findall(r"^  realm-jax train \w+ --workdir \S+ (.+)$", out, re.M)
+  assert len(examples) == 3 and all("=" in e for e in examples)
+  assert "order does not matter" in out
+
+
+def test_eval_help_says_what_it_evaluates(capsys):
+  with pytest.raises(SystemExit):
+    cli.main(["eval", "--help"])
+  out = " ".join(capsys.readouterr().out.split())
+  for phrase in ("starting point", "final params", "without routes and with routes",
+                 "Wilson 95% confidence interval", "pass@k and maj@k", "eval.json", "eval.md",
+                 "PNG plots"):
+    assert phrase in out, phrase
 
 
 def test_plot_schedule_writes_a_png(tmp_path):

@@ -6,7 +6,6 @@ import os
 import subprocess
 import sys
 
-import pytest
 
 from realm_jax.train import compile_cache
 
@@ -32,6 +31,10 @@ def test_uncreatable_directory_names_it_and_runs_on(tmp_path, capsys):
 
 def _run(code: str, env_extra: dict) -> str:
   env = {**os.environ, "JAX_PLATFORMS": "cpu", **env_extra}
+  # The suite's own session cache (tests/conftest.py) would set jax_compilation_cache_dir.
+  for k in ("JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS",
+            "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"):
+    env.pop(k, None)
   env["XLA_FLAGS"] = ""  # one device is enough here
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                        timeout=300)
@@ -40,7 +43,7 @@ def _run(code: str, env_extra: dict) -> str:
 
 
 def test_cli_enables_the_cache_for_compiling_commands(tmp_path):
-  code = ("from realm_jax import cli; cli.main(['data', 'stats', 'domain:tax', '--n', '3']); "
+  code = ("from realm_jax.cli.main import main; main(['data', 'stats', 'domain:tax', '--n', '3']); "
           "import jax; print(jax.config.jax_compilation_cache_dir)")
   assert _run(code, {compile_cache.ENV: str(tmp_path / "c")}) == str(tmp_path / "c")
   assert _run(code, {compile_cache.ENV: "off"}) == "None"

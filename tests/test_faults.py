@@ -1,4 +1,5 @@
-"""Fault tolerance of `realm-jax train`: kill -9, SIGTERM, truncated checkpoints, NaN, bad rewards.
+"""Fault tolerance of `realm-jax train`: kill -9, SIGTERM, SIGINT, truncated checkpoints, NaN,
+bad rewards.
 
 Every run is a subprocess of the CLI (one drives `train.run` with a patched
 reward) on a micro model (one CPU device, one bucket per length so each
@@ -10,7 +11,8 @@ Resume is checked against an uninterrupted run of the same command: on CPU
 the per-step metrics of the resumed run must equal the reference's bitwise
 (every metric except wall-clock ones: `time_*`, `*_per_s`). A checkpoint holds
 everything a step depends on (train state, data-iterator position, EAAI clock,
-accuracy EMA); per-step randomness is keyed by (seed, step).
+accuracy EMA); per-step randomness is keyed by (seed, step). After any stop and
+resume, metrics.jsonl and the TensorBoard events hold exactly one row per step.
 """
 
 import json
@@ -28,7 +30,8 @@ import jax
 import numpy as np
 import pytest
 
-from realm_jax.train import checkpoint, metrics
+from realm_jax.train import checkpoint, loop, metrics
+from tests.test_loop import _shown_steps
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -144,6 +147,16 @@ def _same(a: float, b: float) -> bool:
   return a == b
 
 
+def _assert_one_row_per_step(wd: str) -> None:
+  """Each (phase, step) once in metrics.jsonl; each step once per TensorBoard tag as shown."""
+  keys = [(r["phase"], r["step"]) for r in metrics.read_metrics(wd)]
+  assert len(keys) == len(set(keys)), sorted(k for k in keys if keys.count(k) > 1)
+  tb = os.path.join(wd, "tb")
+  for phase in os.listdir(tb):
+    for tag, steps in _shown_steps(os.path.join(tb, phase)).items():
+      assert len(steps) == len(set(steps)), (tag, steps)
+
+
 def _assert_same_metrics(workdir: str, reference: str, phase: str, steps) -> None:
   got, want = _last_of_each_step(workdir, phase), _last_of_each_step(reference, phase)
   for step in steps:
@@ -174,20 +187,23 @@ def _sft_cmd(workdir: str) -> list[str]:
 
 
 def _preempt(proc: subprocess.Popen, wd: str, phase: str, after: int = 1,
-             held: bool = False) -> list[int]:
-  """SIGTERMs `proc` after `after` `phase` steps (with `held`: once the run is held inside
-  step `after`, see _HELD_RUN); checks it exits 0 in time; returns its steps."""
+             held: bool = False, signum: int = signal.SIGTERM) -> list[int]:
+  """Sends `signum` to `proc` after `after` `phase` steps (with `held`: once the run is held
+  inside step `after`, see _HELD_RUN); checks it exits in time with the signal's status (0 for
+  SIGTERM, 130 for SIGINT) and no traceback; returns its steps."""
   if held:
     _wait_until(proc, lambda: os.path.exists(wd + ".held"), f"the hold in {phase} step {after}")
   else:
     _wait_until(proc, lambda: len(_steps(wd, phase)) >= after, f"{after} {phase} metrics lines")
-  os.kill(proc.pid, signal.SIGTERM)
+  os.kill(proc.pid, signum)
   try:
     rc = proc.wait(PREEMPT_GRACE)
   except subprocess.TimeoutExpired:
     os.killpg(proc.pid, signal.SIGKILL)
-    raise AssertionError(f"still running {PREEMPT_GRACE} s after SIGTERM")
-  assert rc == 0, f"SIGTERM exit status {rc}:\n{_read(wd + '.err')[-3000:]}"
+    raise AssertionError(f"still running {PREEMPT_GRACE} s after {signum.name}")
+  status = {signal.SIGTERM: 0, signal.SIGINT: 130}[signum]
+  assert rc == status, f"{signum.name} exit status {rc}:\n{_read(wd + '.err')[-3000:]}"
+  assert "Traceback" not in _read(wd + ".err"), _read(wd + ".err")[-3000:]
   return _steps(wd, phase)
 
 
@@ -227,20 +243,20 @@ _HELD_RUN = textwrap.dedent("""
     def scorers():
       out = real()
       fmt = out["format"]
-      def held(batch):
+      def held(prompts, completions, **columns):
         # The whole-batch call, once per step: hold the run once AFTER RL steps are logged
         # (their checkpoints finalise meanwhile in the background) until the test kills it
         # or sends SIGTERM, which lets the step finish and the run save and exit. On entering
         # the hold it writes WORKDIR.held: the test signals only after it sees that marker,
         # so the signal always lands inside step AFTER, never between steps.
-        if len(batch["completions"]) > 1:
+        if len(completions) > 1:
           if sum("loss" in r for r in metrics.read_metrics(WORKDIR, "rl")) >= AFTER:
             with open(WORKDIR + ".held.tmp", "w") as f:
-              f.write("held\n")
+              f.write("held\\n")
             os.replace(WORKDIR + ".held.tmp", WORKDIR + ".held")
             while not preemption.requested():
               time.sleep(0.05)
-        return fmt(batch)
+        return fmt(prompts, completions, **columns)
       out["format"] = held
       return out
 
@@ -276,13 +292,26 @@ def rl_runs(runner, root, base):
 def resumed_rl(runner, base, rl_runs):
   """Reruns the killed run as is, and its copy with the latest checkpoint truncated on disk.
 
-  Returns {workdir: (checkpoint steps before the rerun, rerun stderr)}.
+  Returns {workdir: (checkpoint steps before the rerun, rerun stderr, rerun stdout,
+  rl metrics rows before the rerun)}.
   """
   _, wd, copy, _ = rl_runs
   before = {wd: _ckpt_steps(wd, "rl"), copy: _ckpt_steps(copy, "rl")}
+  rows = {w: metrics.read_metrics(w, "rl") for w in (wd, copy)}
   _truncate_biggest_file(os.path.join(copy, "ckpt", "rl", str(before[copy][-1]), "state"))
   out = runner.run_all({w + ".resume": _rl_cmd(base, w) for w in (wd, copy)})
-  return {w: (before[w], out[w + ".resume"][1]) for w in (wd, copy)}
+  return {w: (before[w], out[w + ".resume"][1], _read(w + ".resume.out"), rows[w])
+          for w in (wd, copy)}
+
+
+def _assert_resumed_at(wd: str, step: int, stdout: str, rows_before: list[dict]) -> None:
+  """The rerun started at checkpoint `step`, not at 0 and not after it: it says so, the rows of
+  earlier steps are the stopped run's own (wall-clock metrics included), and every step has
+  exactly one row."""
+  assert f"rl: resuming from checkpoint step {step}" in stdout, stdout[-3000:]
+  assert _steps(wd, "rl") == list(range(RL_STEPS))
+  kept = [r for r in metrics.read_metrics(wd, "rl") if r["step"] < step]
+  assert kept == [r for r in rows_before if r["step"] < step]
 
 
 # ---------------------------------------------------------------------------
@@ -291,10 +320,12 @@ def resumed_rl(runner, base, rl_runs):
 
 def test_kill9_resumes_from_last_checkpoint_with_identical_metrics(rl_runs, resumed_rl):
   reference, wd, _, lines_before = rl_runs
-  restored = resumed_rl[wd][0][-1]
+  steps, _, stdout, rows_before = resumed_rl[wd]
+  restored = steps[-1]
   assert os.path.exists(os.path.join(wd, "DONE"))
-  # The rerun starts at the checkpoint, not at 0 and not after it.
-  assert _steps(wd, "rl")[lines_before:] == list(range(restored, RL_STEPS))
+  assert len(rows_before) == lines_before >= restored
+  _assert_resumed_at(wd, restored, stdout, rows_before)
+  _assert_one_row_per_step(wd)
   # Every step, whichever process ran it last, matches the uninterrupted run bitwise.
   _assert_same_metrics(wd, reference, "rl", range(RL_STEPS))
 
@@ -303,13 +334,14 @@ def test_kill9_resumes_from_last_checkpoint_with_identical_metrics(rl_runs, resu
 # 2. SIGTERM (preemption notice).
 
 
-def test_sigterm_in_rl_saves_exits_0_and_resumes(runner, root, base, rl_runs):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "sigint"])
+def test_signal_in_rl_saves_exits_with_its_status_and_resumes(runner, root, base, rl_runs, signum):
   reference = rl_runs[0]
-  wd = os.path.join(root, "rl_sigterm")
+  wd = os.path.join(root, f"rl_{signum.name.lower()}")
   cmd = _rl_cmd(base, wd)
-  # Held in step 2's reward until the SIGTERM arrives (see _HELD_RUN), so it stops after step 3.
+  # Held in step 2's reward until the signal arrives (see _HELD_RUN), so it stops after step 3.
   held = runner.start([sys.executable, "-c", _HELD_RUN, "2", wd, cmd[4], *cmd[7:]], wd)
-  done = _preempt(held, wd, "rl", after=2, held=True)
+  done = _preempt(held, wd, "rl", after=2, held=True, signum=signum)
   stopped = done[-1] + 1
   assert done == list(range(stopped)) and stopped == 3
   # The step it stopped at was saved, though checkpoint_every=2 may not have asked for it.
@@ -317,6 +349,7 @@ def test_sigterm_in_rl_saves_exits_0_and_resumes(runner, root, base, rl_runs):
   assert not os.path.exists(os.path.join(wd, "DONE"))
   runner.run(_rl_cmd(base, wd), wd + ".resume")
   assert _steps(wd, "rl") == list(range(RL_STEPS)), "steps before the checkpoint were redone"
+  _assert_one_row_per_step(wd)
   _assert_same_metrics(wd, reference, "rl", range(RL_STEPS))
 
 
@@ -328,6 +361,7 @@ def test_sigterm_in_sft_after_base_saves_and_resumes(runner, sft_runs):
   assert _ckpt_steps(wd, "sft") == [stopped]  # checkpoint_every=100: only the preemption save
   runner.run(_sft_cmd(wd), wd + ".resume")
   assert _steps(wd, "sft") == list(range(SFT_STEPS)), "steps before the checkpoint were redone"
+  _assert_one_row_per_step(wd)
   _assert_same_metrics(wd, ref, "sft", range(SFT_STEPS))
 
 
@@ -337,11 +371,14 @@ def test_sigterm_in_sft_after_base_saves_and_resumes(runner, sft_runs):
 
 def test_truncated_checkpoint_falls_back_to_previous(rl_runs, resumed_rl):
   reference, _, wd, lines_before = rl_runs
-  steps, stderr = resumed_rl[wd]
+  steps, stderr, stdout, rows_before = resumed_rl[wd]
   latest, previous = steps[-1], steps[-2]
   assert f"checkpoint step {latest}" in stderr and "unreadable" in stderr, stderr[-3000:]
   assert os.path.exists(os.path.join(wd, "DONE"))
-  assert _steps(wd, "rl")[lines_before:] == list(range(previous, RL_STEPS))
+  # The killed run had logged steps past `previous`: the rerun redid them, each row once.
+  assert len(rows_before) == lines_before > previous
+  _assert_resumed_at(wd, previous, stdout, rows_before)
+  _assert_one_row_per_step(wd)
   _assert_same_metrics(wd, reference, "rl", range(RL_STEPS))
   # The unreadable checkpoint was replaced by a good one when its step came round again
   # (keep_checkpoints keeps them all here).
@@ -398,13 +435,13 @@ _FLAKY_SCORER = textwrap.dedent("""
     def scorers():
       out = real()
       fmt = out["format"]
-      def flaky(batch):
-        if len(batch["completions"]) > 1:  # the whole-batch call, once per step
+      def flaky(prompts, completions, **columns):
+        if len(completions) > 1:  # the whole-batch call, once per step
           with open(LOG, "a") as f:
-            f.write(json.dumps(batch["completions"]) + "\\n")
-        if any(len(c) % 3 == 0 for c in batch["completions"]):
+            f.write(json.dumps(completions) + "\\n")
+        if any(len(c) % 3 == 0 for c in completions):
           raise ValueError("strange completion")
-        return fmt(batch)
+        return fmt(prompts, completions, **columns)
       out["format"] = flaky
       return out
 
@@ -453,12 +490,11 @@ def test_nan_stops_naming_step_and_metric_and_saves_nothing_bad(side_runs, lr):
 
 
 def test_finite_params_check_names_phase_and_step():
-  from realm_jax.train import sft as distill
-  distill.check_finite_params({"a": np.ones(3, np.float32), "b": np.zeros((), np.int32)}, 0, "rl")
+  loop.check_finite_params({"a": np.ones(3, np.float32), "b": np.zeros((), np.int32)}, 0, "rl")
   for bad in (np.inf, -np.inf, np.nan):
     params = {"a": np.ones(3, np.float32), "b": {"c": np.array([0.0, bad], np.float32)}}
     with pytest.raises(metrics.NonFiniteError, match=r"sft step 7: the updated params hold"):
-      distill.check_finite_params(params, 7, "sft")
+      loop.check_finite_params(params, 7, "sft")
 
 
 def test_raising_reward_scores_zero_counts_and_training_goes_on(side_runs):

@@ -35,7 +35,7 @@ def _port() -> int:
     return s.getsockname()[1]
 
 
-def _launch(script, workdir, num_processes, devices_per_process):
+def _launch(script, workdir, num_processes, devices_per_process) -> list[subprocess.Popen]:
   coordinator = f"127.0.0.1:{_port()}"
   procs = []
   for pid in range(num_processes):
@@ -48,6 +48,10 @@ def _launch(script, workdir, num_processes, devices_per_process):
                  REALM_PROCESS_ID=str(pid))
     procs.append(subprocess.Popen([sys.executable, str(script), str(workdir), *OVERRIDES], env=env,
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+  return procs
+
+
+def _wait(procs: list[subprocess.Popen]) -> None:
   outs = []
   try:
     for p in procs:
@@ -74,8 +78,9 @@ def test_two_processes_match_one(tmp_path):
   script = tmp_path / "worker.py"
   script.write_text(WORKER)
   one, two = tmp_path / "one", tmp_path / "two"
-  _launch(script, one, 1, 2)
-  _launch(script, two, 2, 1)
+  # The one-process run and the two-process run go side by side (each is mostly
+  # single-threaded start-up and compilation).
+  _wait(_launch(script, one, 1, 2) + _launch(script, two, 2, 1))
   a, b = _metrics(one), _metrics(two)
   assert a.keys() == b.keys() and ("rl", 2) in a
   for key in a:

@@ -17,10 +17,10 @@ def test_answer_reward():
                  "I do not know.", "<answer>1/2</answer>", "<answer></answer>"]
   golds = ["4", "4", "4", "0.5", "4"]
   np.testing.assert_array_equal(
-      rewards.answer_reward(completions, golds), [1, 0, 0, 1, 0])
-  assert rewards.answer_reward(completions, golds).dtype == np.float32
+      rewards.answer_reward(["q"] * 5, completions, golds), [1, 0, 0, 1, 0])
+  assert rewards.answer_reward(["q"] * 5, completions, golds).dtype == np.float32
   with pytest.raises(ValueError, match="golds"):
-    rewards.answer_reward(["a"], [])
+    rewards.answer_reward(["q"], ["a"], [])
 
 
 @pytest.mark.parametrize("completion, shown, expected", [
@@ -41,14 +41,14 @@ def test_answer_reward():
     ("", False, 0),
 ])
 def test_format_reward(completion, shown, expected):
-  out = rewards.format_reward([completion], np.array([shown]))
+  out = rewards.format_reward(["q"], [completion], routes_shown=np.array([shown]))
   assert out.dtype == np.float32 and out.shape == (1,)
   assert out[0] == expected
 
 
 def test_format_reward_length_mismatch():
   with pytest.raises(ValueError, match="routes_shown"):
-    rewards.format_reward(["a", "b"], np.array([True]))
+    rewards.format_reward(["q", "q"], ["a", "b"], np.array([True]))
 
 
 def test_verification_reward_golden():
@@ -63,11 +63,12 @@ def test_verification_reward_golden():
   labels = np.tile(np.array([True, False, True]), (5, 1))
   mask = np.array([[1, 1, 1], [1, 1, 1], [1, 1, 0], [1, 0, 0], [0, 0, 0]],
                   bool)
-  out = rewards.verification_reward(verdicts, labels, mask)
+  out = rewards.verification_reward(["q"] * 5, [""] * 5, verdicts=verdicts, route_labels=labels,
+                                    route_mask=mask)
   assert out.dtype == np.float32
   np.testing.assert_allclose(out, [2 / 3, 2 / 3, 0.5, 1.0, 0.0], atol=TOL)
   with pytest.raises(ValueError, match="must all be"):
-    rewards.verification_reward(verdicts, labels[:, :2], mask)
+    rewards.verification_reward(["q"] * 5, [""] * 5, verdicts, labels[:, :2], mask)
 
 
 def test_verification_reward_from_parsed_verdicts():
@@ -75,13 +76,17 @@ def test_verification_reward_from_parsed_verdicts():
                  "<verify>B: correct</verify>", "no block"]
   verdicts = mrpv.parse_verdicts_batch(completions, 2)
   labels = np.array([[False, True]] * 3)
-  out = rewards.verification_reward(verdicts, labels, np.ones((3, 2), bool))
+  out = rewards.verification_reward(["q"] * 3, completions, verdicts, labels,
+                                    np.ones((3, 2), bool))
   np.testing.assert_allclose(out, [1.0, 0.5, 0.0], atol=TOL)
 
 
+PROMPTS = ["2+2?"] * 3
+
+
 def _batch():
-  return {
-      "completions": [GOOD_WITH, GOOD_WITHOUT, "<answer>3</answer>"],
+  """(completions, columns) of three rows."""
+  return [GOOD_WITH, GOOD_WITHOUT, "<answer>3</answer>"], {
       "golds": ["4", "4", "4"],
       "routes_shown": np.array([True, False, True]),
       "verdicts": np.array([[1, 0], [-1, -1], [1, 1]], np.int8),
@@ -96,8 +101,7 @@ def test_reward_matrix_and_combine_golden():
   # format:       [1, 1, 0]
   # weights (1, 0.5, 0.1): [1 + 0.5 + 0.1, 1 + 0 + 0.1, 0 + 0.25 + 0] =
   #   [1.6, 1.1, 0.25]
-  r, names, metrics = rewards.reward_matrix(rewards.default_scorers(),
-                                            _batch())
+  r, names, metrics = rewards.reward_matrix(rewards.default_scorers(), PROMPTS, *_batch())
   assert names == ["answer", "verification", "format"]
   assert r.dtype == np.float32 and r.shape == (3, 3)
   np.testing.assert_allclose(r, [[1, 1, 1], [1, 0, 1], [0, 0.5, 0]],
@@ -113,42 +117,50 @@ def test_reward_matrix_and_combine_golden():
 
 
 def test_safe_scorer_zeroes_and_counts_failures():
-  def length_unless_boom(batch):
+  def length_unless_boom(prompts, completions, **_):
     out = []
-    for c in batch["completions"]:
+    for c in completions:
       if "boom" in c:
         raise RuntimeError("strange completion")
       out.append(len(c))
     return np.array(out, np.float32)
 
-  batch = {"completions": ["ab", "boom", "abcd", "boom!"]}
-  scores, errors = rewards.safe_scorer(length_unless_boom)(batch)
+  batch = (["p"] * 4, ["ab", "boom", "abcd", "boom!"], {})
+  scores, errors = rewards.safe_scorer(length_unless_boom)(*batch)
   np.testing.assert_array_equal(scores, [2, 0, 4, 0])
   assert errors == 2
-  r, _, metrics = rewards.reward_matrix({"len": length_unless_boom}, batch)
+  r, _, metrics = rewards.reward_matrix({"len": length_unless_boom}, *batch)
   np.testing.assert_array_equal(r[:, 0], [2, 0, 4, 0])
   assert metrics["reward/len_errors"] == 2.0
   # Non-finite scores are zeroed and counted too.
-  nan_scorer = lambda b: np.array([1.0, np.nan, np.inf, 0.5])
-  scores, errors = rewards.safe_scorer(nan_scorer)(batch)
+  nan_scorer = lambda p, c, **_: np.array([1.0, np.nan, np.inf, 0.5])
+  scores, errors = rewards.safe_scorer(nan_scorer)(*batch)
   np.testing.assert_array_equal(scores, [1.0, 0.0, 0.0, 0.5])
   assert errors == 2
   # A scorer with a wrong output shape is a bug: loud.
   with pytest.raises(ValueError, match="shape"):
-    rewards.safe_scorer(lambda b: np.zeros(3), "bad")(batch)
+    rewards.safe_scorer(lambda p, c, **_: np.zeros(3), "bad")(*batch)
 
 
 def test_non_string_completion_scores_zero_in_matrix():
-  batch = _batch()
-  batch["completions"] = [GOOD_WITH, None, "<answer>4</answer>"]
+  _, columns = _batch()
   r, names, metrics = rewards.reward_matrix(
-      {"answer": rewards.default_scorers()["answer"]}, batch)
+      {"answer": rewards.default_scorers()["answer"]}, PROMPTS,
+      [GOOD_WITH, None, "<answer>4</answer>"], columns)
   np.testing.assert_array_equal(r[:, 0], [1, 0, 1])
   assert metrics["reward/answer_errors"] == 1.0
 
 
 def test_batch_fields_must_share_length():
-  batch = _batch()
-  batch["golds"] = ["4"]
+  completions, columns = _batch()
+  columns["golds"] = ["4"]
   with pytest.raises(ValueError, match="length N"):
-    rewards.reward_matrix(rewards.default_scorers(), batch)
+    rewards.reward_matrix(rewards.default_scorers(), PROMPTS, completions, columns)
+
+
+def test_a_reward_reads_its_columns_by_name_and_ignores_the_rest():
+  def shown_bonus(prompts, completions, routes_shown, **_):
+    return np.where(routes_shown, 2.0, 0.0) + np.array([len(p) for p in prompts])
+  completions, columns = _batch()
+  r, _, _ = rewards.reward_matrix({"b": shown_bonus}, ["a", "bb", "ccc"], completions, columns)
+  np.testing.assert_array_equal(r[:, 0], [3.0, 2.0, 5.0])

@@ -359,7 +359,7 @@ def test_phased_decode_equals_one_cache(params, temperature, stop):
     np.testing.assert_allclose(many.model_logprobs, one.model_logprobs, atol=LP_TOL)
 
 
-def test_compiled_once_per_shape(params):
+def test_compiled_once_per_shape(params, fresh_compiles):
   compiles = []
 
   def listener(event, duration, **kw):

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import PartitionSpec as P
 
 from realm_jax import model
 from realm_jax.train import sharding as sh
@@ -130,15 +130,10 @@ def test_opt_state_shardings_follow_params():
   assert mu_q.sharding.spec == P(None, "tensor", "fsdp")
 
 
-def test_cache_and_batch_shardings():
+def test_batch_shardings():
   mesh = sh.make_mesh(sh.MeshConfig(2, 2, 2))
-  assert sh.cache_sharding(mesh).spec == P(None, ("data", "fsdp"), None, "tensor", None)
   assert sh.batch_sharding(mesh).spec == P(("data", "fsdp"), None)
   assert sh.batch_sharding(mesh, ndim=1).spec == P(("data", "fsdp"))
-  cache = model.init_cache(CFG, batch=4, max_len=8)
-  cache = jax.device_put(cache, sh.cache_sharding(mesh))
-  # B=4 over data*fsdp=4 and K=8 over tensor=2: each shard is [L, 1, S, 4, H].
-  assert cache["k"].addressable_shards[0].data.shape == (CFG.num_layers, 1, 8, 4, 8)
 
 
 def test_mesh_config_resolution_and_errors():
@@ -200,9 +195,10 @@ def test_sharded_microbatched_rl_step_matches_single_device_one_pass(shape):
   tokens, mask = _batch()
   rng = np.random.default_rng(2)
   cmask = jnp.asarray(np.arange(12)[None, :] >= np.array([6, 8, 7, 11, 6, 9, 6, 10])[:, None])
-  batch = {"tokens": tokens, "mask": mask, "completion_mask": cmask.astype(jnp.int32),
-           "ref_logp": jnp.asarray(rng.normal(-4, 0.3, (8, 11)), jnp.float32),
-           "adv": jnp.asarray(rng.normal(size=8), jnp.float32)}
+  from realm_jax.rl.batch import UpdateBatch
+  batch = UpdateBatch(tokens=tokens, mask=mask, completion_mask=cmask.astype(jnp.int32),
+                      ref_logp=jnp.asarray(rng.normal(-4, 0.3, (8, 11)), jnp.float32),
+                      adv=jnp.asarray(rng.normal(size=8), jnp.float32))
   opt = optax.sgd(1.0)
   loss_cfg = losses.LossConfig(kl_coef=0.04)
   step = rl_step.make_rl_step(CFG, opt, loss_cfg, completion_len=6)
@@ -213,6 +209,6 @@ def test_sharded_microbatched_rl_step_matches_single_device_one_pass(shape):
   step_sh = rl_step.make_rl_step(CFG, opt, loss_cfg, shardings=shardings, completion_len=6,
                                     microbatches=2)
   with sh.use_mesh(mesh):
-    got, got_m = step_sh(state, {k: sh.put(v, shardings.batch) for k, v in batch.items()})
+    got, got_m = step_sh(state, jax.tree.map(lambda v: sh.put(v, shardings.batch), batch))
   assert _max_diff(got.params, want.params) < TOL
   assert float(got_m["loss"]) == pytest.approx(float(want_m["loss"]), abs=TOL)

@@ -23,6 +23,7 @@ from realm_jax.model import gguf as gguf_import
 from realm_jax.train import metrics
 from realm_jax.model import pretrained
 from realm_jax.rl import loop as rl_loop
+from realm_jax.train import generation
 from realm_jax.cli import train
 from realm_jax.evaluation import accuracy
 
@@ -129,7 +130,7 @@ def test_smoke_run_trains_saves_and_evaluates(smoke_run, monkeypatch):
   for phase in ("sft", "rl"):
     assert os.path.isdir(train.params_path(wd, phase)), phase
   sft = metrics.read_metrics(wd, "sft")
-  assert any(r.get("teacher_examples", 0) >= 2 for r in sft)
+  assert any(r.get("teacher_examples", 0) >= 2 for r in metrics.read_metrics(wd, "sft_teacher"))
   sft_rows = [r for r in sft if "loss" in r]
   assert [r["step"] for r in sft_rows] == [0]
   assert all(math.isfinite(r["loss"]) and math.isfinite(r["grad_norm"]) for r in sft_rows)
@@ -145,7 +146,7 @@ def test_smoke_run_trains_saves_and_evaluates(smoke_run, monkeypatch):
   assert r["p_routes"] == 1 and r["num_routes"] == 2 and r["prompts_too_long"] == 2
 
   encoded = []
-  _spy(monkeypatch, rl_loop, "encode_prompts", encoded)
+  _spy(monkeypatch, generation, "encode_prompts", encoded)  # what evaluation's sampler encodes
   results = evaluate.run(wd)
   assert encoded and all(_ends_with_chat_tail(tok, *out[:2]) for _, _, out in encoded)
   assert [k.split(" ")[0] for k in results] == ["start", "final"]  # the SFT params, the RL params

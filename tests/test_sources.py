@@ -3,9 +3,11 @@
 import json
 import pathlib
 
+import numpy as np
 import pytest
 
 from realm_jax.data.records import Example
+from realm_jax.errors import ConfigError, DataError, DataWarning
 from realm_jax.data.sources import (
     DataFormatError,
     domain_examples,
@@ -193,3 +195,82 @@ def test_reasoning_gym_examples(task):
 def test_gym_score_rejects_other_examples():
   with pytest.raises(ValueError, match="did not come from reasoning-gym"):
     gym_score(Example("a", "q", "1", None, "custom"), "1")
+
+
+def test_bad_utf8_names_file_and_line(tmp_path):
+  path = tmp_path / "routes.jsonl"
+  good = json.dumps({"question_id": "a", "route": "Answer: 1"}).encode()
+  path.write_bytes(good + b"\n" + b'{"question_id": "a", "route": "caf\xe9"}\n')
+  with pytest.raises(DataFormatError, match=r"routes.jsonl:2: field '<line>': invalid UTF-8 at "
+                                            r"byte 34"):
+    load_route_file(path, [Example("a", "q", "1", None, "custom")])
+
+
+def test_utf8_bom_and_crlf_are_read(tmp_path):
+  path = tmp_path / "g.jsonl"
+  line = json.dumps({"question": "1 + 1?", "answer": "#### 2"}).encode()
+  path.write_bytes(b"\xef\xbb\xbf" + line + b"\r\n" + line + b"\r\n")
+  examples, report = read_gsm8k_jsonl(path)
+  assert [e.answer for e in examples] == ["2", "2"] and report.n_lines == 2
+
+
+def test_empty_and_oversized_routes_are_refused_and_counted(tmp_path):
+  lines = [
+      {"question_id": "a", "route": "Answer: 1"},
+      {"question_id": "a", "route": "   \n\t"},
+      {"question_id": "a", "route": ""},
+      {"question_id": "a", "route": "x" * 40 + " Answer: 1"},  # 50 characters
+      {"question_id": "a", "route": "x" * 39 + " Answer: 1"},  # 49
+  ]
+  path = _write(tmp_path, [json.dumps(x) for x in lines], "routes.jsonl")
+  ex = [Example("a", "q", "1", None, "custom")]
+  labelled, report = load_route_file(path, ex, max_route_chars=49)
+  assert [r.text for r in labelled[0].routes] == ["Answer: 1", "x" * 39 + " Answer: 1"]
+  assert report.empty_routes == [2, 3] and report.too_long == [4] and report.n_refused == 3
+  assert "data.max_route_chars=49" in report.summary() and "lines [4]" in report.summary()
+  labelled, report = load_route_file(path, ex)  # the default limit keeps both long ones
+  assert len(labelled[0].routes) == 3 and report.too_long == []
+
+
+def test_default_route_limit_is_above_every_builtin_route():
+  from realm_jax.data import teachers
+  from realm_jax.data.config import MAX_ROUTE_CHARS
+  for name in ("tariff", "dosing", "tax"):
+    for difficulty in (0, 3, 8):
+      examples = domain_examples(name, 40, 0, difficulty)
+      pool = teachers.domain_teacher(name, examples, np.random.default_rng(0), 4)
+      assert max(len(r.text) for e in pool for r in e.routes) < MAX_ROUTE_CHARS / 2
+
+
+def test_non_numeric_gold_answers_are_warned_with_counts(tmp_path):
+  path = _write(tmp_path, [
+      json.dumps({"question": "a?", "answer": "#### seven"}),
+      json.dumps({"question": "b?", "answer": "#### 7 apples"}),
+      json.dumps({"question": "c?", "answer": "#### 1,234"}),
+      json.dumps({"question": "d?", "answer": "#### -0.5"}),
+      json.dumps({"question": "e?", "answer": "#### 3/4"}),
+  ])
+  examples, report = read_gsm8k_jsonl(path)
+  assert [e.answer for e in examples] == ["seven", "7 apples", "1234", "-0.5", "3/4"]
+  assert report.non_numeric_answers == [1, 2] and report.n_excluded == 0
+  with pytest.warns(DataWarning, match=r"2 kept items have a gold answer .* not a plain number "
+                                       r"\(lines \[1, 2\]\)"):
+    load_gsm8k_jsonl(path)
+
+
+def test_empty_sources_are_errors(tmp_path):
+  empty = tmp_path / "empty.jsonl"
+  empty.write_text("\n\n")
+  with pytest.raises(DataError, match="empty.jsonl: no usable examples"):
+    load_source(f"gsm8k:{empty}", None, 0)
+  unusable = _write(tmp_path, [json.dumps({"question": " ", "answer": "#### 1"})])
+  with pytest.raises(DataError, match=r"no usable examples .*1 with an empty question"):
+    read_gsm8k_jsonl(unusable)
+  with pytest.raises(DataError, match="no routes"):
+    load_route_file(empty, [Example("a", "q", "1", None, "custom")])
+
+
+def test_spec_errors_are_config_errors():
+  for spec in ("tariff", "domain:shipping", "gym:sudoku"):
+    with pytest.raises(ConfigError):
+      load_source(spec, 3, 0)

@@ -8,7 +8,7 @@ import matplotlib.image
 import pytest
 
 from realm_jax import configs
-from realm_jax.cli import sweep as sw
+from realm_jax.cli import sweep as sw, sweep_results
 
 SWEEP_FILE = Path(__file__).resolve().parents[1] / "experiments" / "sweeps" / "tiny_lr.py"
 
@@ -136,14 +136,14 @@ def test_sweep_runs_skips_finished_and_gathers(tmp_path):
 
 def test_pick_metric():
   rows = [{"run": "a", "step": 3, "loss": 0.1, "eval/acc": 0.5}, {"run": "b", "loss": 0.2}]
-  assert sw.pick_metric(rows) == "eval/acc"
+  assert sweep_results.pick_metric(rows) == "eval/acc"
   staged = [{"eval/start/n": 5, "eval/start/accuracy": 0.1, "eval/final/n": 5,
              "eval/final/accuracy": 0.3, "eval/final/with routes/accuracy": 0.4}]
-  assert sw.pick_metric(staged) == "eval/final/accuracy"
-  assert sw.pick_metric([{"run": "a", "step": 1, "loss": 0.1}]) == "loss"
-  assert sw.pick_metric(rows, "loss") == "loss"
+  assert sweep_results.pick_metric(staged) == "eval/final/accuracy"
+  assert sweep_results.pick_metric([{"run": "a", "step": 1, "loss": 0.1}]) == "loss"
+  assert sweep_results.pick_metric(rows, "loss") == "loss"
   with pytest.raises(KeyError, match="not a result column"):
-    sw.pick_metric(rows, "reward")
+    sweep_results.pick_metric(rows, "reward")
 
 
 def test_main_dry_run_prints_commands_and_runs_nothing(tmp_path, capsys):

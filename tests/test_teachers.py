@@ -9,6 +9,7 @@ import pytest
 from realm_jax.data.domains import get_domain
 from realm_jax.data.records import Example, Route
 from realm_jax.data.sources import DataFormatError, read_gsm8k_jsonl
+from realm_jax.errors import DataError, DataWarning
 from realm_jax.data.teachers import (
     domain_teacher,
     file_teacher,
@@ -187,3 +188,33 @@ def test_records_validate_and_round_trip():
     Route.from_dict({"text": "t", "positive": True, "source": "s"})
   with pytest.raises(TypeError, match="Example.answer must be a str"):
     Example("a", "q", 1, None, "d")
+
+
+def test_read_route_pool_refuses_an_llm_route_file_and_says_how_to_attach_it(tmp_path):
+  path = tmp_path / "llm.jsonl"
+  path.write_text(json.dumps({"question_id": "q1", "route": "Answer: 5"}) + "\n")
+  with pytest.raises(DataError) as info:
+    read_route_pool(path)
+  message = str(info.value)
+  assert f"{path}:1: this is an LLM route file" in message
+  assert f"realm-jax data routes SOURCE --out FILE --route-file {path}" in message
+
+
+def test_read_route_pool_refuses_an_empty_pool(tmp_path):
+  path = tmp_path / "pool.jsonl"
+  path.write_text("")
+  with pytest.raises(DataError, match="empty route pool"):
+    read_route_pool(path)
+
+
+def test_file_teacher_warns_about_refused_routes(tmp_path):
+  path = tmp_path / "r.jsonl"
+  path.write_text("\n".join(json.dumps(x) for x in [
+      {"question_id": "q1", "route": "2 + 3 = 5\nAnswer: 5"},
+      {"question_id": "q1", "route": " "},
+      {"question_id": "q2", "route": "10% of 50 is 5, so the answer is 5. " * 3 + "Answer: 5"},
+  ]) + "\n")
+  with pytest.warns(DataWarning, match=r"1 empty \(lines \[2\]\).*1 longer than "
+                                       r"data.max_route_chars=100 characters \(lines \[3\]\)"):
+    labelled = file_teacher(path, _examples(), max_route_chars=100)
+  assert [len(ex.routes) for ex in labelled] == [1, 0]

@@ -116,7 +116,11 @@ def test_smoke_every_method(experiment, micro_base, tmp_path):
         assert r["p_routes"] == 0
       if cfg.rl.routes == "always":
         assert r["p_routes"] == 1
+  before = {os.path.join(d, f) for d, _, fs in os.walk(wd) for f in fs}
   results = evaluate.run(wd)
+  written = {os.path.join(d, f) for d, _, fs in os.walk(wd) for f in fs} - before
+  outputs = {"eval.json", "eval.md", "training_curves.png", "eaai_accuracy.png"}
+  assert {os.path.relpath(p, wd) for p in written} <= outputs, written
   final = next(v for k, v in results.items() if k.startswith("final"))
   for setting in ("without routes", "with routes"):
     r = final[setting]
@@ -168,7 +172,7 @@ def test_memory_estimate_is_logged_and_a_config_that_cannot_fit_stops_early(micr
   assert not metrics.read_metrics(wd, "rl")  # stopped before the first step
 
 
-def test_rollouts_reuse_the_compiled_sampler_across_steps(micro_base, tmp_path):
+def test_rollouts_reuse_the_compiled_sampler_across_steps(micro_base, tmp_path, fresh_compiles):
   import jax
   compiles = []
 
@@ -210,3 +214,61 @@ def test_rft_update_batch_uses_the_few_correct_samples_a_weak_model_finds():
   assert rft.update_batch_size(25, 32) == 25          # all 25 pairs, one batch
   assert rft.update_batch_size(25, 32, 2) == 24       # every process gets the same share
   assert rft.update_batch_size(1, 32, 2) == 0 and rft.update_batch_size(0, 32) == 0  # no update
+
+
+def _ckpt_steps(wd, phase):
+  from realm_jax.train import checkpoint
+  return checkpoint.finalized_steps(checkpoint.checkpoint_dir(wd, phase))
+
+
+def test_sft_honours_keep_checkpoints_and_checkpoint_every_0(micro_base, tmp_path):
+  micro = [o for o in MICRO if not o.startswith("checkpoint_every=")]
+  wd = str(tmp_path / "keep3")
+  train.run("sft", wd, micro + ["sft.steps=5", "sft.batch_size=4", "checkpoint_every=2",
+                                "keep_checkpoints=3", f"init_from={micro_base}"])
+  assert _ckpt_steps(wd, "sft") == [2, 4, 5]  # saves at 2, 4 and the last step; 3 kept
+  wd = str(tmp_path / "every0")
+  train.run("sft", wd, micro + ["sft.steps=3", "sft.batch_size=4", "checkpoint_every=0",
+                                f"init_from={micro_base}"])
+  assert _ckpt_steps(wd, "sft") == [3]  # only at the end
+  assert [r["step"] for r in metrics.read_metrics(wd, "sft")] == [0, 1, 2]
+
+
+def test_resume_compares_resolved_configs_not_override_strings(micro_base):
+  with open(os.path.join(micro_base, "run.json")) as f:
+    recorded = json.load(f)
+  assert recorded["overrides"] == MICRO
+  assert recorded["config"]["base"]["steps"] == 2 and recorded["config"]["mesh"] == [1, 1, 1]
+  train.run("base_model", micro_base, list(reversed(MICRO)))  # same config: accepted (done)
+  with pytest.raises(ValueError, match=r"config differs \(base.steps: 2 -> 3\); refusing"):
+    train.run("base_model", micro_base, MICRO + ["base.steps=3"])
+  with open(os.path.join(micro_base, "run.json")) as f:
+    assert json.load(f) == recorded
+
+
+def test_failed_setup_records_nothing_so_the_fixed_command_starts_afresh(tmp_path):
+  wd = str(tmp_path / "typo")
+  with pytest.raises(FileNotFoundError):
+    train.run("base_model", wd, MICRO + [f"data.source=gsm8k:{tmp_path}/no_such_file.jsonl"])
+  assert not os.path.exists(os.path.join(wd, "run.json"))
+  assert not os.path.exists(os.path.join(wd, "tokenizer.model"))
+
+
+def test_eval_refuses_a_run_without_a_finished_stage_and_writes_nothing(micro_base, tmp_path):
+  wd = tmp_path / "unfinished"
+  wd.mkdir()
+  with open(os.path.join(micro_base, "run.json")) as f:
+    (wd / "run.json").write_text(f.read())
+  with pytest.raises(FileNotFoundError, match="has no finished stage"):
+    evaluate.run(str(wd))
+  assert os.listdir(wd) == ["run.json"]  # no tokenizer trained into it, no outputs
+
+
+def test_eval_writes_only_its_outputs(micro_base, tmp_path):
+  import shutil
+  wd = str(tmp_path / "copy")
+  shutil.copytree(micro_base, wd)
+  os.remove(os.path.join(wd, "tokenizer.model"))
+  with pytest.raises(FileNotFoundError, match="tokenizer.model is missing"):
+    evaluate.run(wd)  # never trains a tokenizer into the run it evaluates
+  assert not os.path.exists(os.path.join(wd, "tokenizer.model"))

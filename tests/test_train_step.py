@@ -10,6 +10,7 @@ from realm_jax.rl import losses
 from realm_jax import model
 from realm_jax.train import step as train_step
 from realm_jax.rl import step as rl_step
+from realm_jax.rl.batch import RouteBatch, UpdateBatch
 
 CFG = model.ModelConfig(vocab_size=40, num_layers=2, d_model=16, num_heads=2, num_kv_heads=1,
                         head_dim=8, mlp_dim=32)
@@ -64,8 +65,8 @@ def test_rl_loss_and_gradients_do_not_depend_on_completion_only_logits():
   tokens, mask, cmask = _batch(rng)
   cmask = cmask.at[1, 8:].set(0)  # a completion that stopped early
   ref = train_step.token_logprobs(jax.tree.map(lambda x: x * 1.01, params), CFG, tokens, mask)
-  batch = {"tokens": tokens, "mask": mask, "completion_mask": cmask, "ref_logp": ref,
-           "adv": jnp.asarray(rng.normal(size=4), jnp.float32)}
+  batch = UpdateBatch(tokens=tokens, mask=mask, completion_mask=cmask, ref_logp=ref,
+                      adv=jnp.asarray(rng.normal(size=4), jnp.float32))
   cfg = losses.LossConfig(kl_coef=0.04, entropy_coef=0.01)
   grad = jax.value_and_grad(rl_step.policy_loss, has_aux=True)
   (l_full, m_full), g_full = grad(params, batch, CFG, cfg)
@@ -84,8 +85,8 @@ def test_rl_step_with_zero_advantage_and_reference_equal_policy_changes_nothing(
   state = train_step.init_state(params, opt)
   tokens, mask, cmask = _batch(np.random.default_rng(1))
   ref = train_step.token_logprobs(params, CFG, tokens, mask)
-  batch = {"tokens": tokens, "mask": mask, "completion_mask": cmask, "ref_logp": ref,
-           "adv": jnp.zeros(4)}
+  batch = UpdateBatch(tokens=tokens, mask=mask, completion_mask=cmask, ref_logp=ref,
+                      adv=jnp.zeros(4))
   step = rl_step.make_rl_step(CFG, opt, losses.LossConfig(kl_coef=0.1))
   new_state, m = step(state, batch)
   # (Params may still move: Adam rescales float-noise gradients, so the check is the gradient.)
@@ -102,7 +103,7 @@ def test_rl_step_raises_logprob_of_positively_rewarded_completion():
   tokens, mask, cmask = _batch(np.random.default_rng(2))
   adv = jnp.array([1.0, -1.0, 0.0, 0.0])
   lp0 = train_step.token_logprobs(params, CFG, tokens, mask)
-  batch = {"tokens": tokens, "mask": mask, "completion_mask": cmask, "ref_logp": lp0, "adv": adv}
+  batch = UpdateBatch(tokens=tokens, mask=mask, completion_mask=cmask, ref_logp=lp0, adv=adv)
   step = rl_step.make_rl_step(CFG, opt, losses.LossConfig())
   new_state, _ = step(state, batch)
   lp1 = train_step.token_logprobs(new_state.params, CFG, tokens, mask)
@@ -140,10 +141,10 @@ def _uneven_rl_batch(seed, N=8, T=12):
   cmask = np.zeros((N, T), np.int32)
   for i, n in enumerate([6, 1, 3, 0, 5, 6, 2, 4]):  # unequal lengths, one row fully masked
     cmask[i, 6:6 + n] = 1
-  return {"tokens": tokens, "mask": jnp.asarray(mask), "completion_mask": jnp.asarray(cmask),
-          "ref_logp": jnp.asarray(rng.normal(-3, 0.5, (N, T - 1)), jnp.float32),
-          "old_logp": jnp.asarray(rng.normal(-3, 0.5, (N, T - 1)), jnp.float32),
-          "adv": jnp.asarray(rng.normal(size=N), jnp.float32)}
+  return UpdateBatch(tokens=tokens, mask=jnp.asarray(mask), completion_mask=jnp.asarray(cmask),
+                     ref_logp=jnp.asarray(rng.normal(-3, 0.5, (N, T - 1)), jnp.float32),
+                     old_logp=jnp.asarray(rng.normal(-3, 0.5, (N, T - 1)), jnp.float32),
+                     adv=jnp.asarray(rng.normal(size=N), jnp.float32))
 
 
 @pytest.mark.parametrize("aggregation", ["token_mean", "seq_mean_token_mean",
@@ -170,11 +171,12 @@ def test_rl_step_microbatches_with_the_contrast_term():
   B, K, Tr = 4, 2, 7
   rl_mask = np.zeros((B * K, Tr), np.int32)
   rl_mask[:, 3:] = 1
-  batch.update(route_tokens=jnp.asarray(rng.integers(1, CFG.vocab_size, (B * K, Tr)), jnp.int32),
-               route_mask=jnp.ones((B * K, Tr), jnp.int32), route_loss_mask=jnp.asarray(rl_mask),
-               route_ref_logp=jnp.asarray(rng.normal(-10, 1, (B, K)), jnp.float32),
-               route_labels=jnp.asarray([[True, False]] * B),
-               route_valid=jnp.asarray([[True, True]] * 3 + [[True, False]]))
+  batch = batch.replace(route=RouteBatch(
+      tokens=jnp.asarray(rng.integers(1, CFG.vocab_size, (B * K, Tr)), jnp.int32),
+      mask=jnp.ones((B * K, Tr), jnp.int32), loss_mask=jnp.asarray(rl_mask),
+      ref_logp=jnp.asarray(rng.normal(-10, 1, (B, K)), jnp.float32),
+      labels=jnp.asarray([[True, False]] * B),
+      valid=jnp.asarray([[True, True]] * 3 + [[True, False]])))
   make = lambda opt, **kw: rl_step.make_rl_step(CFG, opt, losses.LossConfig(kl_coef=0.04),
                                                    contrast_coef=0.5, completion_len=6, **kw)
   d1, m1 = _sgd_step(make, params, batch)
@@ -245,7 +247,7 @@ def test_microbatches_over_unrolled_layers_equal_one_pass():
   for a, b in zip(jax.tree.leaves(d4), jax.tree.leaves(d1)):
     np.testing.assert_allclose(a, b, atol=2e-6)
   assert float(m4["loss"]) == pytest.approx(float(m1["loss"]), abs=1e-5)
-  sft = {"tokens": batch["tokens"], "mask": batch["mask"], "loss_mask": batch["completion_mask"]}
+  sft = {"tokens": batch.tokens, "mask": batch.mask, "loss_mask": batch.completion_mask}
   d1, m1 = _sgd_step(lambda opt, **kw: train_step.make_sft_step(CFG, opt, **kw), params, sft)
   d4, m4 = _sgd_step(lambda opt, **kw: train_step.make_sft_step(cfg_u, opt, **kw), params, sft,
                      microbatches=4)

@@ -1,13 +1,15 @@
-"""One full GRPO step, timed on the peers' fixed work (see `realm-jax bench`).
+"""One full GRPO step, timed on a fixed work (see `realm-jax bench`).
 
-Work (identical to the peer harnesses): 8 prompts x group 4 = 32 completions,
-64 random prompt tokens, 128 new tokens at temperature 1 with no early stop,
-a cheap host-side reward (share of even token ids in the completion),
-group-relative advantages, reference log-probs with beta = 0.04 (k3 KL in the
-loss), one AdamW(1e-6) update after global-norm clipping at 1.0, loss
-aggregation `seq_mean_token_mean`. A step is blocked until the new params
-are ready. The first step (compiles) is excluded; the median of the rest is
-reported with a per-phase split.
+Work: 8 prompts x group 4 = 32 completions, 64 random prompt tokens, 128 new
+tokens at temperature 1 with no early stop, a cheap host-side reward (share of
+even token ids in the completion), GRPO advantages, reference log-probs with
+beta = 0.04 (k3 KL in the loss), one AdamW update (lr 1e-6, the run's
+optimizer `train.step.make_optimizer`: global-norm clipping at 1.0), loss
+aggregation `seq_mean_token_mean`. The phases are the RL loop's own: its
+compiled sampler, its log-prob function and its jitted update
+(`rl.step.make_rl_step` on an `rl.batch.UpdateBatch`). A step is blocked
+until the new params are ready. The first step (compiles) is excluded; the
+median of the rest is reported with a per-phase split.
 """
 
 from __future__ import annotations
@@ -18,20 +20,20 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
-from realm_jax.rl import advantages, losses
 from realm_jax import model
 from realm_jax.model import sampling
-from realm_jax.train import step as train_step
+from realm_jax.rl import advantages, losses
 from realm_jax.rl import step as rl_step
+from realm_jax.rl.batch import UpdateBatch
+from realm_jax.train import step as train_step
 
 PROMPTS, GROUP, PROMPT_LEN, NEW_TOKENS, BETA, LR = 8, 4, 64, 128, 0.04, 1e-6
 MICROBATCHES = 4  # reference pass and update run 8 completions at a time (same numbers)
 
 
 def even_token_reward(completion_tokens_NT: np.ndarray, completion_mask_NT: np.ndarray) -> np.ndarray:
-  """Share of even token ids among each completion's tokens (the peers' dummy reward)."""
+  """Share of even token ids among each completion's tokens (the benchmark's dummy reward)."""
   even = (completion_tokens_NT % 2 == 0) & completion_mask_NT
   return (even.sum(1) / np.maximum(completion_mask_NT.sum(1), 1)).astype(np.float32)
 
@@ -39,16 +41,15 @@ def even_token_reward(completion_tokens_NT: np.ndarray, completion_mask_NT: np.n
 def run_grpo_bench(cfg: model.ModelConfig, repeats: int = 5, seed: int = 0) -> dict:
   params = model.init_params(cfg, jax.random.key(seed))
   ref_params = jax.tree.map(lambda x: x.copy(), params)
-  optimizer = optax.chain(optax.clip_by_global_norm(1.0),
-                          optax.adamw(LR, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0))
+  optimizer = train_step.make_optimizer(LR, 0, 10 ** 6, 0.0, 1.0)
   state = train_step.init_state(params, optimizer)
   scfg = sampling.SamplingConfig(max_new_tokens=NEW_TOKENS, temperature=1.0, stop_ids=(),
                                  num_samples=GROUP)
   generate = sampling.make_generate_fn(cfg, scfg)
-  logprob_fn = train_step.make_logprob_fn(cfg, NEW_TOKENS, MICROBATCHES)
+  logprob_fn = rl_step.make_logprob_fn(cfg, scfg, NEW_TOKENS, MICROBATCHES)
   loss_cfg = losses.LossConfig(kl_coef=BETA, kl_estimator="k3", aggregation="seq_mean_token_mean")
   update = rl_step.make_rl_step(cfg, optimizer, loss_cfg, completion_len=NEW_TOKENS,
-                                   microbatches=MICROBATCHES)
+                                microbatches=MICROBATCHES, scfg=scfg)
   rng = np.random.default_rng(seed)
   prompt_mask = jnp.ones((PROMPTS, PROMPT_LEN), jnp.int32)
 
@@ -59,14 +60,14 @@ def run_grpo_bench(cfg: model.ModelConfig, repeats: int = 5, seed: int = 0) -> d
     toks = np.asarray(roll.tokens)
     t1 = time.perf_counter()
     cmask = np.asarray(roll.completion_mask).astype(bool)
-    reward = even_token_reward(toks, cmask)
-    adv, _ = advantages.group_advantages(jnp.asarray(reward), GROUP, normalize_std=True)
+    adv = advantages.grpo(jnp.asarray(even_token_reward(toks, cmask)), GROUP)
     t2 = time.perf_counter()
     ref_logp = jax.block_until_ready(logprob_fn(ref_params, roll.tokens, roll.mask))
     t3 = time.perf_counter()
-    batch = {"tokens": roll.tokens, "mask": roll.mask, "completion_mask": roll.completion_mask,
-             "ref_logp": ref_logp, "adv": adv}
-    state, m = update(state, batch)
+    batch = UpdateBatch(tokens=roll.tokens, mask=roll.mask,
+                        completion_mask=roll.completion_mask.astype(jnp.int32), adv=adv,
+                        ref_logp=ref_logp, sampler_logp=roll.logprobs[:, 1:])
+    state, _ = update(state, batch)
     jax.block_until_ready(state.params)
     t4 = time.perf_counter()
     return state, {"step": t4 - t0, "rollout": t1 - t0, "reward": t2 - t1, "reference": t3 - t2,

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from realm_jax.rl import corpus
-from realm_jax.data import sources, teachers
+from realm_jax.cli.generate import model_path
+from realm_jax.data import domains, sources, teachers
 from realm_jax.data.config import DataConfig
 from realm_jax.data.records import Example
+from realm_jax.model import pretrained, sampling
+from realm_jax.model.tokenizer import load_tokenizer
+from realm_jax.rl import corpus
 from realm_jax.train import generation
 
 
@@ -45,18 +48,14 @@ def stats_table(examples: list[Example], tokenizer=None) -> str:
 
 def print_stats(source: str, tokenizer: str | None = None, n: int = 200, seed: int = 0,
                 difficulty: int = 0) -> None:
-  tok = None
-  if tokenizer:
-    from realm_jax.model.tokenizer import load_tokenizer
-    tok = load_tokenizer(tokenizer)
+  tok = load_tokenizer(tokenizer) if tokenizer else None
   print(stats_table(examples_with_routes(source, n, seed, difficulty), tok))
 
 
-def model_generate_fn(model_path: str, max_new_tokens: int = 256, temperature: float = 0.8,
+def model_generate_fn(model: str, max_new_tokens: int = 256, temperature: float = 0.8,
                       seed: int = 0):
   """A `teachers.model_teacher` generate_fn over any model realm_jax loads (chat prompts)."""
-  from realm_jax.model import gguf as gguf_import, pretrained, sampling
-  path = gguf_import.smollm2_gguf_path() if model_path == "smollm2" else model_path
+  path = model_path(model)
   cfg, params = pretrained.load_pretrained(path)
   tok = pretrained.load_pretrained_tokenizer(path)
   scfg = sampling.SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature,
@@ -78,7 +77,6 @@ def write_routes(source: str, out: str, n: int = 200, seed: int = 0, difficulty:
   if teacher_model:
     rule_book = None
     if source.startswith("domain:"):
-      from realm_jax.data import domains
       rule_book = domains.get_domain(source.split(":", 1)[1]).rule_book()
     examples = teachers.model_teacher(
         examples, model_generate_fn(teacher_model, max_new_tokens, seed=seed), rule_book, samples)

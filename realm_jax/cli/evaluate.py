@@ -1,5 +1,9 @@
 """`realm-jax eval --workdir DIR`: evaluates a run's starting point and final params
-and writes eval.json, eval.md and PNG plots into the workdir."""
+and writes eval.json, eval.md and PNG plots into the workdir.
+
+It writes nothing else there: the run's tokenizer and params are only read
+(`train.prepare(create=False)`), and a run with no finished stage is refused
+before any data is built or model loaded."""
 
 from __future__ import annotations
 
@@ -10,16 +14,19 @@ import jax
 
 from realm_jax.cli import plots, train
 from realm_jax.train import sharding
-from realm_jax.evaluation.accuracy import evaluate_params, markdown_table
+from realm_jax.evaluation.accuracy import evaluate_params, results_table
 
 
 def run(workdir: str, overrides: list[str] | None = None) -> dict:
   """Evaluates the run's starting point and final params; writes eval.json/eval.md/plots."""
   run_info = train.load_run_info(workdir)
+  if not train.finished_phases(workdir):
+    raise FileNotFoundError(f"{workdir} has no finished stage (params/{{{','.join(train.PHASES)}}}"
+                            "): train it to the end of a stage first")
   cfg = train.load_config(workdir, overrides)
   mesh = train.make_mesh(cfg.mesh)
   with sharding.use_mesh(mesh):
-    return _run(workdir, run_info, cfg, train.prepare(cfg, workdir, mesh))
+    return _run(workdir, run_info, cfg, train.prepare(cfg, workdir, mesh, create=False))
 
 
 def _run(workdir: str, run_info: dict, cfg, ctx) -> dict:
@@ -33,7 +40,7 @@ def _run(workdir: str, run_info: dict, cfg, ctx) -> dict:
       results[stage][name] = evaluate_params(
           params, ctx.model_cfg, ctx.tokenizer, ctx.data.eval[:cfg.eval.num_questions], cfg.eval,
           cfg.rl.mrpv, with_routes=with_routes, seed=cfg.seed, chat=ctx.chat)
-  table = markdown_table(results, cfg.eval.k)
+  table = results_table(results, cfg.eval.k)
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "eval.json"), "w") as f:
       json.dump({"experiment": run_info.get("experiment"), "results": results}, f, indent=2)

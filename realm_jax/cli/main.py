@@ -8,12 +8,53 @@
   realm-jax data routes SOURCE --out FILE [--n N] [--negatives K] [--teacher-model PATH]
   realm-jax plot-schedule [EXPERIMENT] --out FILE.png [key=value ...]
   realm-jax sweep SWEEPFILE [--parallel N] [--out DIR] [--dry-run]
+
+Errors: bad input (a missing file, a bad config value, a malformed data line, a
+model realm_jax cannot load) prints one line `realm-jax: error: <what, where,
+what to do>` to stderr and exits 2 for usage and config errors, 1 for the others
+(`realm_jax.errors`); REALM_JAX_DEBUG=1 shows the traceback. Bugs keep their traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import warnings
+
+from realm_jax import errors
+
+OVERRIDES_HELP = """overrides:
+  Dotted KEY=VALUE pairs after the flags change fields of the experiment's config
+  (realm_jax/configs.py: ExperimentConfig and its sections model, data, base, sft,
+  rft, rl, eval). Values are typed by the field: numbers, true/false, none, and
+  comma-separated tuples. All overrides are applied before the config is checked,
+  so their order does not matter. Examples:
+  realm-jax train demo --workdir runs/demo rl.steps=20 rl.lr=1e-4
+  realm-jax train realm_zero --workdir runs/rz rl.eaai.shape=cosine rl.mrpv.num_routes=2
+  realm-jax train grpo --workdir runs/g data.source=gsm8k:train.jsonl mesh=-1,1,1
+"""
+
+EVAL_HELP = """Evaluates a finished run (its --workdir) at two points: its starting point (the
+params of the stage before the last one, or init_from's params; skipped with
+eval.final_only=true) and its final params. Each is measured on the first
+eval.num_questions held-out questions, without routes and with routes
+(rl.mrpv.num_routes routes from each question's pool in the prompt):
+  greedy accuracy (temperature 0) with a Wilson 95% confidence interval,
+  pass@k and maj@k over eval.k samples at eval.temperature,
+  with routes also the accuracy of the model's route verdicts.
+Writes eval.json (all numbers), eval.md (the table) and PNG plots into the workdir.
+Overrides (KEY=VALUE, e.g. eval.num_questions=64 eval.k=8) change the config it reads.
+"""
+
+
+def _train_description() -> str:
+  from realm_jax import configs
+  summaries = configs.experiment_summaries()
+  width = max(map(len, summaries), default=0)
+  lines = [f"  {name.ljust(width)}  {doc}" for name, doc in summaries.items()]
+  return ("Runs (or resumes) every enabled stage of an experiment in --workdir.\n\n"
+          "experiments (experiments/NAME.py, or the path of any .py file with get_config()):\n"
+          + "\n".join(lines))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -21,14 +62,19 @@ def _parser() -> argparse.ArgumentParser:
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   sub = p.add_subparsers(dest="command", required=True)
 
-  t = sub.add_parser("train", help="run an experiment (experiments/NAME.py)")
-  t.add_argument("experiment", help="experiment name (e.g. demo, realm_zero) or a .py path")
-  t.add_argument("--workdir", required=True)
-  t.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. rl.steps=20")
+  raw = argparse.RawDescriptionHelpFormatter
+  t = sub.add_parser("train", help="run an experiment (experiments/NAME.py)",
+                     description=_train_description(), epilog=OVERRIDES_HELP, formatter_class=raw)
+  t.add_argument("experiment", help="experiment name (listed above) or a .py path")
+  t.add_argument("--workdir", required=True, help="run directory (created; resumed if it exists)")
+  t.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                 help="dotted config overrides, e.g. rl.steps=20 (see below)")
 
-  e = sub.add_parser("eval", help="evaluate a run's latest checkpoint")
-  e.add_argument("--workdir", required=True)
-  e.add_argument("overrides", nargs="*")
+  e = sub.add_parser("eval", help="evaluate a run: starting point and final params",
+                     description=EVAL_HELP, formatter_class=raw)
+  e.add_argument("--workdir", required=True, help="the run directory `realm-jax train` wrote")
+  e.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                 help="dotted config overrides, e.g. eval.k=8")
 
   g = sub.add_parser("generate", help="sample from a model")
   g.add_argument("--model", required=True, help="HF folder or .gguf file (or 'smollm2')")
@@ -72,8 +118,28 @@ def _parser() -> argparse.ArgumentParser:
   return p
 
 
+_FORMAT_WARNING = warnings.formatwarning
+
+
+def _format_warning(message, category, filename, lineno, line=None):
+  if issubclass(category, errors.DataWarning):
+    return f"realm-jax: warning: {message}\n"
+  return _FORMAT_WARNING(message, category, filename, lineno, line)
+
+
 def main(argv: list[str] | None = None) -> None:
-  argv = list(sys.argv[1:] if argv is None else argv)
+  """The entry point: user errors become one line and an exit code (module docstring)."""
+  warnings.formatwarning = _format_warning
+  try:
+    _main(list(sys.argv[1:] if argv is None else argv))
+  except Exception as e:  # SystemExit and KeyboardInterrupt pass through
+    if errors.debug() or not errors.is_user_error(e):
+      raise
+    print(f"realm-jax: error: {errors.message(e)}", file=sys.stderr)
+    sys.exit(errors.exit_code(e))
+
+
+def _main(argv: list[str]) -> None:
   if argv and argv[0] in ("bench", "sweep"):  # they parse their own flags
     if argv[0] == "bench":
       from realm_jax.cli import bench

@@ -13,6 +13,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from realm_jax.rl import eaai
+from realm_jax.train import metrics
 
 
 def plot_schedule(cfg: eaai.EAAIConfig, path: str | os.PathLike,
@@ -63,7 +64,6 @@ def plot_training(workdir: str | os.PathLike) -> list[str]:
   (with and without routes, smoothed over 5 steps). eaai_accuracy.png: the
   route share actually shown against autonomous (no-route) accuracy.
   """
-  from realm_jax.train import metrics
   rows = metrics.read_metrics(str(workdir))
   written = []
   sup = [r for r in rows if r.get("phase") != "rl" and "loss" in r]

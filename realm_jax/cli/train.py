@@ -7,6 +7,12 @@ leaving its final params in `DIR/params/PHASE`:
   rft   rejection-sampling fine-tuning rounds,
   rl    GRPO-family RL with MRPV and EAAI.
 
+Life-cycle of `run`: validate the config; check and lock the workdir (one
+live run per directory); refuse a resume whose resolved config differs from
+the one recorded; set up (data, tokenizer, model); only then record the run
+(`run.json`, written atomically, with the resolved config); then the stages.
+SIGTERM / SIGINT stop after the step in flight, saved (see `train.loop`).
+
 Initial params, in this precedence (first that applies):
   1. this run's own stage outputs (a finished stage is never redone; an
      unfinished one resumes from its latest checkpoint),
@@ -29,15 +35,12 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from realm_jax.train import checkpoint, sft as distill, distributed, metrics as metrics_lib
-from realm_jax import configs
-from realm_jax.rl import corpus
-from realm_jax.data import pipeline as data
-from realm_jax import model
-from realm_jax.train import sharding
-from realm_jax.train import preemption, step as train_step
-from realm_jax.rl import loop as rl_loop
-from realm_jax.model import tokenizer as tokenizer_lib
+from realm_jax import configs, model
+from realm_jax.cli.generate import model_path
+from realm_jax.model import pretrained, tokenizer as tokenizer_lib
+from realm_jax.rl import corpus, rft, stage as rl_stage
+from realm_jax.train import distributed, metrics as metrics_lib, preemption, sft as distill
+from realm_jax.train import sharding, workdir as workdir_lib
 
 PHASES = ("base", "sft", "rft", "rl")
 
@@ -66,6 +69,18 @@ def load_config(workdir: str, extra_overrides: list[str] | None = None) -> confi
   return configs.load_experiment(info["experiment"], info["overrides"] + list(extra_overrides or []))
 
 
+def config_record(cfg: configs.ExperimentConfig) -> dict:
+  """The resolved config as JSON values: what run.json records and a resume must match."""
+  return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
+
+
+def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
+  if isinstance(old, dict) and isinstance(new, dict):
+    return [d for k in sorted(old.keys() | new.keys())
+            for d in _differences(old.get(k), new.get(k), f"{prefix}{k}.")]
+  return [] if old == new else [f"{prefix[:-1]}: {old!r} -> {new!r}"]
+
+
 # ---------------------------------------------------------------------------
 # Params on disk.
 
@@ -92,59 +107,61 @@ def _finished(workdir: str, phase: str) -> bool:
   return os.path.exists(params_path(workdir, phase))
 
 
+def finished_phases(workdir: str) -> list[str]:
+  return [p for p in PHASES if _finished(workdir, p)]
+
+
 # ---------------------------------------------------------------------------
 # Setup.
 
 
-def _tokenizer(cfg: configs.ExperimentConfig, workdir: str, run_data: corpus.RunData):
-  spec = cfg.model
-  if spec.tokenizer:
-    return tokenizer_lib.load_tokenizer(spec.tokenizer)
-  if spec.pretrained:
-    from realm_jax.model import pretrained
-    return pretrained.load_pretrained_tokenizer(_pretrained_path(spec.pretrained))
+def _run_tokenizer(cfg: configs.ExperimentConfig, workdir: str, run_data: corpus.RunData,
+                   create: bool):
+  """The run's own tokenizer (workdir/tokenizer.model): copied from `init_from` or trained on
+  the run's data when missing and `create`; written atomically by process 0."""
   path = os.path.join(workdir, "tokenizer.model")
-  if cfg.init_from:  # the params' own tokenizer, kept beside them for runs that start from this one
-    source = os.path.join(cfg.init_from, "tokenizer.model")
-    if not os.path.exists(source):
-      raise FileNotFoundError(f"init_from={cfg.init_from!r} has no tokenizer.model")
-    if not os.path.exists(path) and jax.process_index() == 0:
-      os.makedirs(workdir, exist_ok=True)
-      shutil.copyfile(source, path + ".tmp")
-      os.replace(path + ".tmp", path)
-    distributed.barrier("tokenizer")
+  if not create or os.path.exists(path):
+    if not os.path.exists(path):
+      raise FileNotFoundError(f"{path} is missing: {workdir} holds no trained tokenizer")
     return tokenizer_lib.load_tokenizer(path)
-  if not os.path.exists(path) and jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    texts = list(corpus.tokenizer_corpus(run_data.train, cfg.rl.mrpv))
-    tokenizer_lib.train_sentencepiece(texts, spec.tokenizer_vocab, out_path=path + ".tmp",
-                                      model_type="bpe", hard_vocab_limit=False)
+  if jax.process_index() == 0:
+    if cfg.init_from:  # the params' own tokenizer, kept beside them for runs that start from this one
+      source = os.path.join(cfg.init_from, "tokenizer.model")
+      if not os.path.exists(source):
+        raise FileNotFoundError(f"init_from={cfg.init_from!r} has no tokenizer.model")
+      shutil.copyfile(source, path + ".tmp")
+    else:
+      texts = list(corpus.tokenizer_corpus(run_data.train, cfg.rl.mrpv))
+      tokenizer_lib.train_sentencepiece(texts, cfg.model.tokenizer_vocab, out_path=path + ".tmp",
+                                        model_type="bpe", hard_vocab_limit=False)
     os.replace(path + ".tmp", path)  # atomic: a crash never leaves half a tokenizer
   distributed.barrier("tokenizer")
   return tokenizer_lib.load_tokenizer(path)
 
 
-def _pretrained_path(name: str) -> str:
-  if name == "smollm2":
-    from realm_jax.model import gguf as gguf_import
-    return gguf_import.smollm2_gguf_path()
-  return name
+def _tokenizer(cfg: configs.ExperimentConfig, workdir: str, run_data: corpus.RunData,
+               create: bool):
+  if cfg.model.tokenizer:
+    return tokenizer_lib.load_tokenizer(cfg.model.tokenizer)
+  if cfg.model.pretrained:
+    return pretrained.load_pretrained_tokenizer(model_path(cfg.model.pretrained))
+  return _run_tokenizer(cfg, workdir, run_data, create)
 
 
-def prepare(cfg: configs.ExperimentConfig, workdir: str, mesh=None) -> Context:
+def prepare(cfg: configs.ExperimentConfig, workdir: str, mesh=None, create: bool = True) -> Context:
+  """Data, tokenizer and model of a run. `create=False` (eval) writes nothing into `workdir`."""
   run_data = corpus.build_run_data(cfg.data)
-  tok = _tokenizer(cfg, workdir, run_data)
+  tok = _tokenizer(cfg, workdir, run_data, create)
   spec = cfg.model
   pretrained_params = None
   if spec.pretrained:
-    from realm_jax.model import pretrained
-    model_cfg, pretrained_params = pretrained.load_pretrained(_pretrained_path(spec.pretrained))
+    model_cfg, pretrained_params = pretrained.load_pretrained(model_path(spec.pretrained))
   else:
     model_cfg = dataclasses.replace(spec.tiny, vocab_size=tok.vocab_size)
-  model_cfg = dataclasses.replace(model_cfg, dtype=spec.dtype, param_dtype=spec.param_dtype,
+  model_cfg = dataclasses.replace(model_cfg, **spec.model_dtypes(),
                                   remat=spec.remat, scan_layers=spec.scan_layers)
   if pretrained_params is not None:
-    pretrained_params = model.cast_params(pretrained_params, spec.param_dtype)
+    pretrained_params = model.cast_params(pretrained_params, model_cfg.param_dtype)
   return Context(cfg=cfg, model_cfg=model_cfg, tokenizer=tok, data=run_data,
                  chat=bool(spec.pretrained), pretrained_params=pretrained_params,
                  mesh=mesh if mesh is not None else make_mesh(cfg.mesh))
@@ -171,7 +188,7 @@ def initial_params(ctx: Context, workdir: str) -> tuple[Any, str]:
 
 def stage_params(ctx: Context, workdir: str) -> dict[str, Any]:
   """{'start': params RL (or the last stage) started from, 'final': the run's final params}."""
-  done = [p for p in PHASES if _finished(workdir, p)]
+  done = finished_phases(workdir)
   if not done:
     raise FileNotFoundError(f"{workdir} has no finished stage (params/{{{','.join(PHASES)}}})")
   out = {}
@@ -195,19 +212,27 @@ def make_mesh(sizes: tuple[int, int, int]):
   return sharding.make_mesh(cfg, jax.devices()[:n])
 
 
-def _write_run_info(workdir: str, experiment: str, overrides: list[str]) -> None:
-  path = os.path.join(workdir, "run.json")
-  info = {"experiment": experiment, "overrides": list(overrides)}
-  if os.path.exists(path):
-    old = load_run_info(workdir)
-    if (old["experiment"], old["overrides"]) != (experiment, list(overrides)):
-      raise ValueError(f"{workdir} holds a run of {old['experiment']} {old['overrides']}; "
-                       f"refusing to resume it as {experiment} {overrides}. Use another --workdir.")
+def _check_resume(workdir: str, experiment: str, cfg: configs.ExperimentConfig) -> None:
+  """Refuses to resume a recorded run under a different resolved config (names what differs)."""
+  if not os.path.exists(os.path.join(workdir, "run.json")):
     return
-  if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    with open(path, "w") as f:
-      json.dump(info, f, indent=2)
+  old = load_run_info(workdir)
+  recorded = old.get("config")
+  if recorded is None:  # recorded without a resolved config: resolve what it recorded
+    recorded = config_record(configs.load_experiment(old["experiment"], old["overrides"]))
+  diff = _differences(recorded, config_record(cfg))
+  if diff:
+    raise ValueError(f"{workdir} holds a run of {old['experiment']} whose config differs "
+                     f"({'; '.join(diff[:5])}{'; ...' if len(diff) > 5 else ''}); refusing to "
+                     f"resume it as {experiment}. Use another --workdir.")
+
+
+def _record_run(workdir: str, experiment: str, overrides: list[str],
+                cfg: configs.ExperimentConfig) -> None:
+  if jax.process_index() == 0 and not os.path.exists(os.path.join(workdir, "run.json")):
+    workdir_lib.write_json(os.path.join(workdir, "run.json"),
+                           {"experiment": experiment, "overrides": list(overrides),
+                            "config": config_record(cfg)})
 
 
 def run(experiment: str, workdir: str, overrides: list[str] | None = None) -> Any:
@@ -215,122 +240,62 @@ def run(experiment: str, workdir: str, overrides: list[str] | None = None) -> An
   distributed.maybe_initialize()
   overrides = list(overrides or [])
   cfg = configs.load_experiment(experiment, overrides)
-  _write_run_info(workdir, experiment, overrides)
-  mesh = make_mesh(cfg.mesh)
-  with sharding.use_mesh(mesh):
-    return _run(cfg, experiment, workdir, prepare(cfg, workdir, mesh))
+  workdir_lib.ensure(workdir)
+  with workdir_lib.locked(workdir), preemption.handling():
+    _check_resume(workdir, experiment, cfg)
+    mesh = make_mesh(cfg.mesh)
+    with sharding.use_mesh(mesh):
+      ctx = prepare(cfg, workdir, mesh)
+      sharding.check_divisibility(ctx.model_cfg, ctx.mesh, cfg.rl.batch_prompts)
+      _record_run(workdir, experiment, overrides, cfg)
+      return _run(cfg, experiment, workdir, ctx)
+
+
+def _supervised(phase: str, scfg, ctx: Context, sft_ctx: distill.SFTContext, params: Any) -> Any:
+  """Base warm-up or guided distillation: verified teacher pairs through `run_sft`."""
+  cfg = ctx.cfg
+  teacher, dropped = distill.verified_teacher_examples(ctx.data.train[:scfg.num_items])
+  # One generator per phase: a resumed run that skips a finished phase draws the same pairs.
+  rng = np.random.default_rng([cfg.seed, PHASES.index(phase)])
+  pairs = corpus.sft_pairs(teacher, rng, cfg.rl.mrpv, scfg.route_share, cfg.rl.mrpv.num_routes)
+  sft_ctx.writer.write_once(f"{phase}_teacher", 0, {"teacher_examples": len(teacher),
+                                                    "teacher_dropped": dropped})
+  teacher = None
+  if scfg.kd_alpha > 0:
+    if not scfg.kd_teacher:
+      raise ValueError(f"{phase}.kd_alpha={scfg.kd_alpha} needs {phase}.kd_teacher=RUN_DIR")
+    teacher = load_params(final_params_path(scfg.kd_teacher), ctx.model_cfg)
+  return distill.run_sft(phase, sft_ctx, params, pairs, scfg, teacher)
 
 
 def _run(cfg: configs.ExperimentConfig, experiment: str, workdir: str, ctx: Context) -> Any:
-  sharding.check_divisibility(ctx.model_cfg, ctx.mesh, cfg.rl.batch_prompts)
   writer = metrics_lib.MetricsWriter(workdir)
   params, source = initial_params(ctx, workdir)
-  ref_source = source
+  reference = source
   print(f"[realm-jax] {experiment}: model {ctx.model_cfg.num_params / 1e6:.2f}M params, "
         f"init from {source}; {len(ctx.data.train)} train / {len(ctx.data.eval)} eval items")
-  preemption.install()
   sft_ctx = distill.SFTContext(model_cfg=ctx.model_cfg, tokenizer=ctx.tokenizer, workdir=workdir,
                                writer=writer, buckets=cfg.data.sft_buckets, seed=cfg.seed,
-                               checkpoint_every=cfg.checkpoint_every, mesh=ctx.mesh,
-                               chat=ctx.chat)
-  K = cfg.rl.mrpv.num_routes
-  for phase, scfg in (("base", cfg.base), ("sft", cfg.sft)):
-    if not scfg.steps or (phase == "base" and cfg.init_from):  # init_from replaces the warm-up
-      continue
-    if _finished(workdir, phase):
-      params = load_params(params_path(workdir, phase), ctx.model_cfg)
-      ref_source = f"{workdir}:{phase}"
-      continue
-    teacher, dropped = distill.verified_teacher_examples(ctx.data.train[:scfg.num_items])
-    # One generator per phase: a resumed run that skips a finished phase draws the same pairs.
-    rng = np.random.default_rng([cfg.seed, PHASES.index(phase)])
-    pairs = corpus.sft_pairs(teacher, rng, cfg.rl.mrpv, scfg.route_share, K)
-    writer.write(phase, 0, {"teacher_examples": len(teacher), "teacher_dropped": dropped})
-    teacher = None
-    if scfg.kd_alpha > 0:
-      if not scfg.kd_teacher:
-        raise ValueError(f"{phase}.kd_alpha={scfg.kd_alpha} needs {phase}.kd_teacher=RUN_DIR")
-      teacher = load_params(final_params_path(scfg.kd_teacher), ctx.model_cfg)
-    params = distill.run_sft(phase, sft_ctx, params, pairs, scfg, teacher)
-    save_params(workdir, phase, params)
-    ref_source = f"{workdir}:{phase}"
-  if cfg.rft.rounds:
-    if _finished(workdir, "rft"):
-      params = load_params(params_path(workdir, "rft"), ctx.model_cfg)
-    else:
-      from realm_jax.rl import rft
-      params = rft.run_rft(ctx, sft_ctx, params, cfg.rft)
-      save_params(workdir, "rft", params)
-    ref_source = f"{workdir}:rft"
-  if cfg.rl.steps:
-    if _finished(workdir, "rl"):
-      params = load_params(params_path(workdir, "rl"), ctx.model_cfg)
-    else:
-      params = run_rl(ctx, workdir, writer, params, ref_source)
-      save_params(workdir, "rl", params)
-  writer.close()
-  with open(os.path.join(workdir, "DONE"), "w") as f:
-    f.write("done\n")
-  return params
-
-
-def run_rl(ctx: Context, workdir: str, writer: metrics_lib.MetricsWriter, params: Any,
-           ref_source: str) -> Any:
-  cfg = ctx.cfg
-  # A copy: the train state's buffers are donated every step, the reference must survive.
-  ref_params = jax.tree.map(lambda x: x.copy(), params)
-  ref_params = jax.tree.map(sharding.put, ref_params, sharding.param_shardings(ctx.model_cfg, ctx.mesh))
-  eaai_cfg = cfg.eaai_config()
-  optimizer = train_step.make_optimizer(cfg.rl.lr, cfg.rl.warmup, cfg.rl.steps * cfg.rl.num_inner_updates
-                                        * cfg.rl.num_minibatches, cfg.rl.weight_decay, cfg.rl.grad_clip)
-  state, shardings = train_step.shard_state(train_step.init_state(params, optimizer), optimizer,
-                                           ctx.model_cfg, ctx.mesh)
-  # Every process draws the same global batch of prompts (text is tiny); the
-  # device work (rollouts, updates) is what is sharded over the mesh.
-  batches = data.rl_batches(ctx.data.train, cfg.rl.batch_prompts, cfg.seed, process_index=0,
-                            process_count=1)
-  ckpt = checkpoint.Checkpointer(checkpoint.checkpoint_dir(workdir, "rl"), keep_last=cfg.keep_checkpoints,
-                                 best_metric="accuracy")
-  start, clock, acc_ema = 0, 0, None
-  latest = ckpt.latest_step()
-  if latest is not None:
-    state, extra = ckpt.restore(abstract_state=train_step.abstract_state(state, shardings))
-    data.restore(batches, extra["data"])
-    start, clock, acc_ema = int(extra["step"]), int(extra["eaai_clock"]), extra.get("acc_ema")
-  rl_ctx = rl_loop.RLContext(model_cfg=ctx.model_cfg, tokenizer=ctx.tokenizer,
-                             prompt_buckets=cfg.data.prompt_buckets, route_buckets=cfg.data.sft_buckets,
-                             seed=cfg.seed, chat=ctx.chat)
-  loop = rl_loop.RLLoop(rl_ctx, cfg.rl, eaai_cfg, optimizer, shardings)
-  metrics_lib.report_memory("rl", loop.update, (train_step.abstract_state(state, shardings),
-                                                 loop.abstract_batch(shardings)),
-                            writer, cfg.max_memory_fraction, cfg.device_memory_bytes)
-  bar = metrics_lib.progress(cfg.rl.steps, start, "rl")
-  from realm_jax.rl import eaai
+                               checkpoint_every=cfg.checkpoint_every,
+                               keep_checkpoints=cfg.keep_checkpoints, mesh=ctx.mesh,
+                               chat=ctx.chat, memory_fraction=cfg.max_memory_fraction,
+                               device_memory=cfg.device_memory_bytes)
+  stages = (("base", cfg.base.steps and not cfg.init_from,  # init_from replaces the warm-up
+             lambda p: _supervised("base", cfg.base, ctx, sft_ctx, p)),
+            ("sft", cfg.sft.steps, lambda p: _supervised("sft", cfg.sft, ctx, sft_ctx, p)),
+            ("rft", cfg.rft.rounds, lambda p: rft.run_rft(ctx, sft_ctx, p, cfg.rft)),
+            ("rl", cfg.rl.steps, lambda p: rl_stage.run_rl(ctx, workdir, writer, p, reference)))
   try:
-    for step in range(start, cfg.rl.steps):
-      examples = next(batches)
-      state, m = loop.step(state, ref_params, examples, step, clock)
-      metrics_lib.check_finite(m, step, "rl", keys=("loss", "grad_norm", "reward"))
-      writer.write("rl", step, m)
-      # The gate reads a running (EMA) autonomous accuracy; none yet -> the clock advances.
-      auto = m["accuracy_no_routes"]
-      if not np.isnan(auto):
-        acc_ema = auto if acc_ema is None else 0.9 * acc_ema + 0.1 * auto
-      clock = int(eaai.advance_clock(clock, acc_ema, eaai_cfg))
-      bar.update(1)
-      bar.set_postfix(reward=f"{m['reward']:.2f}", acc=f"{m['accuracy']:.2f}",
-                      p=f"{m['p_routes']:.2f}")
-      last = step + 1 == cfg.rl.steps
-      stop = preemption.requested()
-      if last or stop or (cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0):
-        distill.check_finite_params(state.params, step, "rl")
-        ckpt.save(step + 1, state, extra={"data": data.get_state(batches), "step": step + 1,
-                                          "eaai_clock": clock, "acc_ema": acc_ema,
-                                          "reference": ref_source},
-                  metrics={"accuracy": m["accuracy"]}, force=last or stop)
-      if stop:
-        raise preemption.Preempted(f"rl step {step + 1}")
-  finally:  # waits for pending saves, on errors too: every save holds finite pre-failure state
-    ckpt.close()
-  bar.close()
-  return state.params
+    for phase, enabled, train_stage in stages:
+      if not enabled:
+        continue
+      if _finished(workdir, phase):  # a finished stage is never redone
+        params = load_params(params_path(workdir, phase), ctx.model_cfg)
+      else:
+        params = train_stage(params)
+        save_params(workdir, phase, params)
+      reference = f"{workdir}:{phase}"
+  finally:
+    writer.close()
+  workdir_lib.write_json(os.path.join(workdir, "DONE"), {"experiment": experiment})
+  return params

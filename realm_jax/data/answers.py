@@ -28,6 +28,9 @@ r"""Final-answer extraction and answer equivalence (pure: strings in, values out
     space, whitespace collapsed (`"Yes."` == `"yes"`); a number never equals a
     non-number and an empty prediction never matches.
 
+`is_correct(text, gold)` extracts the answer from a completion and compares it with the
+gold: the one helper every scorer (rewards, evaluation, RFT filtering) calls.
+
 `score_batch(texts, golds)` extracts then compares, returning `float32[N]` of
 0/1 (a text with no extractable answer scores 0).
 """
@@ -171,12 +174,17 @@ def is_equivalent(predicted: str, gold: str, rel_tol: float = 1e-6, abs_tol: flo
   return bool(p_text) and p_text == _normalize_text(gold)
 
 
+def is_correct(text: str, gold: str) -> bool:
+  """True when the answer extracted from completion `text` is equivalent to `gold`."""
+  answer = extract_answer(text)
+  return answer is not None and is_equivalent(answer, gold)
+
+
 def score_batch(predicted_texts: list[str], golds: list[str]) -> np.ndarray:
   """`float32[N]`: 1.0 where the answer extracted from text i is equivalent to golds[i]."""
   if len(predicted_texts) != len(golds):
     raise ValueError(f"score_batch: {len(predicted_texts)} texts but {len(golds)} gold answers")
   scores = np.zeros(len(golds), dtype=np.float32)
   for i, (text, gold) in enumerate(zip(predicted_texts, golds)):
-    answer = extract_answer(text)
-    scores[i] = float(answer is not None and is_equivalent(answer, gold))
+    scores[i] = float(is_correct(text, gold))
   return scores

@@ -11,7 +11,9 @@ Every route from a file or a model is labelled by verification
 (`sources.label_route`): positive iff its extracted answer is equivalent to the
 gold answer.
 
-Route pool file: one `Example.to_dict()` JSON object per line.
+Route pool file: one `Example.to_dict()` JSON object per line (what `realm-jax data
+routes` writes and `routes:FILE` reads). An LLM route file (`{"question_id", "route"}`
+lines) is not a pool: `read_route_pool` refuses it and says how to attach it.
 """
 
 from __future__ import annotations
@@ -25,9 +27,12 @@ from typing import Any
 
 import numpy as np
 
+from realm_jax.data.config import MAX_ROUTE_CHARS
 from realm_jax.data.domains import Domain, get_domain
 from realm_jax.data.records import Example
-from realm_jax.data.sources import DataFormatError, read_json_lines, label_route, load_route_file
+from realm_jax.data.sources import (DataFormatError, DataWarning, label_route, load_route_file,
+                                    read_json_lines)
+from realm_jax.errors import DataError
 
 
 def domain_teacher(
@@ -47,11 +52,14 @@ def domain_teacher(
   return out
 
 
-def file_teacher(path: str | os.PathLike, examples: list[Example]) -> list[Example]:
-  """`load_route_file`, warning when routes had no answer or named unknown questions."""
-  labelled, report = load_route_file(path, examples)
-  if report.no_answer or report.unknown_ids:
-    warnings.warn(report.summary(), stacklevel=2)
+def file_teacher(
+    path: str | os.PathLike, examples: list[Example], max_route_chars: int = MAX_ROUTE_CHARS
+) -> list[Example]:
+  """`load_route_file`, warning when routes had no answer or were not attached (empty, over
+  `max_route_chars`, unknown question id)."""
+  labelled, report = load_route_file(path, examples, max_route_chars)
+  if report.no_answer or report.n_refused:
+    warnings.warn(report.summary(), DataWarning, stacklevel=2)
   return labelled
 
 
@@ -117,13 +125,23 @@ def write_route_pool(path: str | os.PathLike, examples: list[Example]) -> None:
 
 
 def read_route_pool(path: str | os.PathLike) -> list[Example]:
-  """Examples written by `write_route_pool`; a bad line raises DataFormatError (file, line)."""
+  """Examples written by `write_route_pool`; a bad line raises DataFormatError (file, line),
+  an empty file or an LLM route file DataError."""
   examples = []
   for lineno, obj in read_json_lines(path):
+    if "question_id" in obj and "route" in obj and "id" not in obj:
+      raise DataError(
+          f"{path}:{lineno}: this is an LLM route file (question_id, route), not a route pool; "
+          f"attach its routes to their questions with `realm-jax data routes SOURCE --out FILE "
+          f"--route-file {path}`, then read FILE with routes:FILE"
+      )
     try:
       examples.append(Example.from_dict(obj))
     except (TypeError, ValueError) as e:
       raise DataFormatError(f"{path}:{lineno}: {e}") from None
+  if not examples:
+    raise DataError(f"{path}: empty route pool; write one with `realm-jax data routes SOURCE "
+                    f"--out {path}`")
   return examples
 
 

@@ -1,8 +1,7 @@
 """Evaluation: greedy accuracy, pass@k and maj@k, with routes and without.
 
 `evaluate_params` is the measurement (host IO only through the sampler);
-`run(workdir)` evaluates a finished run's stages and writes eval.json,
-eval.md and PNG plots into the workdir.
+`results_table` the Markdown summary `realm-jax eval` writes to eval.md.
 
 Confidence intervals: Wilson 95% intervals over questions for one run
 (binomial); `experiments/reproduce.py` reports t intervals over seeds.
@@ -17,6 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from realm_jax.data import answers
+from realm_jax.evaluation import report
 from realm_jax.rl import corpus, mrpv
 from realm_jax.model import sampling
 from realm_jax.data.records import Example
@@ -31,6 +31,13 @@ class EvalConfig:
   max_new_tokens: int = 160
   batch_size: int = 64
   final_only: bool = False  # skip evaluating the run's starting point
+
+  def __post_init__(self):
+    for name in ("num_questions", "k", "max_new_tokens", "batch_size"):
+      if getattr(self, name) <= 0:
+        raise ValueError(f"eval.{name}={getattr(self, name)} must be > 0")
+    if not self.temperature >= 0:
+      raise ValueError(f"eval.temperature={self.temperature} must be >= 0")
 
 
 def wilson_interval(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -85,7 +92,7 @@ def evaluate_params(params: Any, model_cfg, tok, examples: Sequence[Example], cf
                                                  stop_ids=stop, num_samples=1, pad_id=tok.pad_id),
                          cfg.batch_size, chat, seed)
   greedy_texts = [g[0] for g in greedy]
-  correct = np.array([_correct(t, g) for t, g in zip(greedy_texts, golds)], np.float32)
+  correct = np.array([answers.is_correct(t, g) for t, g in zip(greedy_texts, golds)], np.float32)
   res = {"n": n, "accuracy": float(correct.mean())}
   res["accuracy_ci_low"], res["accuracy_ci_high"] = wilson_interval(float(correct.sum()), n)
   if with_routes:
@@ -100,7 +107,7 @@ def evaluate_params(params: Any, model_cfg, tok, examples: Sequence[Example], cf
                                                     temperature=cfg.temperature, stop_ids=stop,
                                                     num_samples=cfg.k, pad_id=tok.pad_id),
                             bs, chat, seed + 1)
-    pass_k = [any(_correct(t, g) for t in s) for s, g in zip(samples, golds)]
+    pass_k = [any(answers.is_correct(t, g) for t in s) for s, g in zip(samples, golds)]
     maj = [majority_vote([answers.extract_answer(t) for t in s]) for s in samples]
     maj_k = [m is not None and answers.is_equivalent(m, g) for m, g in zip(maj, golds)]
     res[f"pass@{cfg.k}"] = float(np.mean(pass_k))
@@ -108,22 +115,15 @@ def evaluate_params(params: Any, model_cfg, tok, examples: Sequence[Example], cf
   return res
 
 
-def _correct(text: str, gold: str) -> bool:
-  pred = answers.extract_answer(text)
-  return pred is not None and answers.is_equivalent(pred, gold)
-
-
-def markdown_table(results: dict[str, dict[str, dict[str, float]]], k: int) -> str:
-  """results[stage][setting] -> metrics; one row per (stage, setting)."""
-  head = f"| model | routes at test | accuracy (95% CI) | pass@{k} | maj@{k} | route verdicts |\n"
-  head += "|---|---|---|---|---|---|\n"
+def results_table(results: dict[str, dict[str, dict[str, float]]], k: int) -> str:
+  """results[stage][setting] -> metrics; one Markdown row per (stage, setting)."""
+  header = ["model", "routes at test", "accuracy (95% CI)", f"pass@{k}", f"maj@{k}",
+            "route verdicts"]
   rows = []
   for stage, settings in results.items():
     for setting, r in settings.items():
       ver = r.get("verification_accuracy")
-      rows.append(
-          f"| {stage} | {setting} | {r['accuracy']:.3f} ({r['accuracy_ci_low']:.3f}-"
-          f"{r['accuracy_ci_high']:.3f}) | {r.get(f'pass@{k}', float('nan')):.3f} | "
-          f"{r.get(f'maj@{k}', float('nan')):.3f} | "
-          f"{'' if ver is None else f'{ver:.3f}'} |")
-  return head + "\n".join(rows) + "\n"
+      rows.append([stage, setting, f"{r['accuracy']:.3f} ({r['accuracy_ci_low']:.3f}-"
+                   f"{r['accuracy_ci_high']:.3f})", f"{r.get(f'pass@{k}', float('nan')):.3f}",
+                   f"{r.get(f'maj@{k}', float('nan')):.3f}", "" if ver is None else f"{ver:.3f}"])
+  return report.markdown_table(header, rows)

@@ -6,7 +6,8 @@ Axis legend (tensor names and einsum strings, everywhere in the package):
   V vocab, L layers, G samples per prompt.
 
 Modules: `config` (ModelConfig), `layers` (RoPE, RMSNorm, Linear, MLP, head),
-`attention` (tiled causal attention, cached decode), `cache` (KV caches),
+`attention` (the cache-free kernels: CPU tiling, `jax.nn.dot_product_attention`,
+Pallas splash; cached decode), `cache` (KV caches),
 `transformer` (the Linen modules and the pure `init_params` / `apply`),
 `sampling` (the compiled sampler), `hf` / `gguf` / `pretrained` (weights in
 and out), `tokenizer`, `spec` (which model a run uses).

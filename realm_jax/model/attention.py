@@ -1,8 +1,20 @@
-"""Causal self-attention: the tiled cache-free path with its fused backward, and
-the cached (decode) path over a KV cache.
+"""Causal self-attention: the cache-free path (training, scoring) by one of four
+kernels, and the cached (decode) path over a KV cache.
 
 Axis legend as in `realm_jax.model` (B batch, T query length, S key length,
 K kv heads, g query heads per kv head, H head dim).
+
+Masks, the same on every path: batches are left padded; the query in slot i
+sees the valid key slots j <= i. Pad-slot queries are read by nobody; each
+kernel gives them finite values of its own.
+
+Cache-free kernels (`self_attention`; `ModelConfig.attention_impl`, "auto" by
+backend): "tiled" `causal_attention`, tuned for XLA:CPU (the CPU default);
+"xla" / "cudnn" `jax.nn.dot_product_attention` (cuDNN's fused kernel: the GPU
+default for bf16/fp16); "splash" the Pallas TPU kernel (the TPU default;
+interpreted elsewhere). The cached path (decode, prefill into a cache) is one
+masked softmax on every backend: it reads the decode cache in its own
+[B, K, H, S] / [B, K, S, H] layouts, which a fused kernel would copy every step.
 """
 
 from __future__ import annotations
@@ -22,6 +34,7 @@ ATTENTION_BLOCK_BYTES = 4 << 20  # CPU: fp32 logits of one attention tile (about
 ATTENTION_MIN_QUERY_BLOCK = 64    # CPU: shortest automatic query block
 ATTENTION_ROW_CHAINS = 2          # CPU: independent row groups per block
 ATTENTION_SAVE_BYTES = 16 << 20   # CPU: largest saved exp(logits - max) of one call
+SPLASH_BLOCKS = (512, 256, 128)   # splash tiles: multiples of the TPU's 128 lanes
 
 
 class AttentionTiling(NamedTuple):
@@ -39,7 +52,8 @@ def _largest_divisor(n: int, at_most: int) -> int:
   return d
 
 
-def attention_tiling(cfg: ModelConfig, batch: int, length: int) -> AttentionTiling:
+def attention_tiling(cfg: ModelConfig, batch: int, length: int,
+                     backend: str | None = None) -> AttentionTiling:
   """The `AttentionTiling` of `causal_attention` over [batch, length] self-attention.
 
   Configured values win (clipped to divisors). Automatic on CPU: query blocks
@@ -50,11 +64,11 @@ def attention_tiling(cfg: ModelConfig, batch: int, length: int) -> AttentionTili
   ATTENTION_SAVE_BYTES. Chains and saved tiles go together: on two cores the
   pair measured ~3% off the benchmark's training step (paired A/B; either
   alone, none). On accelerators: one block of the whole batch, recomputed
-  (their fused attention kernels are the way to tile there).
+  (their fused attention kernels are the way to tile there; `backend`: the default one).
   """
   rows, parts = cfg.attention_block_rows, cfg.attention_query_blocks
   chains, save = cfg.attention_row_chains, cfg.attention_save_probs
-  cpu = jax.default_backend() == "cpu"
+  cpu = (backend or jax.default_backend()) == "cpu"
   if parts is None:
     parts = min(8, length // ATTENTION_MIN_QUERY_BLOCK) if cpu else 1
   parts = _largest_divisor(length, parts)
@@ -228,6 +242,114 @@ def _causal_attention_bwd(tiling, res, dout_BKTgH):
 causal_attention.defvjp(_causal_attention_fwd, _causal_attention_bwd)
 
 
+def _cudnn_capable(cfg: ModelConfig) -> bool:
+  """bf16/fp16, H a multiple of 8 up to 128, a CUDA GPU of compute capability >= 8.0."""
+  if cfg.dtype not in ("bfloat16", "float16") or cfg.head_dim % 8 or cfg.head_dim > 128:
+    return False
+  try:
+    return float(jax.devices()[0].compute_capability) >= 8.0
+  except (AttributeError, TypeError, ValueError):  # not a CUDA device
+    return False
+
+
+def resolve_attention_impl(cfg: ModelConfig, backend: str | None = None) -> str:
+  """cfg.attention_impl; "auto" by backend (default jax.default_backend()): CPU "tiled",
+  TPU "splash", GPU "cudnn" where cuDNN takes the shapes (`_cudnn_capable`), else "xla"."""
+  if cfg.attention_impl != "auto":
+    return cfg.attention_impl
+  backend = backend or jax.default_backend()
+  if backend == "cpu":
+    return "tiled"
+  if backend == "tpu":
+    return "splash"
+  return "cudnn" if _cudnn_capable(cfg) else "xla"
+
+
+def self_attention(q_BTKgH, k_BSKH, v_BSKH, kv_mask_BS, cfg: ModelConfig):
+  """Causal self-attention (T = S) of a left-padded batch, [B, T, K, g, H], by the kernel
+  `resolve_attention_impl(cfg)` names: the query in slot i sees the valid slots j <= i.
+  Real slots get the same numbers from every kernel up to rounding."""
+  impl = resolve_attention_impl(cfg)
+  B, T = kv_mask_BS.shape
+  if impl == "tiled":
+    causal_TS = jnp.arange(T)[None, :] <= jnp.arange(T)[:, None]
+    allowed_BTS = causal_TS[None] & kv_mask_BS[:, None, :]
+    out_BKTgH = causal_attention(q_BTKgH, k_BSKH, v_BSKH, allowed_BTS, attention_tiling(cfg, B, T))
+    return out_BKTgH.transpose(0, 2, 1, 3, 4)
+  if impl == "splash":
+    return splash_attention(q_BTKgH, k_BSKH, v_BSKH, kv_mask_BS,
+                            interpret=jax.default_backend() != "tpu")
+  return dot_product_attention(q_BTKgH, k_BSKH, v_BSKH, kv_mask_BS, impl)
+
+
+def dot_product_attention(q_BTKgH, k_BSKH, v_BSKH, kv_mask_BS, implementation: str):
+  """`jax.nn.dot_product_attention` ("xla" or "cudnn"), causal, pad keys masked out.
+
+  Its grouped heads are ours (query head n = kv head n // g). A pad query's row has
+  no allowed key; both implementations mask with a large finite negative, so it
+  stays finite (XLA averages all values)."""
+  B, T, K, g, H = q_BTKgH.shape
+  out_BTNH = jax.nn.dot_product_attention(
+      q_BTKgH.reshape(B, T, K * g, H), k_BSKH, v_BSKH, mask=kv_mask_BS[:, None, None, :],
+      is_causal=True, implementation=implementation)
+  return out_BTNH.reshape(B, T, K, g, H)
+
+
+def _splash_kernel(heads: int, length: int, interpret: bool):
+  """Causal splash MQA kernel ([heads, length, H] queries over one kv head), tiles of the
+  largest of SPLASH_BLOCKS dividing `length`. Built in each trace: its mask tables are
+  that trace's values (jax caches the mask processing itself)."""
+  from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
+  from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
+  b = next(b for b in SPLASH_BLOCKS if length % b == 0)
+  sizes = sk.BlockSizes(block_q=b, block_kv=b, block_kv_compute=b, block_q_dkv=b,
+                        block_kv_dkv=b, block_kv_dkv_compute=b, block_q_dq=b, block_kv_dq=b)
+  mask = sm.MultiHeadMask([sm.CausalMask((length, length))] * heads)
+  return sk.make_splash_mqa(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1,
+                            interpret=interpret)
+
+
+def splash_attention(q_BTKgH, k_BSKH, v_BSKH, kv_mask_BS, interpret: bool = False):
+  """The Pallas splash kernel, q pre-scaled by 1/sqrt(H) (it scales nothing), a kv head's
+  g query heads as one MQA call (vmapped over B and K). Left padding as segment ids (pad
+  0, real 1; and-ed with the causal mask): a real query sees no pad key, a pad query the
+  pads up to itself, so no row is empty. T is rounded up to a multiple of 128 with pad
+  slots on the right (causality hides them from every real slot), cut off after. Not
+  yet under a shard_map: on a mesh each device would gather the whole batch."""
+  from jax.experimental.pallas.ops.tpu.splash_attention.splash_attention_kernel import SegmentIds
+  B, T, K, g, H = q_BTKgH.shape
+  Tp = -(-T // SPLASH_BLOCKS[-1]) * SPLASH_BLOCKS[-1]
+  kernel = _splash_kernel(g, Tp, interpret)
+  pad = lambda x: jnp.pad(x, ((0, 0), (0, Tp - T)) + ((0, 0),) * (x.ndim - 2))
+  scale = jnp.asarray(1.0 / math.sqrt(H), q_BTKgH.dtype)
+  q_BKgTH = pad(q_BTKgH * scale).transpose(0, 2, 3, 1, 4)
+  k_BKSH, v_BKSH = pad(k_BSKH).transpose(0, 2, 1, 3), pad(v_BSKH).transpose(0, 2, 1, 3)
+  seg_BS = pad(kv_mask_BS).astype(jnp.int32)
+  one = lambda q, k, v, seg: kernel(q, k, v, segment_ids=SegmentIds(q=seg, kv=seg))
+  out_BKgTH = jax.vmap(jax.vmap(one, (0, 0, 0, None)))(q_BKgTH, k_BKSH, v_BKSH, seg_BS)
+  return out_BKgTH.transpose(0, 3, 1, 2, 4)[:, :T]
+
+
+def cached_attention(q_BTKgH, keys, values, kv_mask_BS, cache_index, per_layer: bool):
+  """The T queries in slots [cache_index, cache_index + T) over the S cache slots,
+  [B, T, K, g, H]: one masked softmax. keys, values: [B, S, K, H], or with
+  `per_layer` the decode layouts [B, K, H, S] and [B, K, S, H].
+
+  Both dots produce their natural [B, K, (T, g), .] order (q's (T, g) order
+  kept): XLA:CPU then copies no big logits/probs tensor and keeps the dots in
+  its fast library; the small output is transposed after."""
+  T, H = q_BTKgH.shape[1], q_BTKgH.shape[-1]
+  k_spec, v_spec = ("BKHS", "BKSH") if per_layer else ("BSKH", "BSKH")
+  S = values.shape[2 if per_layer else 1]
+  q_slot = cache_index + jnp.arange(T)
+  allowed_BTS = (jnp.arange(S)[None, None, :] <= q_slot[None, :, None]) & kv_mask_BS[:, None, :]
+  logits_BKTgS = jnp.einsum(f"BTKgH,{k_spec}->BKTgS", q_BTKgH, keys,
+                            preferred_element_type=jnp.float32) / math.sqrt(H)
+  logits_BKTgS = jnp.where(allowed_BTS[:, None, :, None], logits_BKTgS, -1e30)
+  probs_BKTgS = jax.nn.softmax(logits_BKTgS, axis=-1).astype(q_BTKgH.dtype)
+  return jnp.einsum(f"BKTgS,{v_spec}->BKTgH", probs_BKTgS, values).transpose(0, 2, 1, 3, 4)
+
+
 class Attention(nn.Module):
   cfg: ModelConfig
 
@@ -252,7 +374,6 @@ class Attention(nn.Module):
     per_layer = cache is not None and cache["k"].ndim == 4
     if cache is None:
       keys, values = k_BTKH, v_BTKH
-      q_slot = jnp.arange(T)
     else:
       # Write this call's T keys at slots [cache_index, cache_index + T), in
       # place: into this layer's buffers, or into layer `layer` of the
@@ -269,26 +390,11 @@ class Attention(nn.Module):
       keys = cache["k"] if per_layer else cache["k"][layer]
       values = cache["v"] if per_layer else cache["v"][layer]
       keys, values = keys.astype(x_BTD.dtype), values.astype(x_BTD.dtype)
-      q_slot = cache_index + jnp.arange(T)
-    k_spec, v_spec = ("BKHS", "BKSH") if per_layer else ("BSKH", "BSKH")
-    S = values.shape[2 if per_layer else 1]
-    allowed_BTS = (jnp.arange(S)[None, None, :] <= q_slot[None, :, None]) & kv_mask_BS[:, None, :]
-
-    g = N // K
-    q_BTKgH = q_BTNH.reshape(B, T, K, g, H)
-    if cache is None:  # training / scoring: tiled, with a fused backward (`causal_attention`)
-      out_BKTgH = causal_attention(q_BTKgH, keys, values, allowed_BTS,
-                                   attention_tiling(c, B, T))
+    q_BTKgH = q_BTNH.reshape(B, T, K, N // K, H)
+    if cache is None:  # training / scoring: a fused kernel (`self_attention`)
+      out_BTKgH = self_attention(q_BTKgH, keys, values, kv_mask_BS, c)
     else:
-      # Both dots produce their natural [B, K, (T, g), .] order (q's (T, g)
-      # order kept): XLA:CPU then copies no big logits/probs tensor and keeps
-      # the dots in its fast library; the small output is transposed after.
-      logits_BKTgS = jnp.einsum(f"BTKgH,{k_spec}->BKTgS", q_BTKgH, keys,
-                                preferred_element_type=jnp.float32) / math.sqrt(H)
-      logits_BKTgS = jnp.where(allowed_BTS[:, None, :, None], logits_BKTgS, -1e30)
-      probs_BKTgS = jax.nn.softmax(logits_BKTgS, axis=-1).astype(x_BTD.dtype)
-      out_BKTgH = jnp.einsum(f"BKTgS,{v_spec}->BKTgH", probs_BKTgS, values)
-    out_BTKgH = out_BKTgH.transpose(0, 2, 1, 3, 4)
+      out_BTKgH = cached_attention(q_BTKgH, keys, values, kv_mask_BS, cache_index, per_layer)
     out_BTD = Linear(c.d_model, ("q_heads", "embed"), False, c, name="o_proj")(
         out_BTKgH.reshape(B, T, N * H))
     return out_BTD, cache

@@ -1,4 +1,4 @@
-"""The transformer's configuration: shapes, family, dtypes, attention tiling."""
+"""The transformer's configuration: shapes, family, dtypes, attention kernel and tiling."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ Params = Any
 KVCache = dict  # {'k': [L, B, S, K, H], 'v': [L, B, S, K, H]}
 
 FAMILIES = ("llama", "qwen2", "qwen3")
+# Cache-free attention kernels (`attention.self_attention`): "auto" picks by backend.
+ATTENTION_IMPLS = ("auto", "tiled", "xla", "cudnn", "splash")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +47,10 @@ class ModelConfig:
   # an unrolled Python loop over the same stacked params (no stacked residual
   # buffers to fill and slice in the backward pass: faster for shallow models).
   scan_layers: bool = True
+  # Kernel of the cache-free (training / scoring) attention: "tiled" (`causal_attention`,
+  # CPU), "xla" / "cudnn" (`jax.nn.dot_product_attention`, GPU), "splash" (the Pallas TPU
+  # kernel; interpreted off TPU). "auto": by backend (`attention.resolve_attention_impl`).
+  attention_impl: str = "auto"
   # Tiling of the cache-free (training / scoring) attention, `causal_attention`:
   # batch rows per block and query blocks per sequence (each skips the keys
   # after its end). None: automatic (`attention_tiling`). Any value gives the
@@ -71,6 +77,9 @@ class ModelConfig:
           f"num_kv_heads={self.num_kv_heads} (grouped-query attention)")
     if self.head_dim % 2:
       raise ValueError(f"ModelConfig.head_dim={self.head_dim} must be even for RoPE")
+    if self.attention_impl not in ATTENTION_IMPLS:
+      raise ValueError(f"ModelConfig.attention_impl={self.attention_impl!r}; expected one of "
+                       f"{ATTENTION_IMPLS}")
     for name in ("attention_block_rows", "attention_query_blocks", "attention_row_chains"):
       if getattr(self, name) is not None and getattr(self, name) < 1:
         raise ValueError(f"ModelConfig.{name} must be positive or None (automatic), "

@@ -138,10 +138,23 @@ class MLP(nn.Module):
 
 @jax.custom_vjp
 def head_matmul(x_MD, w_DV):
-  """fp32 logits x @ w. Its weight gradient contracts over tokens from an
+  """fp32 logits x @ w. On CPU its weight gradient contracts over tokens from an
   explicitly transposed x (a small copy): XLA:CPU runs that [D, M] x [M, V]
-  product much faster than the transposed-operand form autodiff gives."""
+  product much faster than the transposed-operand form autodiff gives.
+  Elsewhere dw is that one dot contracting tokens (`head_weight_grad`)."""
   return jnp.dot(x_MD, w_DV, preferred_element_type=jnp.float32)
+
+
+def head_weight_grad(x_MD, dlogits_MV, copy_transpose: bool):
+  """dw = x^T dlogits [D, V] in fp32. `copy_transpose` (the CPU choice): x^T as a
+  real [D, M] copy (an optimization barrier keeps XLA from folding it back into
+  the dot); otherwise one dot contracting M, which GPU and TPU compilers lay out
+  themselves."""
+  if not copy_transpose:
+    return jax.lax.dot_general(x_MD, dlogits_MV, (((0,), (0,)), ((), ())),
+                               preferred_element_type=jnp.float32)
+  x_DM = jax.lax.optimization_barrier(x_MD.T)
+  return jnp.dot(x_DM, dlogits_MV, preferred_element_type=jnp.float32)
 
 
 def _head_matmul_fwd(x_MD, w_DV):
@@ -153,8 +166,7 @@ def _head_matmul_bwd(res, dlogits_MV):
   dlogits = dlogits_MV.astype(x_MD.dtype)
   dx_MD = jax.lax.dot_general(dlogits, w_DV, (((1,), (1,)), ((), ())),
                               preferred_element_type=jnp.float32)
-  x_DM = jax.lax.optimization_barrier(x_MD.T)  # keeps the transpose a real copy
-  dw_DV = jnp.dot(x_DM, dlogits, preferred_element_type=jnp.float32)
+  dw_DV = head_weight_grad(x_MD, dlogits, copy_transpose=jax.default_backend() == "cpu")
   return dx_MD.astype(x_MD.dtype), dw_DV.astype(w_DV.dtype)
 
 

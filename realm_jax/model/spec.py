@@ -1,10 +1,29 @@
-"""Which model a run uses: a pretrained checkpoint or a tiny one from scratch."""
+"""Which model a run uses: a pretrained checkpoint or a tiny one from scratch.
+
+Precision policy: dtype / param_dtype "auto" resolve by backend when the run's
+ModelConfig is built (`ModelSpec.model_dtypes`): float32 on CPU; bfloat16
+params and compute on accelerators, where the train state keeps fp32 master
+weights in the optimizer (`realm_jax.train.precision`). Logits, log-softmax and
+RMSNorm statistics are fp32 in every case.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 
+import jax
+
 from realm_jax.model.config import ModelConfig
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def resolve_dtype(name: str, backend: str | None = None) -> str:
+  """A dtype name; "auto": float32 on CPU, bfloat16 on accelerators (GPU, TPU).
+  `backend`: jax.default_backend() unless given."""
+  if name != "auto":
+    return name
+  return "float32" if (backend or jax.default_backend()) == "cpu" else "bfloat16"
 
 TINY_MODEL = ModelConfig(vocab_size=512, num_layers=4, d_model=128, num_heads=4,
                          num_kv_heads=2, head_dim=32, mlp_dim=384, rope_theta=10000.0,
@@ -23,7 +42,19 @@ class ModelSpec:
   tiny: ModelConfig = TINY_MODEL
   tokenizer: str | None = None
   tokenizer_vocab: int = 512
-  dtype: str = "float32"
-  param_dtype: str = "float32"
+  dtype: str = "auto"        # compute dtype; "auto": `resolve_dtype`
+  param_dtype: str = "auto"  # params (the optimizer keeps fp32 masters of lower ones)
   remat: bool = False
   scan_layers: bool = True  # False: unrolled layers (faster backward for shallow models)
+
+  def __post_init__(self):
+    for name in ("dtype", "param_dtype"):
+      if getattr(self, name) not in DTYPES:
+        raise ValueError(f"model.{name}={getattr(self, name)!r}; use one of {DTYPES}")
+    if self.tokenizer_vocab <= 0:
+      raise ValueError(f"model.tokenizer_vocab={self.tokenizer_vocab} must be > 0")
+
+  def model_dtypes(self, backend: str | None = None) -> dict[str, str]:
+    """ModelConfig fields {'param_dtype', 'dtype'} of this run, "auto" resolved."""
+    return {"param_dtype": resolve_dtype(self.param_dtype, backend),
+            "dtype": resolve_dtype(self.dtype, backend)}

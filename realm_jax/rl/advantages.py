@@ -1,4 +1,4 @@
-"""Group-relative advantages (GRPO / Dr.GRPO).
+"""Group-relative advantages (GRPO, Dr.GRPO, RLOO).
 
 Conventions
 - Rewards are laid out prompt-major: `rewards_N` with N = B * G holds the G
@@ -7,6 +7,9 @@ Conventions
 - Reductions run in float32. `group_size` is static (a Python int).
 - The advantage of a completion is one scalar per sequence (`adv_N`); the loss
   broadcasts it over the completion's tokens.
+- An advantage estimator is `fn(rewards_N, group_size) -> float32[N]`; the
+  built-ins are `ADVANTAGES` (the names `rl.advantage` takes); `group_metrics`
+  logs the same statistics whichever estimator runs.
 """
 
 from __future__ import annotations
@@ -93,3 +96,34 @@ def group_advantages(
       "adv_abs_mean": jnp.mean(jnp.abs(adv_N)),
   }
   return adv_N, metrics
+
+
+def grpo(rewards_N: jnp.ndarray, group_size: int) -> jnp.ndarray:
+  """GRPO: A_bg = (r_bg - mean_b) / (std_b + 1e-6), see `group_advantages`."""
+  return group_advantages(rewards_N, group_size, normalize_std=True)[0]
+
+
+def drgrpo(rewards_N: jnp.ndarray, group_size: int) -> jnp.ndarray:
+  """Dr.GRPO: A_bg = r_bg - mean_b (no division by the std)."""
+  return group_advantages(rewards_N, group_size, normalize_std=False)[0]
+
+
+def rloo(rewards_N: jnp.ndarray, group_size: int) -> jnp.ndarray:
+  """RLOO: each sample's baseline is the mean of the *other* G - 1 samples.
+
+      A_bg = r_bg - (1/(G-1)) sum_{g' != g} r_bg' = G/(G-1) (r_bg - mean_b)
+  """
+  r_BG = _grouped(rewards_N, group_size)
+  others_BG = (jnp.sum(r_BG, axis=1, keepdims=True) - r_BG) / (group_size - 1)
+  return (r_BG - others_BG).reshape(-1)
+
+
+# The built-in estimators, by the name `rl.advantage` gives.
+ADVANTAGES = {"grpo": grpo, "drgrpo": drgrpo, "rloo": rloo}
+
+
+def group_metrics(rewards_N: jnp.ndarray, adv_N: jnp.ndarray, group_size: int
+                  ) -> dict[str, jnp.ndarray]:
+  """The statistics of `group_advantages` for any estimator's `adv_N`."""
+  _, metrics = group_advantages(rewards_N, group_size)
+  return dict(metrics, adv_abs_mean=jnp.mean(jnp.abs(jnp.asarray(adv_N, jnp.float32))))

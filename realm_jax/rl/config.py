@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
-from realm_jax.rl import eaai, losses, mrpv
+from realm_jax.rl import advantages, eaai, losses, mrpv
 
 
 @dataclasses.dataclass(frozen=True)
@@ -18,6 +19,14 @@ class RFTConfig:
   batch_size: int = 32
   lr: float = 5e-4
 
+  def __post_init__(self):
+    for name in ("rounds", "steps_per_round", "temperature"):
+      if not getattr(self, name) >= 0:
+        raise ValueError(f"rft.{name}={getattr(self, name)} must be >= 0")
+    for name in ("questions", "samples_per_question", "batch_size", "lr"):
+      if not getattr(self, name) > 0:
+        raise ValueError(f"rft.{name}={getattr(self, name)} must be > 0")
+
 
 @dataclasses.dataclass(frozen=True)
 class RLConfig:
@@ -25,6 +34,20 @@ class RLConfig:
 
   routes: 'eaai' (scheduled by `eaai`), 'always' (CoT-synthesizer style),
   'never' (plain GRPO). negatives: False keeps only positive routes (ablation).
+  temperature / top_k / top_p: the sampling distribution q of the rollouts;
+    the trainer scores completions under the same q (see `rl.step`).
+  advantage: 'grpo', 'drgrpo' (no std), 'rloo' (leave-one-out baseline) or a
+    user function named 'module:fn' / 'path/file.py:fn' (`rl.plugins`).
+  policy_loss: 'ppo' (token ratio, clip-higher via loss.clip_high), 'gspo'
+    (sequence ratio) or a user function, same naming.
+  reward_weights: name -> weight, on top of the MRPV terms
+    (`mrpv.reward_weights`: answer, verification, format); a new name adds a
+    reward function (built-in name or 'module:fn' / 'path/file.py:fn'), e.g.
+    `rl.reward_weights.answer=0.5`. The answer term is always scored (accuracy).
+  filter_zero_variance: groups whose rewards are all equal leave the loss;
+    with dynamic_sampling_rollouts = n > 0 (DAPO dynamic sampling) up to n more
+    rollouts of fresh prompts refill the batch with groups that have signal.
+  mask_truncated: completions that hit max_new_tokens leave the loss.
   """
   steps: int = 0
   batch_prompts: int = 8
@@ -38,8 +61,13 @@ class RLConfig:
   microbatches: int = 1  # gradient accumulation inside each update (same loss, less memory)
   max_new_tokens: int = 160
   temperature: float = 1.0
-  normalize_std: bool = True
+  top_k: int = 0
+  top_p: float = 1.0
+  advantage: str = "grpo"
+  policy_loss: str = "ppo"
+  reward_weights: dict[str, float] = dataclasses.field(default_factory=dict)
   filter_zero_variance: bool = False
+  dynamic_sampling_rollouts: int = 0
   mask_truncated: bool = False
   routes: str = "eaai"
   negatives: bool = True
@@ -48,6 +76,26 @@ class RLConfig:
   eaai: eaai.EAAIConfig = eaai.EAAIConfig()
 
   def __post_init__(self):
+    for name in ("steps", "warmup", "weight_decay", "temperature"):
+      if not getattr(self, name) >= 0:
+        raise ValueError(f"rl.{name}={getattr(self, name)} must be >= 0")
+    for name in ("batch_prompts", "lr", "grad_clip", "num_minibatches", "max_new_tokens"):
+      if not getattr(self, name) > 0:
+        raise ValueError(f"rl.{name}={getattr(self, name)} must be > 0")
+    for name, builtins in (("advantage", advantages.ADVANTAGES), ("policy_loss", losses.LOSSES)):
+      value = getattr(self, name)
+      if not callable(value) and value not in builtins and ":" not in value:
+        raise ValueError(f"rl.{name}={value!r}; choose one of {', '.join(builtins)} or name a "
+                         f"function as 'module:function' or 'path/to/file.py:function'")
+    for name, w in self.reward_weights.items():
+      if not (isinstance(w, (int, float)) and math.isfinite(w)):
+        raise ValueError(f"rl.reward_weights.{name}={w!r} must be a finite number")
+    if self.dynamic_sampling_rollouts < 0:
+      raise ValueError(
+          f"rl.dynamic_sampling_rollouts={self.dynamic_sampling_rollouts} must be >= 0")
+    if self.dynamic_sampling_rollouts and not self.filter_zero_variance:
+      raise ValueError("rl.dynamic_sampling_rollouts > 0 refills filtered groups: set "
+                       "rl.filter_zero_variance=true too")
     if self.routes not in ("eaai", "always", "never"):
       raise ValueError(f"rl.routes={self.routes!r}; choose eaai, always or never")
     if self.group_size < 2:
@@ -67,3 +115,13 @@ class RLConfig:
       raise ValueError(
           f"rl.microbatches={self.microbatches} must divide the {n // self.num_minibatches} "
           f"completions of an update (batch_prompts*group_size/num_minibatches)")
+
+  def weights(self) -> dict[str, float]:
+    """Every reward term's weight: the MRPV terms, then `reward_weights` (overriding/adding).
+
+    Without routes (routes='never') the verification term weighs 0.
+    """
+    out = {**self.mrpv.reward_weights, **self.reward_weights}
+    if self.routes == "never":
+      out["verification"] = 0.0
+    return out

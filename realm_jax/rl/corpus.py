@@ -78,7 +78,7 @@ def build_run_data(cfg: DataConfig) -> RunData:
     evals.extend(unique[:n_eval])
     train.extend(unique[n_eval:n_eval + n_train])
   if cfg.route_file:
-    train = teachers.file_teacher(cfg.route_file, train)
+    train = teachers.file_teacher(cfg.route_file, train, cfg.max_route_chars)
   report = {"num_train": len(train), "num_eval": len(evals)}
   return RunData(train=train, eval=evals, report=report)
 

@@ -1,14 +1,22 @@
-"""Reward scorers (host side, numpy): a batch in, float32[N] out.
+"""Rewards (host side, numpy): completions in, float32[N] out.
 
 Conventions
-- A *batch* is a mapping from names to per-item sequences, every one of
-  length N (one entry per completion): `completions` list[str], `golds`
-  list[str], `routes_shown` bool[N], `verdicts` int8[N, K], `route_labels`
-  bool[N, K], `route_mask` bool[N, K]. Prompt-level arrays ([B, K]) are
-  repeated over the G samples (`np.repeat(x_BK, G, axis=0)`) beforehand.
-- A *scorer* is `fn(batch) -> float32[N]`; scorers stack into R_NR (axis R:
-  reward terms), columns named by the scorer dict's keys.
-- A scorer that raises on a strange completion scores 0 for that item and
+- A *reward function* is `f(prompts, completions, **columns) -> float32[N]`:
+  `prompts` and `completions` are list[str] of length N (one entry per
+  completion; a prompt repeats over its G samples) and every column has N
+  rows. The RL loop passes these columns (a function takes the ones it needs
+  and `**_` for the rest):
+    golds         list[str]    the gold answer of the row's question
+    routes_shown  bool[N]      the prompt carried MRPV routes
+    verdicts      int8[N, K]   verdicts parsed from the completion (1 correct,
+                               0 wrong, -1 missing; `mrpv.parse_verdicts_batch`)
+    route_labels  bool[N, K]   whether shown route k is positive
+    route_mask    bool[N, K]   slot k holds a shown route
+  Prompt-level arrays ([B, K]) are repeated over the G samples beforehand.
+- Functions stack into R_NR (axis R: reward terms), columns named by the
+  keys of the mapping; `combine` weighs them. The built-ins are
+  `default_scorers()`; `rl.reward_weights` names others (see `rl.plugins`).
+- A function that raises on a strange completion scores 0 for that item and
   is counted (`safe_scorer`); a malformed output shape is a bug and raises.
 """
 
@@ -19,27 +27,22 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-Batch = Mapping[str, Any]
-Scorer = Callable[[Batch], np.ndarray]
+from realm_jax.data import answers
+
+Columns = Mapping[str, Any]
+RewardFn = Callable[..., np.ndarray]
 
 
-def answer_reward(completions: Sequence[str],
-                  golds: Sequence[str]) -> np.ndarray:
-  """r_ans[i] = 1[is_equivalent(extract_answer(completion_i), gold_i)].
+def answer_reward(prompts: Sequence[str], completions: Sequence[str], golds: Sequence[str],
+                  **_) -> np.ndarray:
+  """r_ans[i] = 1[answers.is_correct(completion_i, gold_i)] (extract, then compare).
 
   A completion with no extractable answer scores 0.
   """
-  # Imported here: the verifier is only needed once rewards are scored.
-  from realm_jax.data import answers
   if len(completions) != len(golds):
     raise ValueError(f"answer_reward: {len(completions)} completions but "
                      f"{len(golds)} golds")
-  out = np.zeros((len(completions),), np.float32)
-  for i, (completion, gold) in enumerate(zip(completions, golds)):
-    predicted = answers.extract_answer(completion)
-    if predicted is not None and answers.is_equivalent(predicted, gold):
-      out[i] = 1.0
-  return out
+  return np.array([answers.is_correct(c, g) for c, g in zip(completions, golds)], np.float32)
 
 
 # Tag contents may not contain any of the three tags (so each appears once).
@@ -67,8 +70,8 @@ def follows_format(completion: str, routes_shown: bool) -> bool:
   return match is not None and all(g.strip() for g in match.groups())
 
 
-def format_reward(completions: Sequence[str],
-                  routes_shown: np.ndarray) -> np.ndarray:
+def format_reward(prompts: Sequence[str], completions: Sequence[str],
+                  routes_shown: np.ndarray, **_) -> np.ndarray:
   """r_fmt[i] = 1[follows_format(completion_i, routes_shown_i)]."""
   shown = np.asarray(routes_shown, bool).reshape(-1)
   if shown.size != len(completions):
@@ -78,17 +81,18 @@ def format_reward(completions: Sequence[str],
                    for c, s in zip(completions, shown)], np.float32)
 
 
-def verification_reward(verdicts_NK: np.ndarray, labels_NK: np.ndarray,
-                        route_mask_NK: np.ndarray) -> np.ndarray:
+def verification_reward(prompts: Sequence[str], completions: Sequence[str],
+                        verdicts: np.ndarray, route_labels: np.ndarray,
+                        route_mask: np.ndarray, **_) -> np.ndarray:
   """r_ver[i] = mean over shown routes k of 1[verdict_ik == label_ik].
 
       r_ver_i = sum_k s_ik 1[v_ik == y_ik] / sum_k s_ik,   0 if sum_k s_ik = 0
   with s the route mask, y in {0, 1} and v in {1, 0, -1}: a missing verdict
   (-1) never equals a label, so it counts as wrong.
   """
-  v = np.asarray(verdicts_NK, np.int64)
-  y = np.asarray(labels_NK).astype(bool).astype(np.int64)
-  s = np.asarray(route_mask_NK).astype(bool)
+  v = np.asarray(verdicts, np.int64)
+  y = np.asarray(route_labels).astype(bool).astype(np.int64)
+  s = np.asarray(route_mask).astype(bool)
   if not v.shape == y.shape == s.shape or v.ndim != 2:
     raise ValueError(
         f"verification_reward: verdicts {v.shape}, labels {y.shape} and "
@@ -98,42 +102,31 @@ def verification_reward(verdicts_NK: np.ndarray, labels_NK: np.ndarray,
   return (hits / np.maximum(shown, 1)).astype(np.float32)
 
 
-def default_scorers() -> dict[str, Scorer]:
-  """The MRPV reward terms, keyed like `MRPVConfig.reward_weights`."""
-  return {
-      "answer": lambda b: answer_reward(b["completions"], b["golds"]),
-      "verification": lambda b: verification_reward(
-          b["verdicts"], b["route_labels"], b["route_mask"]),
-      "format": lambda b: format_reward(b["completions"], b["routes_shown"]),
-  }
+def default_scorers() -> dict[str, RewardFn]:
+  """The built-in reward functions: the MRPV terms, keyed like `MRPVConfig.reward_weights`."""
+  return {"answer": answer_reward, "verification": verification_reward, "format": format_reward}
 
 
-def _batch_size(batch: Batch) -> int:
-  sizes = {name: len(value) for name, value in batch.items()}
-  if not sizes:
-    raise ValueError("reward batch is empty: no fields")
-  n = next(iter(sizes.values()))
+def _batch_size(prompts: Sequence[str], completions: Sequence[Any], columns: Columns) -> int:
+  sizes = {"prompts": len(prompts), "completions": len(completions),
+           **{name: len(value) for name, value in columns.items()}}
+  n = len(completions)
   if any(size != n for size in sizes.values()):
-    raise ValueError(f"reward batch fields must all have length N; got "
-                     f"{sizes}")
+    raise ValueError(f"reward inputs must all have length N; got {sizes}")
   return n
-
-
-def _item(batch: Batch, i: int) -> dict[str, Any]:
-  return {name: value[i:i + 1] for name, value in batch.items()}
 
 
 def _check_scores(name: str, scores: Any, n: int) -> np.ndarray:
   scores = np.array(scores, np.float32)  # a copy: NaNs are zeroed in place
   if scores.shape != (n,):
-    raise ValueError(f"scorer {name!r} returned shape {scores.shape}, "
+    raise ValueError(f"reward {name!r} returned shape {scores.shape}, "
                      f"expected ({n},)")
   return scores
 
 
-def safe_scorer(fn: Scorer, name: str = "scorer"
-                ) -> Callable[[Batch], tuple[np.ndarray, int]]:
-  """Wrap a scorer: `wrapped(batch) -> (float32[N], num_errors)`.
+def safe_scorer(fn: RewardFn, name: str = "reward"
+                ) -> Callable[[Sequence[str], Sequence[str], Columns], tuple[np.ndarray, int]]:
+  """Wrap a reward: `wrapped(prompts, completions, columns) -> (float32[N], num_errors)`.
 
   The batch is scored at once; if that raises, each item is scored alone and
   an item that raises (or scores NaN/inf) gets 0 and is counted in
@@ -141,10 +134,10 @@ def safe_scorer(fn: Scorer, name: str = "scorer"
   completion).
   """
 
-  def wrapped(batch: Batch) -> tuple[np.ndarray, int]:
-    n = _batch_size(batch)
+  def wrapped(prompts, completions, columns) -> tuple[np.ndarray, int]:
+    n = _batch_size(prompts, completions, columns)
     try:
-      raw = fn(batch)
+      raw = fn(prompts, completions, **columns)
     except Exception:  # Any failure: find the offending items one by one.
       raw = None
     errors = 0
@@ -154,7 +147,8 @@ def safe_scorer(fn: Scorer, name: str = "scorer"
       scores = np.zeros((n,), np.float32)
       for i in range(n):
         try:
-          raw_i = fn(_item(batch, i))
+          raw_i = fn(prompts[i:i + 1], completions[i:i + 1],
+                     **{k: v[i:i + 1] for k, v in columns.items()})
         except Exception:  # The strange item scores 0 and is counted.
           errors += 1
           continue
@@ -166,24 +160,24 @@ def safe_scorer(fn: Scorer, name: str = "scorer"
   return wrapped
 
 
-def reward_matrix(scorers: Mapping[str, Scorer], batch: Batch
+def reward_matrix(reward_fns: Mapping[str, RewardFn], prompts: Sequence[str],
+                  completions: Sequence[str], columns: Columns
                   ) -> tuple[np.ndarray, list[str], dict[str, float]]:
-  """Score a batch with every scorer (each made safe): (R_NR, names, metrics).
+  """Score a batch with every reward (each made safe): (R_NR, names, metrics).
 
-  R_NR[:, r] is scorer names[r]'s float32[N]. Metrics per column:
+  R_NR[:, r] is reward names[r]'s float32[N]. Metrics per column:
   `reward/{name}` (mean) and `reward/{name}_errors` (items that raised and
   scored 0).
   """
-  n = _batch_size(batch)
-  names = list(scorers)
-  columns, metrics = [], {}
+  n = _batch_size(prompts, completions, columns)
+  names = list(reward_fns)
+  out, metrics = [], {}
   for name in names:
-    scores, errors = safe_scorer(scorers[name], name)(batch)
-    columns.append(scores)
+    scores, errors = safe_scorer(reward_fns[name], name)(prompts, completions, columns)
+    out.append(scores)
     metrics[f"reward/{name}"] = float(np.mean(scores)) if n else 0.0
     metrics[f"reward/{name}_errors"] = float(errors)
-  r_NR = (np.stack(columns, axis=1) if columns
-          else np.zeros((n, 0), np.float32))
+  r_NR = (np.stack(out, axis=1) if out else np.zeros((n, 0), np.float32))
   return r_NR.astype(np.float32), names, metrics
 
 

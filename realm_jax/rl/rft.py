@@ -3,6 +3,11 @@
 Each round samples `samples_per_question` completions per training question
 (no routes), keeps the distinct ones whose answer verifies, and runs the
 supervised loop on them. Unlike MRPV it never learns from wrong processes.
+
+Resume: round r trains as phase `rft<r>` with its own checkpoints; a resumed
+run regenerates the samples of finished rounds from the same params and seeds
+(so the same pairs), finds their checkpoints final and moves on. Each round's
+`rft` metrics row is written once (`MetricsWriter.write_once`).
 """
 
 from __future__ import annotations
@@ -13,12 +18,11 @@ from typing import Any
 import jax
 
 from realm_jax.data import answers
-from realm_jax.train import sft as distill
-from realm_jax.rl import mrpv
 from realm_jax.model import sampling
+from realm_jax.rl import mrpv
 from realm_jax.rl.config import RFTConfig
+from realm_jax.train import generation, sft as distill
 from realm_jax.train.config import SFTConfig
-from realm_jax.train import generation
 
 
 def correct_samples(prompts: list[str], samples: list[list[str]], golds: list[str]
@@ -28,8 +32,7 @@ def correct_samples(prompts: list[str], samples: list[list[str]], golds: list[st
   for prompt, outs, gold in zip(prompts, samples, golds):
     seen = set()
     for text in outs:
-      pred = answers.extract_answer(text)
-      if pred is not None and answers.is_equivalent(pred, gold) and text not in seen:
+      if text not in seen and answers.is_correct(text, gold):
         seen.add(text)
         pairs.append((prompt, text))
   return pairs
@@ -43,6 +46,8 @@ def update_batch_size(num_pairs: int, batch_size: int, process_count: int = 1) -
 
 
 def run_rft(ctx: Any, sft_ctx: distill.SFTContext, params: Any, cfg: RFTConfig) -> Any:
+  """`cfg.rounds` rounds of sample, filter, fine-tune; `ctx` is the run's context
+  (`cfg`, `model_cfg`, `tokenizer`, `data.train`, `chat`). Returns the new params."""
   train = ctx.data.train
   mcfg = ctx.cfg.rl.mrpv
   scfg = sampling.SamplingConfig(max_new_tokens=ctx.cfg.rl.max_new_tokens,
@@ -58,7 +63,7 @@ def run_rft(ctx: Any, sft_ctx: distill.SFTContext, params: Any, cfg: RFTConfig) 
                                      max(1, 64 // cfg.samples_per_question), ctx.chat,
                                      ctx.cfg.seed + 1000 * r)
     pairs = correct_samples(prompts, samples, [ex.answer for ex in chunk])
-    sft_ctx.writer.write("rft", r, {"round": r, "kept_samples": len(pairs),
+    sft_ctx.writer.write_once("rft", r, {"round": r, "kept_samples": len(pairs),
                                     "questions": len(chunk)})
     batch = update_batch_size(len(pairs), cfg.batch_size, jax.process_count())
     if batch == 0:

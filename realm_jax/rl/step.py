@@ -1,8 +1,23 @@
-"""The RL update: policy-gradient loss on completions, the MRPV route-contrast
-term, and their jitted step (gradient accumulation from `train.step`).
+"""The RL update: a policy loss on completions, the MRPV route-contrast term,
+and their jitted step (gradient accumulation from `train.step`).
 
 Shift convention as in `train.step`: `logp[:, t]` scores token t+1, so a mask
 over tokens becomes `mask[:, 1:]` over log-probs.
+
+Log-probs of completions are under the distribution the sampler drew from,
+
+    q(v) ∝ exp(l_v / tau)   restricted to top-k, then top-p   (`sampling.filter_logits`),
+
+for the rollout's old, reference and current policies alike: the trainer
+applies the same temperature and filters to its logits, so its log-probs of a
+rollout equal the sampler's `Rollout.logprobs` (up to float error) and the
+PPO ratio, the KL and the entropy are all those of q. With tau = 1 and no
+filter (or greedy, tau = 0) q is the model's softmax. What remains of the
+sampler/trainer gap (kernels, precision) is the truncated importance weight
+`losses.tis_weights` when `LossConfig.tis_cap` is set.
+
+Metrics of a policy loss reduce over microbatches by name: `*loss` with the
+loss's own weights, `*_max` as a maximum, every other one as a token-share mean.
 """
 
 from __future__ import annotations
@@ -12,12 +27,16 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from realm_jax.rl import losses, mrpv
 from realm_jax import model
-from realm_jax.train.step import (StepShardings, TrainState, _finish, _jit_step, accumulate_grads,
-                                  completion_logits, pad_to_targets, shares,
-                                  split_microbatches, token_logprobs)
+from realm_jax.model import sampling
+from realm_jax.rl import losses, mrpv
+from realm_jax.rl.batch import RouteBatch, UpdateBatch
 from realm_jax.train import losses as train_losses
+from realm_jax.train.step import (StepShardings, TrainState, _finish, _jit_step, accumulate_grads,
+                                  completion_logits, merge_microbatches, pad_to_targets, shares,
+                                  split_microbatches, token_logprobs)
+
+PolicyLoss = Callable[..., tuple[jax.Array, dict]]
 
 
 def route_loglik(params, cfg: model.ModelConfig, tokens_RT, mask_RT, loss_mask_RT):
@@ -26,44 +45,78 @@ def route_loglik(params, cfg: model.ModelConfig, tokens_RT, mask_RT, loss_mask_R
   return jnp.sum(jnp.where(loss_mask_RT[:, 1:] > 0, logp, 0.0), axis=-1)
 
 
-def policy_loss(params, batch, cfg: model.ModelConfig, loss_cfg: losses.LossConfig,
-                completion_len: int | None = None):
-  """PPO-clip/GRPO loss on completions (`losses.ppo_loss`) and its metrics.
+def sampled_logits(logits_NLV: jax.Array, scfg: sampling.SamplingConfig | None) -> jax.Array:
+  """Logits of q (see the module docstring): l / tau with -1e30 outside top-k/top-p.
 
-  batch: tokens, mask, completion_mask [N, T]; ref_logp [N, T-1]; adv [N];
-  old_logp [N, T-1] when the rollout feeds several updates (else the current
-  log-probs, stop-gradient, are the old ones); optional sampler_logp [N, T-1].
+  A large finite value rather than -inf keeps the entropy (0 * log 0) finite.
+  """
+  if scfg is None or scfg.plain or scfg.greedy:
+    return logits_NLV
+  N, L, V = logits_NLV.shape
+  x = sampling.filter_logits(logits_NLV.reshape(N * L, V), scfg).reshape(N, L, V)
+  return jnp.where(jnp.isneginf(x), -1e30, x)
+
+
+def sampled_logprobs(params, cfg: model.ModelConfig, tokens_NT, mask_NT,
+                     scfg: sampling.SamplingConfig | None = None,
+                     completion_len: int | None = None) -> tuple[jax.Array, jax.Array]:
+  """(log q of token t+1, entropy of q) at every slot, fp32 [N, T-1] each (0 before the
+  last `completion_len` slots when given)."""
+  T = tokens_NT.shape[1]
+  logits_NLV, targets_NL = completion_logits(params, cfg, tokens_NT, mask_NT, completion_len)
+  logits_NLV = sampled_logits(logits_NLV, scfg)
+  return (pad_to_targets(train_losses.token_logprobs(logits_NLV, targets_NL), T),
+          pad_to_targets(train_losses.token_entropy(logits_NLV), T))
+
+
+def make_logprob_fn(cfg: model.ModelConfig, scfg: sampling.SamplingConfig | None = None,
+                    completion_len: int | None = None, microbatches: int = 1) -> Callable:
+  """Jitted `fn(params, tokens, mask) -> log q [N, T-1]`; `microbatches=n` runs the rows n
+  at a time (`lax.map` over strided microbatches): same numbers, 1/n of the activations."""
+
+  def one(params, tokens, mask):
+    return sampled_logprobs(params, cfg, tokens, mask, scfg, completion_len)[0]
+
+  def fn(params, tokens, mask):
+    if microbatches == 1:
+      return one(params, tokens, mask)
+    out = jax.lax.map(lambda tm: one(params, *tm), split_microbatches((tokens, mask), microbatches))
+    return merge_microbatches(out)
+
+  return jax.jit(fn)
+
+
+def policy_loss(params, batch: UpdateBatch, cfg: model.ModelConfig, loss_cfg: losses.LossConfig,
+                completion_len: int | None = None, loss_fn: PolicyLoss = losses.ppo_loss,
+                scfg: sampling.SamplingConfig | None = None):
+  """`loss_fn` (default PPO-clip, `losses.ppo_loss` gives the signature) on the completions.
+
+  Old log-probs are `batch.old_logp`, else the current ones (stop-gradient: one
+  update per rollout, the old policy *is* this policy). With `loss_cfg.tis_cap`
+  the per-token loss is weighted by `losses.tis_weights(old, batch.sampler_logp)`.
   `completion_len=M` (the rollout's static completion budget) computes logits
   for the completion targets only; the result is the same.
   """
-  T = batch["tokens"].shape[1]
-  logits_NLV, targets_NL = completion_logits(params, cfg, batch["tokens"], batch["mask"],
-                                             completion_len)
-  logp = pad_to_targets(train_losses.token_logprobs(logits_NLV, targets_NL), T)
-  cmask = batch["completion_mask"][:, 1:]
-  entropy = pad_to_targets(train_losses.token_entropy(logits_NLV), T)
-  # One update per rollout: the old policy *is* this policy, so no separate forward pass.
-  old_logp = batch["old_logp"] if "old_logp" in batch else jax.lax.stop_gradient(logp)
-  loss, metrics = losses.ppo_loss(logp, old_logp, batch["adv"], cmask, loss_cfg,
-                                  ref_logp_BT=batch["ref_logp"], entropy_BT=entropy)
-  if "sampler_logp" in batch:  # how far the sampler's numbers are from the trainer's
-    gap = jnp.abs(jax.lax.stop_gradient(logp) - batch["sampler_logp"])
-    metrics = dict(metrics, sampler_trainer_logp_gap=jnp.sum(jnp.where(cmask > 0, gap, 0.0))
-                   / jnp.maximum(jnp.sum(cmask), 1))
-  return loss, metrics
+  logp, entropy = sampled_logprobs(params, cfg, batch.tokens, batch.mask, scfg, completion_len)
+  cmask = batch.completion_mask[:, 1:]
+  old_logp = batch.old_logp if batch.old_logp is not None else jax.lax.stop_gradient(logp)
+  weight, extra = None, {}
+  if loss_cfg.tis_cap is not None and batch.sampler_logp is not None:
+    weight, extra = losses.tis_weights(old_logp, batch.sampler_logp, cmask, loss_cfg.tis_cap)
+  loss, metrics = loss_fn(logp, old_logp, batch.adv, cmask, loss_cfg, ref_logp_BT=batch.ref_logp,
+                          entropy_BT=entropy, weight_BT=weight)
+  if batch.sampler_logp is not None:  # how far the sampler's numbers are from the trainer's
+    gap = jnp.abs(jax.lax.stop_gradient(logp) - batch.sampler_logp)
+    extra["sampler_trainer_logp_gap"] = (jnp.sum(jnp.where(cmask > 0, gap, 0.0))
+                                         / jnp.maximum(jnp.sum(cmask), 1))
+  return loss, dict(metrics, **extra)
 
 
-def contrast_loss(params, batch, cfg: model.ModelConfig, contrast_beta: float):
-  """MRPV route-contrast loss from one teacher-forced pass over the routes.
-
-  batch: route_tokens/route_mask/route_loss_mask [B*K, Tr], route_ref_logp,
-  route_labels, route_valid [B, K].
-  """
-  B, K = batch["route_labels"].shape
-  pol = route_loglik(params, cfg, batch["route_tokens"], batch["route_mask"],
-                     batch["route_loss_mask"]).reshape(B, K)
-  margins, pair_mask = mrpv.route_pair_margins(pol, batch["route_ref_logp"],
-                                               batch["route_labels"], batch["route_valid"])
+def contrast_loss(params, route: RouteBatch, cfg: model.ModelConfig, contrast_beta: float):
+  """MRPV route-contrast loss from one teacher-forced pass over the routes."""
+  B, K = route.labels.shape
+  pol = route_loglik(params, cfg, route.tokens, route.mask, route.loss_mask).reshape(B, K)
+  margins, pair_mask = mrpv.route_pair_margins(pol, route.ref_logp, route.labels, route.valid)
   c_loss, c_metrics = losses.route_contrast_loss(margins, pair_mask, contrast_beta)
   return c_loss, {f"contrast_{k}": v for k, v in c_metrics.items()}
 
@@ -81,39 +134,48 @@ def policy_loss_shares(cmask_NT: jax.Array, n: int, loss_cfg: losses.LossConfig)
   return loss_w, shares(tokens_n)
 
 
-ROW_KEYS = ("tokens", "mask", "completion_mask", "ref_logp", "adv", "old_logp", "sampler_logp")
+def metric_reductions(names) -> tuple[tuple[str, ...], tuple[str, ...]]:
+  """(metrics weighted like the loss: `*loss`, maxima: `*_max`) among `names`."""
+  return (tuple(k for k in names if k.endswith("loss")),
+          tuple(k for k in names if k.endswith("_max")))
 
 
 def make_rl_step(cfg: model.ModelConfig, optimizer, loss_cfg: losses.LossConfig,
                  contrast_coef: float = 0.0, contrast_beta: float = 0.1,
                  shardings: StepShardings | None = None,
-                 completion_len: int | None = None, microbatches: int = 1) -> Callable:
-  """Jitted RL update: the gradient of `policy_loss` + contrast_coef * `contrast_loss`, then
-  the optimizer.
+                 completion_len: int | None = None, microbatches: int = 1,
+                 loss_fn: PolicyLoss = losses.ppo_loss,
+                 scfg: sampling.SamplingConfig | None = None) -> Callable:
+  """Jitted `step(state, UpdateBatch) -> (state, metrics)`: the gradient of `policy_loss` +
+  contrast_coef * `contrast_loss` (on `batch.route`), then the optimizer.
 
   `completion_len`: batches are rollouts with this many completion slots
   after the prompt (logits for those only, see `policy_loss`).
   `microbatches=n`: the policy loss accumulates over n microbatches of
-  completions, weighted by their share of its normaliser (`policy_loss_shares`),
-  so loss and gradient equal the one-pass values; the route-contrast term runs
-  once on the whole route batch.
+  completions, weighted by their share of its normaliser (`policy_loss_shares`,
+  which assumes the loss aggregates like `losses.aggregate`), so loss and
+  gradient equal the one-pass values; the route-contrast term runs once on
+  the whole route batch.
   """
 
-  def step(state: TrainState, batch):
-    rows = {k: v for k, v in batch.items() if k in ROW_KEYS}
+  def loss(params, rows):
+    return policy_loss(params, rows, cfg, loss_cfg, completion_len, loss_fn, scfg)
+
+  def step(state: TrainState, batch: UpdateBatch):
+    rows = batch.replace(route=None)
     w_loss = w_tok = None
     if microbatches > 1:
-      w_loss, w_tok = policy_loss_shares(rows["completion_mask"], microbatches, loss_cfg)
-    loss, metrics, grads = accumulate_grads(
-        lambda p, b: policy_loss(p, b, cfg, loss_cfg, completion_len), state.params, rows,
-        microbatches, w_loss, w_tok, loss_keys=("loss", "pg_loss"), max_keys=("ratio_max",),
-        layer_list=not cfg.scan_layers)
+      w_loss, w_tok = policy_loss_shares(rows.completion_mask, microbatches, loss_cfg)
+    loss_keys, max_keys = metric_reductions(jax.eval_shape(loss, state.params, rows)[1])
+    total, metrics, grads = accumulate_grads(loss, state.params, rows, microbatches, w_loss, w_tok,
+                                             loss_keys=loss_keys, max_keys=max_keys,
+                                             layer_list=not cfg.scan_layers)
     if contrast_coef > 0:
       (c_loss, c_metrics), c_grads = jax.value_and_grad(contrast_loss, has_aux=True)(
-          state.params, batch, cfg, contrast_beta)
-      loss = loss + contrast_coef * c_loss
+          state.params, batch.route, cfg, contrast_beta)
+      total = total + contrast_coef * c_loss
       grads = jax.tree.map(lambda g, c: g + contrast_coef * c, grads, c_grads)
       metrics = dict(metrics, **c_metrics)
-    return _finish(state, optimizer, grads, dict(metrics, loss=loss))
+    return _finish(state, optimizer, grads, dict(metrics, loss=total))
 
   return _jit_step(step, shardings)

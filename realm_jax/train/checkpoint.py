@@ -7,8 +7,8 @@ handler (OCDBT + zarr, as `StandardSave` writes, but partial restore works);
 reference-model id, config) written by process 0 only.
 
 Conventions
-- `step` counts completed optimizer updates; `is_periodic(step, every,
-  last_step)` decides "save/eval now?" from the step alone.
+- `step` counts completed optimizer updates (when to save is
+  `train.loop.save_due`, a function of the step alone).
 - Saves are asynchronous: the arrays are copied off the device before `save`
   returns (so the step may donate them), the files are written in the
   background; `wait()` blocks.
@@ -46,16 +46,6 @@ BEST_MODES = ("max", "min")
 def checkpoint_dir(workdir: str | epath.PathLike, stage: str) -> epath.Path:
   """Where a run keeps one training stage's checkpoints: WORKDIR/ckpt/STAGE."""
   return epath.Path(workdir) / SUBDIR / stage
-
-
-def is_periodic(step: int, every: int, last_step: int | None = None) -> bool:
-  """True at step = every, 2*every, ... and at `last_step`; never at step 0.
-
-  `every <= 0` disables the periodic part (the last step still fires).
-  """
-  if last_step is not None and step == last_step:
-    return True
-  return every > 0 and step > 0 and step % every == 0
 
 
 def _check_json(extra: dict[str, Any]) -> None:

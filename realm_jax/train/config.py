@@ -30,8 +30,14 @@ class SFTConfig:
   microbatches: int = 1  # gradient accumulation inside the step (same loss, less memory)
 
   def __post_init__(self):
-    if self.steps < 0 or self.batch_size <= 0:
-      raise ValueError("sft.steps must be >= 0 and sft.batch_size > 0")
+    for name in ("steps", "warmup", "weight_decay"):
+      if not getattr(self, name) >= 0:
+        raise ValueError(f"sft.{name}={getattr(self, name)} must be >= 0")
+    for name in ("batch_size", "lr", "grad_clip", "kd_temperature"):
+      if not getattr(self, name) > 0:
+        raise ValueError(f"sft.{name}={getattr(self, name)} must be > 0")
+    if self.num_items is not None and self.num_items <= 0:
+      raise ValueError(f"sft.num_items={self.num_items} must be > 0 (or none: all items)")
     if self.microbatches < 1 or self.batch_size % self.microbatches:
       raise ValueError(f"sft.microbatches={self.microbatches} must divide sft.batch_size="
                        f"{self.batch_size}")

@@ -25,6 +25,7 @@ import os
 from typing import Mapping
 
 import jax
+from jax.experimental import multihost_utils
 
 log = logging.getLogger(__name__)
 
@@ -113,5 +114,4 @@ def is_main_process() -> bool:
 def barrier(name: str) -> None:
   """Waits until every process reaches this point (a no-op in a single process)."""
   if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices(name)

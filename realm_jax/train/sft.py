@@ -8,24 +8,27 @@ never sees the rules, so they must end up in its weights. Loss: next-token
 cross-entropy on completion tokens, optionally mixed with token-level KD when
 the teacher is a model sharing the tokenizer.
 
-`run_sft` is the one supervised loop (base warm-up, distillation, RFT). It
-resumes from its phase's latest checkpoint, data iterator included.
+`run_sft` runs the supervised stages (base warm-up, distillation, RFT rounds)
+on the shared skeleton `train.loop.run_loop`: this module supplies the step
+(`SFTStepper`: next batch, optional teacher logits, jitted update) and its
+checkpointed host state (the data-iterator position).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 
-from realm_jax.train import checkpoint, metrics as metrics_lib, preemption, sharding, step as train_step
 from realm_jax.data import pipeline as data
-from realm_jax.data.answers import is_equivalent, extract_answer
-from realm_jax.train.config import SFTConfig
+from realm_jax.data.answers import extract_answer, is_equivalent
 from realm_jax.data.records import Example
+from realm_jax.train import generation, loop, metrics as metrics_lib, sharding
+from realm_jax.train import step as train_step
+from realm_jax.train.config import SFTConfig
 
 
 def verified_teacher_examples(examples: Sequence[Example]) -> tuple[list[Example], int]:
@@ -56,8 +59,40 @@ class SFTContext:
   mesh: Any = None
   memory_fraction: float = 0.9
   device_memory: int | None = None
-  checkpoint_every: int = 100
+  checkpoint_every: int = 100  # 0: save only at the end and on a stop
+  keep_checkpoints: int = 2
   chat: bool = False  # wrap prompts in the tokenizer's chat template, as RL and eval do
+
+
+class SFTStepper:
+  """One supervised update per call: the next batch (+ teacher logits) through `step_fn`."""
+
+  def __init__(self, step_fn: Callable, batches, put: Callable):
+    self.step_fn, self.batches, self.put = step_fn, batches, put
+    self.t0, self.tokens = time.perf_counter(), 0
+
+  def __call__(self, state: Any, step: int) -> tuple[Any, dict[str, Any]]:
+    batch = next(self.batches)
+    self.tokens += int(batch["mask"].sum())
+    state, m = self.step_fn(state, self.put(batch))
+    # Tokens fed since this process started the phase, per second of wall clock.
+    return state, {**m, "tokens_per_s": self.tokens / max(time.perf_counter() - self.t0, 1e-9)}
+
+  def host_state(self) -> dict[str, Any]:
+    return {"data": data.get_state(self.batches)}
+
+  def load_host_state(self, extra: dict[str, Any]) -> None:
+    data.restore(self.batches, extra["data"])
+
+
+def _abstract_batch(cfg: SFTConfig, ctx: SFTContext, shardings) -> dict:
+  rows, T = cfg.batch_size, ctx.buckets[-1]
+  shape = jax.ShapeDtypeStruct((rows, T), jnp.int32, sharding=shardings.batch)
+  batch = {"tokens": shape, "mask": shape, "loss_mask": shape}
+  if cfg.kd_alpha > 0:
+    batch["teacher_logits"] = jax.ShapeDtypeStruct(
+        (rows, T - 1, ctx.model_cfg.vocab_size), jnp.float32, sharding=shardings.batch)
+  return batch
 
 
 def run_sft(phase: str, ctx: SFTContext, params: Any, pairs: Sequence[tuple[str, str]],
@@ -69,39 +104,22 @@ def run_sft(phase: str, ctx: SFTContext, params: Any, pairs: Sequence[tuple[str,
   """
   if cfg.kd_alpha > 0 and teacher_params is None:
     raise ValueError(f"{phase}.kd_alpha={cfg.kd_alpha} needs a teacher model: set {phase}.kd_teacher")
-  optimizer = train_step.make_optimizer(cfg.lr, cfg.warmup, cfg.steps, cfg.weight_decay,
-                                        cfg.grad_clip)
-  state, shardings = train_step.shard_state(train_step.init_state(params, optimizer), optimizer,
-                                           ctx.model_cfg, ctx.mesh)
-  if ctx.chat:
-    pairs = [(ctx.tokenizer.apply_chat_template([{"role": "user", "content": p}]), c)
-             for p, c in pairs]
   # cfg.batch_size is global: each process feeds its share of the rows.
   if cfg.batch_size % jax.process_count():
     raise ValueError(f"batch_size={cfg.batch_size} is not divisible by the {jax.process_count()} "
                      "processes; pick a multiple of the process count")
+  optimizer = train_step.make_optimizer(cfg.lr, cfg.warmup, cfg.steps, cfg.weight_decay,
+                                        cfg.grad_clip)
+  state, shardings = train_step.shard_state(train_step.init_state(params, optimizer), optimizer,
+                                           ctx.model_cfg, ctx.mesh)
+  abstract_state = train_step.abstract_state(state, shardings)
+  if ctx.chat:
+    pairs = [(generation.chat_prompt(ctx.tokenizer, p), c) for p, c in pairs]
   batches = data.sft_batches(list(pairs), ctx.tokenizer, cfg.batch_size // jax.process_count(),
                              ctx.buckets, ctx.seed)
-  ckpt = checkpoint.Checkpointer(checkpoint.checkpoint_dir(ctx.workdir, phase), keep_last=2)
-  start = 0
-  latest = ckpt.latest_step()
-  if latest is not None:
-    state, extra = ckpt.restore(abstract_state=train_step.abstract_state(state, shardings))
-    data.restore(batches, extra["data"])
-    start = int(state.step)
-  if start >= cfg.steps:
-    ckpt.close()
-    return state.params
   step_fn = train_step.make_sft_step(ctx.model_cfg, optimizer, cfg.kd_alpha, cfg.kd_temperature,
                                      shardings, microbatches=cfg.microbatches)
-  rows, T = cfg.batch_size, ctx.buckets[-1]
-  shape = jax.ShapeDtypeStruct((rows, T), jnp.int32, sharding=shardings.batch)
-  abstract_batch = {"tokens": shape, "mask": shape, "loss_mask": shape}
-  if cfg.kd_alpha > 0:
-    abstract_batch["teacher_logits"] = jax.ShapeDtypeStruct(
-        (rows, T - 1, ctx.model_cfg.vocab_size), jnp.float32, sharding=shardings.batch)
-  metrics_lib.report_memory(phase, step_fn, (train_step.abstract_state(state, shardings),
-                                             abstract_batch),
+  metrics_lib.report_memory(phase, step_fn, (abstract_state, _abstract_batch(cfg, ctx, shardings)),
                             ctx.writer, ctx.memory_fraction, ctx.device_memory)
   teacher_fn = train_step.make_teacher_logits_fn(ctx.model_cfg) if cfg.kd_alpha > 0 else None
 
@@ -111,55 +129,8 @@ def run_sft(phase: str, ctx: SFTContext, params: Any, pairs: Sequence[tuple[str,
     if teacher_fn is not None:
       b["teacher_logits"] = teacher_fn(teacher_params, b["tokens"], b["mask"])
     return b
-  bar = metrics_lib.progress(cfg.steps, start, phase)
-  pending = None
-  t0 = time.perf_counter()
-  tokens_seen = 0
-  try:
-    for step in range(start, cfg.steps):
-      batch = next(batches)
-      tokens_seen += int(batch["mask"].sum())
-      state, m = step_fn(state, put(batch))
-      if pending is not None:  # read step n-1's metrics after dispatching step n
-        _log(ctx, phase, *pending, bar, t0, tokens_seen)
-      pending = (step, m)
-      last = step + 1 == cfg.steps
-      stop = preemption.requested()
-      if last or stop or (step + 1) % ctx.checkpoint_every == 0:
-        _log(ctx, phase, *pending, bar, t0, tokens_seen)  # NaN stops here, before saving
-        pending = None
-        check_finite_params(state.params, step, phase)
-        ckpt.save(step + 1, state, extra={"data": data.get_state(batches)}, force=last or stop)
-      if stop:
-        raise preemption.Preempted(f"{phase} step {step + 1}")
-  finally:  # waits for pending saves, on errors too: every save holds finite pre-failure state
-    ckpt.close()
-  bar.close()
+  loop_cfg = loop.LoopConfig(phase=phase, steps=cfg.steps, checkpoint_every=ctx.checkpoint_every,
+                             keep_checkpoints=ctx.keep_checkpoints)
+  state = loop.run_loop(loop_cfg, ctx.workdir, ctx.writer, state, abstract_state,
+                        SFTStepper(step_fn, batches, put))
   return state.params
-
-
-@jax.jit
-def _all_finite(tree: Any) -> jax.Array:
-  return jax.tree.reduce(jnp.logical_and, jax.tree.map(lambda x: jnp.isfinite(x).all(), tree),
-                         jnp.bool_(True))
-
-
-def check_finite_params(params: Any, step: int, phase: str) -> None:
-  """Raises NonFiniteError if the update of `step` left NaN/Inf in `params`.
-
-  The loops call it before each checkpoint: a step's loss and grad norm are
-  computed before its update, so an overflowing update shows only here.
-  """
-  if not bool(_all_finite(params)):
-    raise metrics_lib.NonFiniteError(
-        f"{phase} step {step}: the updated params hold NaN/Inf; stopping (the last checkpoint "
-        "on disk predates this step)")
-
-
-def _log(ctx: SFTContext, phase: str, step: int, m: Any, bar, t0: float, tokens: int) -> None:
-  host = metrics_lib.to_host(m)
-  metrics_lib.check_finite(host, step, phase)
-  host["tokens_per_s"] = tokens / max(time.perf_counter() - t0, 1e-9)
-  ctx.writer.write(phase, step, host)
-  bar.update(step + 1 - bar.n)
-  bar.set_postfix(loss=f"{host.get('loss', float('nan')):.3f}")

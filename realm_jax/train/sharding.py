@@ -34,6 +34,7 @@ from typing import Any, Iterator, Sequence
 
 import flax.linen as nn
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 import optax
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
@@ -56,7 +57,6 @@ RULES: Rules = (
     ("head_dim", None),
     ("length", None),
 )
-CACHE_AXES = P("layers", "batch", "length", "kv_heads", "head_dim")  # [L, B, S, K, H]
 
 log = logging.getLogger(__name__)
 
@@ -179,14 +179,6 @@ def opt_state_shardings(optimizer: optax.GradientTransformation, abstract_params
   return optax.tree_map_params(
       optimizer, per_param, state, abstract_params_tree, params_shardings,
       transform_non_params=lambda _: replicated(mesh))
-
-
-def cache_sharding(mesh: Mesh, rules: Rules = RULES) -> NamedSharding:
-  """Sharding of each KV-cache buffer [L, B, S, K, H]: B over data+fsdp, K over tensor.
-
-  One sharding serves both 'k' and 'v' (jit accepts it as a prefix of the dict).
-  """
-  return logical_sharding(mesh, CACHE_AXES, rules)
 
 
 def batch_sharding(mesh: Mesh, ndim: int = 2, rules: Rules = RULES) -> NamedSharding:
@@ -315,7 +307,6 @@ def to_host(x: Any) -> np.ndarray:
   """A global array's full value on this host (all-gathered across processes if needed)."""
   if not isinstance(x, jax.Array) or x.is_fully_addressable or x.is_fully_replicated:
     return np.asarray(x)
-  from jax.experimental import multihost_utils
   return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 

@@ -24,7 +24,7 @@ import optax
 
 from realm_jax.train import losses
 from realm_jax import model
-from realm_jax.train import sharding
+from realm_jax.train import precision, sharding
 
 
 @flax.struct.dataclass
@@ -59,7 +59,9 @@ def make_optimizer(lr: float, warmup: int, total_steps: int, weight_decay: float
 
 
 def init_state(params: Any, optimizer: optax.GradientTransformation) -> TrainState:
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params))
+  """Step 0; bf16 params get fp32 master weights in the optimizer state (`precision`)."""
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    opt_state=precision.init_opt_state(optimizer, params))
 
 
 def shard_state(state: TrainState, optimizer, model_cfg: model.ModelConfig, mesh
@@ -69,7 +71,7 @@ def shard_state(state: TrainState, optimizer, model_cfg: model.ModelConfig, mesh
   param_sh = sharding.param_shardings(model_cfg, mesh)
   abstract = jax.eval_shape(lambda: state.params)
   state_sh = TrainState(step=sharding.replicated(mesh), params=param_sh,
-                        opt_state=sharding.opt_state_shardings(optimizer, abstract, param_sh))
+                        opt_state=precision.opt_state_shardings(optimizer, abstract, param_sh))
   state = jax.tree.map(sharding.put, state, state_sh)
   return state, StepShardings(state=state_sh, batch=sharding.leading_axis_sharding(mesh),
                               replicated=sharding.replicated(mesh))
@@ -186,9 +188,8 @@ def shares(counts_n: jax.Array) -> jax.Array:
 
 
 def _finish(state: TrainState, optimizer, grads, metrics):
-  grad_norm = optax.global_norm(grads)
-  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
+  grad_norm = optax.global_norm(jax.tree.map(lambda g: g.astype(jnp.float32), grads))
+  params, opt_state = precision.apply_update(optimizer, grads, state.opt_state, state.params)
   metrics = dict(metrics, grad_norm=grad_norm)
   return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
