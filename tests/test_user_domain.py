@@ -12,18 +12,10 @@ from realm_jax.data.domains import DOMAINS, Domain, get_domain
 from realm_jax.data.domains.tariff import Tariff
 from realm_jax.errors import ConfigError
 from realm_jax.train import metrics
+from tests.test_train import MICRO  # the micro model and stages
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPEC = "examples/my_domain.py:Parking"
-# The micro model and stages of tests/test_train.py.
-MICRO = [
-    "model.tiny.num_layers=1", "model.tiny.d_model=32", "model.tiny.num_heads=2",
-    "model.tiny.num_kv_heads=1", "model.tiny.head_dim=16", "model.tiny.mlp_dim=64",
-    "data.num_train=48", "data.num_eval=8", "base.steps=2", "base.batch_size=4",
-    "rl.batch_prompts=2", "rl.group_size=2", "rl.max_new_tokens=12", "eval.num_questions=4",
-    "eval.k=2", "eval.max_new_tokens=12", "eval.batch_size=4", "rft.questions=4",
-    "rft.steps_per_round=2", "rft.batch_size=2", "checkpoint_every=1", "mesh=1,1,1",
-]
 DEMO_STAGES = ["sft.steps=2", "sft.batch_size=4", "rl.steps=2"]
 
 
