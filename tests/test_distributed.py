@@ -29,6 +29,17 @@ WORKER = textwrap.dedent("""
     assert plan.mode == "explicit", plan
     pid = jax.process_index()
     assert (jax.process_count(), jax.device_count(), jax.local_device_count()) == (2, 4, 2)
+
+    # The barrier waits for the slow process (here: 3 s of host work before it),
+    # and a name may be used twice.
+    import os, sys, time
+    marker = os.path.join(sys.argv[1], "written-by-0")
+    for i in range(2):
+      if pid == 0:
+        time.sleep(3)
+        open(f"{marker}{i}", "w").close()
+      distributed.barrier("marker")
+      assert os.path.exists(f"{marker}{i}"), f"process {pid} passed barrier {i} early"
     assert distributed.is_main_process() == (pid == 0)
 
     mesh = sh.make_mesh(sh.MeshConfig(data=-1))
@@ -63,7 +74,7 @@ def test_two_cpu_processes_on_loopback(tmp_path):
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2",
                REALM_COORDINATOR=coordinator, REALM_NUM_PROCESSES="2", REALM_PROCESS_ID=str(pid))
     env.pop("TPU_WORKER_HOSTNAMES", None)
-    procs.append(subprocess.Popen([sys.executable, str(script)], env=env, stdout=subprocess.PIPE,
+    procs.append(subprocess.Popen([sys.executable, str(script), str(tmp_path)], env=env, stdout=subprocess.PIPE,
                                   stderr=subprocess.STDOUT, text=True))
   outputs = []
   try:

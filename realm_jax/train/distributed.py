@@ -25,7 +25,7 @@ import os
 from typing import Mapping
 
 import jax
-from jax.experimental import multihost_utils
+from orbax.checkpoint import multihost as ocp_multihost
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,20 @@ def is_main_process() -> bool:
   return jax.process_index() == 0
 
 
+_BARRIER_TIMEOUT_S = 30 * 60  # process 0 may train the tokenizer meanwhile
+_barriers: dict[str, int] = {}
+
+
 def barrier(name: str) -> None:
-  """Waits until every process reaches this point (a no-op in a single process)."""
-  if jax.process_count() > 1:
-    multihost_utils.sync_global_devices(name)
+  """Waits until every process reaches this point (a no-op in a single process).
+
+  The wait goes through the coordination service (no device computation), so it
+  holds for any skew between processes up to 30 minutes and creates no
+  collective context while one process is still busy on the host. A name may be
+  reused: each use waits at its own key.
+  """
+  if jax.process_count() == 1:
+    return
+  count = _barriers[name] = _barriers.get(name, 0) + 1
+  sync = ocp_multihost.get_barrier_sync_fn()
+  sync(key=f"realm_jax:{name}:{count}", timeout_ms=_BARRIER_TIMEOUT_S * 1000)
