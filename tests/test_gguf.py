@@ -246,3 +246,13 @@ def test_pretrained_dispatches_hf_directories(tmp_path):
                              hf_logits(m, TOKENS, MASK)[MASK], atol=ATOL, rtol=0)
   tok = pretrained.load_pretrained_tokenizer(tmp_path)
   assert tok.eos_id == 2 and tok.encode('Paris <think>') == src.encode('Paris <think>').ids
+
+
+def test_reader_is_reused_for_an_unchanged_file_and_reread_after_a_change(tmp_path):
+  path = write_gguf(tmp_path / 'm.gguf', make_hf_model('llama'), 'llama')
+  first = gguf_import.open_gguf(path)
+  assert gguf_import.open_gguf(str(path)) is first  # the weights and the tokenizer share it
+  data = path.read_bytes()
+  path.write_bytes(data[:len(data) - 64])  # the same path, rewritten: never the stale reader
+  with pytest.raises(ValueError, match='truncated'):
+    gguf_import.open_gguf(path)

@@ -21,9 +21,14 @@ LN2 = math.log(2.0)
 def test_advantage_variants_golden():
   r = jnp.array([1.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 3.0])
   # group 0: mean 0.5, unbiased std sqrt(1/3); group 1: mean 0.75, std 1.5 (test_advantages)
-  np.testing.assert_allclose(advantages.ADVANTAGES["grpo"](r, 4),
+  np.testing.assert_allclose(advantages.ADVANTAGES["grpo_group"](r, 4),
                              [0.5 * 3 ** 0.5, -0.5 * 3 ** 0.5, -0.5 * 3 ** 0.5, 0.5 * 3 ** 0.5,
                               -0.5, -0.5, -0.5, 1.5], atol=1e-5)
+  # grpo (issue 15): one pooled std for the batch, sqrt((1/3 + 2.25) / 2) = sqrt(31/24).
+  s = (31 / 24) ** 0.5
+  np.testing.assert_allclose(advantages.ADVANTAGES["grpo"](r, 4),
+                             [0.5 / s, -0.5 / s, -0.5 / s, 0.5 / s, -0.75 / s, -0.75 / s,
+                              -0.75 / s, 2.25 / s], atol=1e-5)
   np.testing.assert_allclose(advantages.ADVANTAGES["drgrpo"](r, 4),
                              [0.5, -0.5, -0.5, 0.5, -0.75, -0.75, -0.75, 2.25], atol=TOL)
   # RLOO: r - mean of the other three. Group 0: 1 - 1/3, 0 - 2/3; group 1: 0 - 1, 3 - 0.

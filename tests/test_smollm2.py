@@ -4,14 +4,12 @@ Checks against transformers reading the same file offline: tokenizer ids, and
 fp32 logits within the 1e-4 policy (both dequantize the same Q4_1/Q8_0 blocks).
 """
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
 import transformers
 
-from realm_jax.model import gguf as gguf_import, pretrained, sampling
+from realm_jax.model import gguf as gguf_import, pretrained
 from realm_jax import model
 
 PATH = gguf_import.smollm2_gguf_path()
@@ -33,18 +31,6 @@ def test_config_from_metadata(loaded):
   assert cfg.rope_theta == 100000.0 and cfg.max_seq_len == 8192
   assert (tok.bos_id, tok.eos_id, tok.pad_id) == (1, 2, 2)
   assert tok.id_to_token(2) == '<|im_end|>'
-
-
-def test_greedy_answer_mentions_paris(loaded):
-  cfg, params, tok = loaded
-  text = tok.apply_chat_template([{'role': 'user', 'content': 'What is the capital of France?'}])
-  ids = tok.encode(text)
-  scfg = sampling.SamplingConfig(max_new_tokens=20, temperature=0.0, stop_ids=tok.stop_ids,
-                                 pad_id=tok.pad_id)
-  out = sampling.generate(params, cfg, jnp.asarray([ids]), jnp.ones((1, len(ids)), bool),
-                          jax.random.key(0), scfg)
-  answer = tok.decode(np.asarray(out.tokens[0, len(ids):])[np.asarray(out.completion_mask[0, len(ids):])])
-  assert 'Paris' in answer, answer
 
 
 def test_tokenizer_matches_transformers_gguf_tokenizer(loaded):

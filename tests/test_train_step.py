@@ -19,8 +19,9 @@ CFG = model.ModelConfig(vocab_size=40, num_layers=2, d_model=16, num_heads=2, nu
 @pytest.mark.parametrize("warmup", [0, 4])
 def test_lr_schedule_boundaries(warmup):
   s = train_step.lr_schedule(2.0, warmup, 20)
-  if warmup:
-    assert float(s(0)) == 0.0 and float(s(2)) == pytest.approx(1.0)  # linear warm-up
+  if warmup:  # lr (t + 1) / warmup: the first update is not a no-op (it was 0 before issue 15)
+    assert float(s(0)) == pytest.approx(0.5) and float(s(2)) == pytest.approx(1.5)
+    assert float(s(warmup - 1)) == pytest.approx(2.0)               # lr reached at warmup - 1
   assert float(s(warmup)) == pytest.approx(2.0)                      # peak at end of warm-up
   assert float(s(20)) == pytest.approx(0.2)                          # lr/10 at the last step
   assert float(s(20 + warmup)) == pytest.approx(0.2)                 # and stays there

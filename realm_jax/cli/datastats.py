@@ -1,4 +1,5 @@
-"""`realm-jax data stats|routes`: route pools of a source, their statistics, token lengths."""
+"""`realm-jax data stats|routes`: route pools of a source, their statistics, token lengths and
+the accuracy of the trivial baselines (`evaluation.baselines`) on them."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from realm_jax.cli.generate import model_path
 from realm_jax.data import domains, sources, teachers
 from realm_jax.data.config import DataConfig
 from realm_jax.data.records import Example
+from realm_jax.evaluation import baselines
 from realm_jax.model import pretrained, sampling
 from realm_jax.model.tokenizer import load_tokenizer
 from realm_jax.rl import corpus
@@ -27,7 +29,11 @@ def examples_with_routes(source: str, n: int, seed: int, difficulty: int, negati
   return examples
 
 
-def stats_table(examples: list[Example], tokenizer=None) -> str:
+def stats_table(examples: list[Example], tokenizer=None, reference: list[Example] | None = None,
+                domain_map: dict[str, domains.Domain] | None = None) -> str:
+  """Route pool counts, token lengths (with a tokenizer), then one row per trivial baseline: its
+  share of `examples` correct, the most frequent answer taken on `reference` (default: the
+  examples themselves)."""
   s = teachers.route_pool_stats(examples)
   rows = [("items", s["items"]), ("items with a positive route", s["items_with_positive"]),
           ("items with a negative route", s["items_with_negative"]), ("routes", s["routes"]),
@@ -42,6 +48,11 @@ def stats_table(examples: list[Example], tokenizer=None) -> str:
       if texts:
         lens = np.array([len(tokenizer.encode(t)) for t in texts])
         rows.append((f"{name} min/median/max", f"{lens.min()}/{int(np.median(lens))}/{lens.max()}"))
+  accs = baselines.trivial_baselines(examples, reference, domain_map)
+  if accs:
+    where = "these items" if reference is None else f"{len(reference)} other items"
+    rows.append(("trivial baselines", f"share correct (mode of {where})"))
+    rows += [(f"  baseline: {name}", f"{acc:.1%}") for name, acc in accs.items()]
   width = max(len(r[0]) for r in rows)
   return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
 
@@ -49,7 +60,13 @@ def stats_table(examples: list[Example], tokenizer=None) -> str:
 def print_stats(source: str, tokenizer: str | None = None, n: int = 200, seed: int = 0,
                 difficulty: int = 0) -> None:
   tok = load_tokenizer(tokenizer) if tokenizer else None
-  print(stats_table(examples_with_routes(source, n, seed, difficulty), tok))
+  examples = examples_with_routes(source, n, seed, difficulty)
+  reference = None  # the mode comes from another sample of the source where there is one
+  if not source.startswith("routes:"):
+    reference = sources.load_source(source, n, seed + 1, difficulty)
+    if {ex.id for ex in reference} == {ex.id for ex in examples}:  # a small file: all of it
+      reference = None
+  print(stats_table(examples, tok, reference, baselines.source_domains(source)))
 
 
 def model_generate_fn(model: str, max_new_tokens: int = 256, temperature: float = 0.8,

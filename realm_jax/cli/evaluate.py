@@ -14,6 +14,7 @@ import jax
 
 from realm_jax.cli import plots, train
 from realm_jax.train import sharding
+from realm_jax.evaluation import baselines
 from realm_jax.evaluation.accuracy import evaluate_params, results_table
 
 
@@ -40,7 +41,7 @@ def _run(workdir: str, run_info: dict, cfg, ctx) -> dict:
       results[stage][name] = evaluate_params(
           params, ctx.model_cfg, ctx.tokenizer, ctx.data.eval[:cfg.eval.num_questions], cfg.eval,
           cfg.rl.mrpv, with_routes=with_routes, seed=cfg.seed, chat=ctx.chat)
-  table = results_table(results, cfg.eval.k)
+  table = results_table(results, cfg.eval.k, _baselines(cfg, ctx))
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "eval.json"), "w") as f:
       json.dump({"experiment": run_info.get("experiment"), "results": results}, f, indent=2)
@@ -49,3 +50,13 @@ def _run(workdir: str, run_info: dict, cfg, ctx) -> dict:
     plots.plot_training(workdir)
   print(table)
   return results
+
+
+def _baselines(cfg, ctx) -> dict[str, dict[str, float]]:
+  """Trivial baselines on the evaluated questions, the mode taken on the train questions; with
+  routes, "copy a shown route" reads the routes `evaluate_params` shows."""
+  examples, doms = ctx.data.eval[:cfg.eval.num_questions], baselines.source_domains(cfg.data.source)
+  return {"without routes": baselines.trivial_baselines(examples, ctx.data.train, doms,
+                                                        routes=False),
+          "with routes": baselines.trivial_baselines(examples, ctx.data.train, doms, cfg.rl.mrpv,
+                                                     cfg.seed)}

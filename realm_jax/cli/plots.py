@@ -57,19 +57,48 @@ def _smooth(y: np.ndarray, window: int = 5) -> np.ndarray:
                      mode="valid")
 
 
+VALID_KEY = "valid_accuracy"  # `train.loop.VALID_METRIC`, as the stages log it
+
+
+def validation_curves(rows: list[dict]) -> dict[str, tuple[list[int], list[float]]]:
+  """{phase: (steps, validation accuracies)} of the metrics rows that hold one, in phase order."""
+  out: dict[str, tuple[list[int], list[float]]] = {}
+  for r in rows:
+    if VALID_KEY in r and "phase" in r:
+      steps, values = out.setdefault(r["phase"], ([], []))
+      steps.append(int(r["step"]))
+      values.append(float(r[VALID_KEY]))
+  return out
+
+
+def _plot_validation(ax, rows: list[dict]) -> None:
+  """Validation accuracy of each phase against its steps, as logged (unsmoothed)."""
+  curves = validation_curves(rows)
+  for phase, (steps, values) in curves.items():
+    ax.plot(steps, values, marker="o", label=phase)
+  ax.set_ylim(-0.02, 1.02)
+  ax.set_xlabel("step (of each phase)")
+  ax.set_ylabel("greedy accuracy without routes")
+  ax.set_title("validation slice" if curves else "validation slice (not validated)")
+  if curves:
+    ax.legend(loc="best")
+
+
 def plot_training(workdir: str | os.PathLike) -> list[str]:
   """Training curves from `workdir/metrics.jsonl` into PNGs; returns the paths.
 
   training_curves.png: supervised losses per phase, RL reward and accuracy
-  (with and without routes, smoothed over 5 steps). eaai_accuracy.png: the
+  (with and without routes, smoothed over 5 steps), and each phase's
+  validation accuracy (`validation_curves`, as logged). eaai_accuracy.png: the
   route share actually shown against autonomous (no-route) accuracy.
   """
   rows = metrics.read_metrics(str(workdir))
   written = []
   sup = [r for r in rows if r.get("phase") != "rl" and "loss" in r]
   rl = [r for r in rows if r.get("phase") == "rl"]
-  fig = Figure(figsize=(11, 4))
-  left, right = fig.subplots(1, 2)
+  fig = Figure(figsize=(16, 4))
+  left, right, valid = fig.subplots(1, 3)
+  _plot_validation(valid, rows)
   offset = 0
   for phase in dict.fromkeys(r["phase"] for r in sup):
     pr = [r for r in sup if r["phase"] == phase]

@@ -29,6 +29,7 @@ import dataclasses
 import json
 import os
 import shutil
+import time
 from typing import Any
 
 import jax
@@ -37,9 +38,11 @@ import orbax.checkpoint as ocp
 
 from realm_jax import configs, model
 from realm_jax.cli.generate import model_path
+from realm_jax.evaluation import accuracy
 from realm_jax.model import pretrained, tokenizer as tokenizer_lib
 from realm_jax.rl import corpus, rft, stage as rl_stage
-from realm_jax.train import distributed, metrics as metrics_lib, preemption, sft as distill
+from realm_jax.train import distributed, loop, metrics as metrics_lib, preemption
+from realm_jax.train import sft as distill
 from realm_jax.train import sharding, workdir as workdir_lib
 
 PHASES = ("base", "sft", "rft", "rl")
@@ -265,7 +268,29 @@ def _supervised(phase: str, scfg, ctx: Context, sft_ctx: distill.SFTContext, par
     if not scfg.kd_teacher:
       raise ValueError(f"{phase}.kd_alpha={scfg.kd_alpha} needs {phase}.kd_teacher=RUN_DIR")
     teacher = load_params(final_params_path(scfg.kd_teacher), ctx.model_cfg)
-  return distill.run_sft(phase, sft_ctx, params, pairs, scfg, teacher)
+  return distill.run_sft(phase, sft_ctx, params, pairs, scfg, teacher,
+                         _validator(ctx, phase, scfg.eval_every))
+
+
+def _validator(ctx: Context, phase: str, eval_every: int):
+  """A stage's `validate(params)`: greedy accuracy without routes on the validation slice,
+  generated as `realm-jax eval` does (eval.max_new_tokens, eval.batch_size); None when the
+  stage does not validate (eval_every=0, or no validation slice: data.num_valid=0)."""
+  if not eval_every:
+    return None
+  cfg = ctx.cfg
+  if not ctx.data.valid:
+    print(f"[realm-jax] {phase}: {phase}.eval_every={eval_every} but the validation slice is "
+          f"empty (data.num_valid={cfg.data.num_valid}): the stage runs without validating")
+    return None
+  eval_cfg = dataclasses.replace(cfg.eval, k=1)
+
+  def validate(params):
+    t0 = time.perf_counter()
+    res = accuracy.evaluate_params(params, ctx.model_cfg, ctx.tokenizer, ctx.data.valid, eval_cfg,
+                                   cfg.rl.mrpv, with_routes=False, seed=cfg.seed, chat=ctx.chat)
+    return {loop.VALID_METRIC: res["accuracy"], "time_valid": time.perf_counter() - t0}
+  return validate
 
 
 def _run(cfg: configs.ExperimentConfig, experiment: str, workdir: str, ctx: Context) -> Any:
@@ -273,7 +298,8 @@ def _run(cfg: configs.ExperimentConfig, experiment: str, workdir: str, ctx: Cont
   params, source = initial_params(ctx, workdir)
   reference = source
   print(f"[realm-jax] {experiment}: model {ctx.model_cfg.num_params / 1e6:.2f}M params, "
-        f"init from {source}; {len(ctx.data.train)} train / {len(ctx.data.eval)} eval items")
+        f"init from {source}; {len(ctx.data.train)} train / {len(ctx.data.valid)} validation / "
+        f"{len(ctx.data.eval)} eval items")
   sft_ctx = distill.SFTContext(model_cfg=ctx.model_cfg, tokenizer=ctx.tokenizer, workdir=workdir,
                                writer=writer, buckets=cfg.data.sft_buckets, seed=cfg.seed,
                                checkpoint_every=cfg.checkpoint_every,
@@ -284,7 +310,8 @@ def _run(cfg: configs.ExperimentConfig, experiment: str, workdir: str, ctx: Cont
              lambda p: _supervised("base", cfg.base, ctx, sft_ctx, p)),
             ("sft", cfg.sft.steps, lambda p: _supervised("sft", cfg.sft, ctx, sft_ctx, p)),
             ("rft", cfg.rft.rounds, lambda p: rft.run_rft(ctx, sft_ctx, p, cfg.rft)),
-            ("rl", cfg.rl.steps, lambda p: rl_stage.run_rl(ctx, workdir, writer, p, reference)))
+            ("rl", cfg.rl.steps, lambda p: rl_stage.run_rl(
+                ctx, workdir, writer, p, reference, _validator(ctx, "rl", cfg.rl.eval_every))))
   try:
     for phase, enabled, train_stage in stages:
       if not enabled:

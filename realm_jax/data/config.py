@@ -16,13 +16,20 @@ class DataConfig:
 
   route_file: JSONL routes from any LLM attached to the training questions;
   routes longer than `max_route_chars` characters (or empty) are refused and counted.
+  num_valid: a held-out validation slice (same source and difficulty, no question shared with
+  train or eval) the stages validate on when their `eval_every` > 0; 0 disables.
+  positives_per_question: correct routes per question in a built-in or user domain's route pool
+  (the gold route, then other wordings and step orders; `Domain.positive_routes`); other sources
+  have one, their reference CoT.
   """
   source: str = "domain:tariff"
   difficulty: int = 0
   num_train: int = 2000
   num_eval: int = 128
+  num_valid: int = 128
   seed: int = 1234
   negatives_per_question: int = 3
+  positives_per_question: int = 1
   route_file: str | None = None
   max_route_chars: int = MAX_ROUTE_CHARS
   prompt_buckets: tuple[int, ...] = (128, 256, 384, 512)
@@ -35,6 +42,10 @@ class DataConfig:
     for name in ("difficulty", "negatives_per_question"):
       if getattr(self, name) < 0:
         raise ValueError(f"data.{name}={getattr(self, name)} must be >= 0")
+    if self.num_valid < 0:
+      raise ValueError(f"data.num_valid={self.num_valid} must be >= 0 (0: no validation slice)")
+    if self.positives_per_question < 1:
+      raise ValueError(f"data.positives_per_question={self.positives_per_question} must be >= 1")
     if self.max_route_chars <= 0:
       raise ValueError(f"data.max_route_chars={self.max_route_chars} must be > 0")
     for name in ("prompt_buckets", "sft_buckets"):

@@ -115,8 +115,10 @@ def evaluate_params(params: Any, model_cfg, tok, examples: Sequence[Example], cf
   return res
 
 
-def results_table(results: dict[str, dict[str, dict[str, float]]], k: int) -> str:
-  """results[stage][setting] -> metrics; one Markdown row per (stage, setting)."""
+def results_table(results: dict[str, dict[str, dict[str, float]]], k: int,
+                  baselines: dict[str, dict[str, float]] | None = None) -> str:
+  """results[stage][setting] -> metrics; one Markdown row per (stage, setting), then one per
+  trivial baseline: baselines[setting][name] -> accuracy (`baselines.trivial_baselines`)."""
   header = ["model", "routes at test", "accuracy (95% CI)", f"pass@{k}", f"maj@{k}",
             "route verdicts"]
   rows = []
@@ -126,4 +128,5 @@ def results_table(results: dict[str, dict[str, dict[str, float]]], k: int) -> st
       rows.append([stage, setting, f"{r['accuracy']:.3f} ({r['accuracy_ci_low']:.3f}-"
                    f"{r['accuracy_ci_high']:.3f})", f"{r.get(f'pass@{k}', float('nan')):.3f}",
                    f"{r.get(f'maj@{k}', float('nan')):.3f}", "" if ver is None else f"{ver:.3f}"])
+  rows += report.baseline_rows(baselines or {}, len(header))
   return report.markdown_table(header, rows)

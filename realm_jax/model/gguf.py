@@ -22,6 +22,7 @@ Conventions
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import re
@@ -85,9 +86,17 @@ def unpermute_rope(w: np.ndarray, heads: int) -> np.ndarray:
 
 # ------------------------------------------------------------------ reading
 def open_gguf(path: str | os.PathLike) -> gguf.GGUFReader:
+  """The parsed (memory-mapped, read-only) file; parsing a vocabulary's metadata takes
+  seconds, so a process reuses the reader of an unchanged file (same size and mtime)."""
   p = Path(path)
   if not p.is_file():
     raise FileNotFoundError(f'{p}: no such GGUF file')
+  st = p.stat()
+  return _open_gguf(p.resolve(), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=2)
+def _open_gguf(p: Path, size: int, mtime_ns: int) -> gguf.GGUFReader:
   try:
     reader = gguf.GGUFReader(p)
   except Exception as e:  # truncated files fail inside the reader with reshape/index errors

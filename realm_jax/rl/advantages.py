@@ -46,26 +46,39 @@ def zero_variance_mask(rewards_N: jnp.ndarray, group_size: int) -> jnp.ndarray:
   return jnp.all(r_BG == r_BG[:, :1], axis=1)
 
 
+STD_SCOPES = ("group", "batch")
+
+
 def group_advantages(
     rewards_N: jnp.ndarray,
     group_size: int,
     normalize_std: bool = True,
     eps: float = 1e-6,
+    std_scope: str = "group",
 ) -> tuple[jnp.ndarray, dict[str, jnp.ndarray]]:
   """Group-relative advantages.
 
       mean_b = (1/G) sum_g r_bg
       std_b  = sqrt( (1/(G-1)) sum_g (r_bg - mean_b)^2 )     (unbiased, ddof=1)
-      A_bg   = (r_bg - mean_b) / (std_b + eps)   if normalize_std   (GRPO)
-      A_bg   =  r_bg - mean_b                    otherwise          (Dr.GRPO)
+      A_bg   = (r_bg - mean_b) / (s_b + eps)   if normalize_std   (GRPO)
+      A_bg   =  r_bg - mean_b                  otherwise          (Dr.GRPO)
+  with the normaliser s_b by `std_scope`:
+      "group": s_b = std_b (classic GRPO: every group with a signal gets unit-scale advantages,
+               a group whose rewards differ only by a small auxiliary bonus as much as a
+               right/wrong split);
+      "batch": s_b = sqrt(mean of std_b^2 over the batch's groups with std_b > 0), one pooled
+               within-group std for the batch, so advantages keep the groups' relative reward
+               scale (a 0.1 format-bonus split gets 1/10 of a 1.0 right/wrong split); with a
+               single group that has a signal it equals "group".
 
-  A zero-variance group gets A = 0 for every sample in both modes.
+  A zero-variance group gets A = 0 for every sample in all modes.
 
   Args:
     rewards_N: float[B * G] prompt-major rewards.
     group_size: G, samples per prompt (static, >= 2).
-    normalize_std: divide by the group's std (GRPO) or not (Dr.GRPO).
+    normalize_std: divide by a std (GRPO) or not (Dr.GRPO).
     eps: added to the std before dividing.
+    std_scope: "group" or "batch" (static), see above.
 
   Returns:
     (adv_N float32[B * G], metrics) with metrics `reward_mean`,
@@ -79,11 +92,18 @@ def group_advantages(
   std_B1 = jnp.sqrt(
       jnp.sum(jnp.square(centered_BG), axis=1, keepdims=True)
       / (group_size - 1))
-  if normalize_std:
+  zero_B = jnp.all(r_BG == r_BG[:, :1], axis=1)
+  if std_scope not in STD_SCOPES:
+    raise ValueError(f"std_scope={std_scope!r}; choose one of {', '.join(STD_SCOPES)}")
+  if normalize_std and std_scope == "batch":
+    signal_B = (~zero_B).astype(jnp.float32)
+    pooled_var = (jnp.sum(jnp.square(std_B1[:, 0]) * signal_B)
+                  / jnp.maximum(jnp.sum(signal_B), 1.0))
+    adv_BG = centered_BG / (jnp.sqrt(pooled_var) + eps)
+  elif normalize_std:
     adv_BG = centered_BG / (std_B1 + eps)
   else:
     adv_BG = centered_BG
-  zero_B = jnp.all(r_BG == r_BG[:, :1], axis=1)
   # The float mean of G equal rewards need not equal them exactly; pin the
   # advantage of a zero-variance group to exactly 0.
   adv_BG = jnp.where(zero_B[:, None], 0.0, adv_BG)
@@ -99,8 +119,15 @@ def group_advantages(
 
 
 def grpo(rewards_N: jnp.ndarray, group_size: int) -> jnp.ndarray:
-  """GRPO: A_bg = (r_bg - mean_b) / (std_b + 1e-6), see `group_advantages`."""
-  return group_advantages(rewards_N, group_size, normalize_std=True)[0]
+  """GRPO with the batch's pooled std: A_bg = (r_bg - mean_b) / (s + 1e-6), s the pooled
+  within-group std of the groups with a signal (`group_advantages`, std_scope="batch"), so a
+  group split only by a small auxiliary reward gets proportionally small advantages."""
+  return group_advantages(rewards_N, group_size, normalize_std=True, std_scope="batch")[0]
+
+
+def grpo_group(rewards_N: jnp.ndarray, group_size: int) -> jnp.ndarray:
+  """Classic GRPO: A_bg = (r_bg - mean_b) / (std_b + 1e-6), each group by its own std."""
+  return group_advantages(rewards_N, group_size, normalize_std=True, std_scope="group")[0]
 
 
 def drgrpo(rewards_N: jnp.ndarray, group_size: int) -> jnp.ndarray:
@@ -119,7 +146,7 @@ def rloo(rewards_N: jnp.ndarray, group_size: int) -> jnp.ndarray:
 
 
 # The built-in estimators, by the name `rl.advantage` gives.
-ADVANTAGES = {"grpo": grpo, "drgrpo": drgrpo, "rloo": rloo}
+ADVANTAGES = {"grpo": grpo, "grpo_group": grpo_group, "drgrpo": drgrpo, "rloo": rloo}
 
 
 def group_metrics(rewards_N: jnp.ndarray, adv_N: jnp.ndarray, group_size: int

@@ -6,6 +6,7 @@ import dataclasses
 import math
 
 from realm_jax.rl import advantages, eaai, losses, mrpv
+from realm_jax.train.config import check_convergence
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,8 +37,10 @@ class RLConfig:
   'never' (plain GRPO). negatives: False keeps only positive routes (ablation).
   temperature / top_k / top_p: the sampling distribution q of the rollouts;
     the trainer scores completions under the same q (see `rl.step`).
-  advantage: 'grpo', 'drgrpo' (no std), 'rloo' (leave-one-out baseline) or a
-    user function named 'module:fn' / 'path/file.py:fn' (`rl.plugins`).
+  advantage: 'grpo' (group-centred, divided by the batch's pooled within-group std, so a
+    group split only by a small auxiliary reward gets small advantages), 'grpo_group'
+    (classic GRPO: each group by its own std), 'drgrpo' (no std), 'rloo' (leave-one-out
+    baseline) or a user function named 'module:fn' / 'path/file.py:fn' (`rl.plugins`).
   policy_loss: 'ppo' (token ratio, clip-higher via loss.clip_high), 'gspo'
     (sequence ratio) or a user function, same naming.
   reward_weights: name -> weight, on top of the MRPV terms
@@ -48,6 +51,9 @@ class RLConfig:
     with dynamic_sampling_rollouts = n > 0 (DAPO dynamic sampling) up to n more
     rollouts of fresh prompts refill the batch with groups that have signal.
   mask_truncated: completions that hit max_new_tokens leave the loss.
+  eval_every / patience / min_delta / select: greedy accuracy without routes on the
+    validation slice every N steps (0: never), a stop after `patience` validations
+    without a `min_delta` gain (0: never), the best or the last params at the end.
   """
   steps: int = 0
   batch_prompts: int = 8
@@ -71,6 +77,10 @@ class RLConfig:
   mask_truncated: bool = False
   routes: str = "eaai"
   negatives: bool = True
+  eval_every: int = 0
+  patience: int = 0
+  min_delta: float = 0.0
+  select: str = "best"
   loss: losses.LossConfig = losses.LossConfig(kl_coef=0.04)
   mrpv: mrpv.MRPVConfig = mrpv.MRPVConfig()
   eaai: eaai.EAAIConfig = eaai.EAAIConfig()
@@ -96,6 +106,7 @@ class RLConfig:
     if self.dynamic_sampling_rollouts and not self.filter_zero_variance:
       raise ValueError("rl.dynamic_sampling_rollouts > 0 refills filtered groups: set "
                        "rl.filter_zero_variance=true too")
+    check_convergence(self, "rl")
     if self.routes not in ("eaai", "always", "never"):
       raise ValueError(f"rl.routes={self.routes!r}; choose eaai, always or never")
     if self.group_size < 2:

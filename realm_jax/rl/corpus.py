@@ -1,6 +1,6 @@
 """What each stage trains on, built from examples with route pools.
 
-- `build_run_data`: train/eval examples with labelled route pools (domain
+- `build_run_data`: train/eval/validation examples with labelled route pools (domain
   teacher for built-in domains; a route file when given; otherwise the
   reference CoT as the positive route and answer-perturbed copies of it as
   negatives, each recorded with its error).
@@ -8,8 +8,8 @@
   `<verify>A: correct; B: wrong</verify><think>...</think><answer>...</answer>`.
 - `route_prompt`: one prompt with K sampled, shuffled, truncated routes.
 - `sft_pairs`: (prompt, completion) pairs for guided distillation: the student
-  sees the question (and, for a share of items, routes with gold verdicts),
-  never the rule book.
+  sees the question only (and routes with gold verdicts for `route_share` of the
+  items, 0 by default), never the rule book.
 Host-side and deterministic given a numpy Generator.
 """
 
@@ -29,8 +29,9 @@ from realm_jax.data.records import Example, Route
 @dataclasses.dataclass
 class RunData:
   train: list[Example]
-  eval: list[Example]
+  eval: list[Example]  # the test slice `realm-jax eval` reports
   report: dict
+  valid: list[Example] = dataclasses.field(default_factory=list)  # what the stages validate on
 
 
 def _perturbed_routes(ex: Example, rng: np.random.Generator, n: int) -> tuple[Route, ...]:
@@ -57,30 +58,48 @@ def _with_routes(examples: list[Example], spec: str, cfg: DataConfig, seed: int)
   rng = np.random.default_rng(seed)
   if spec.startswith("domain:"):
     from realm_jax.data import domains
-    return teachers.domain_teacher(domains.get_domain(spec.split(":", 1)[1]), examples, rng,
-                                   cfg.negatives_per_question)
+    domain = domains.get_domain(spec.split(":", 1)[1])
+    examples = teachers.domain_teacher(domain, examples, rng, cfg.negatives_per_question)
+    if cfg.positives_per_question > 1:  # more correct routes: other wordings and step orders
+      examples = [ex.with_routes(domain.positive_routes(ex, cfg.positives_per_question)[1:])
+                  for ex in examples]
+    return examples
   return [dataclasses.replace(ex, routes=_perturbed_routes(ex, rng, cfg.negatives_per_question))
           for ex in examples]
 
 
 def build_run_data(cfg: DataConfig) -> RunData:
-  """Deterministic train/eval split with route pools; eval questions never in train."""
+  """Deterministic train/eval/validation split with route pools; no question in two slices.
+
+  Per source, the first `n_train + 2 * n_eval` examples, repeated questions dropped, give
+  eval then train; the validation slice is the next `n_valid` new questions of the
+  `2 * n_valid` examples after those (same source and difficulty). Train and eval are thus
+  what they were without a validation slice wherever a source's first examples do not depend
+  on how many are drawn (built-in domains, gym; a gsm8k file's seeded sample does). A question
+  is kept once across all sources and slices.
+  """
   specs = [s.strip() for s in cfg.source.split(",") if s.strip()]
   train: list[Example] = []
   evals: list[Example] = []
+  valid: list[Example] = []
+  seen: set[str] = set()
+  new = lambda exs: [ex for ex in exs if not (ex.question in seen or seen.add(ex.question))]
   for i, spec in enumerate(specs):
     n_train = cfg.num_train // len(specs)
     n_eval = cfg.num_eval // len(specs)
-    examples = sources.load_source(spec, n_train + 2 * n_eval, cfg.seed + 7919 * i, cfg.difficulty)
-    examples = _with_routes(examples, spec, cfg, cfg.seed + 104729 * i)
-    seen: set[str] = set()
-    unique = [ex for ex in examples if not (ex.question in seen or seen.add(ex.question))]
+    n_valid = cfg.num_valid // len(specs)
+    n_pool = n_train + 2 * n_eval
+    examples = sources.load_source(spec, n_pool + 2 * n_valid, cfg.seed + 7919 * i,
+                                   cfg.difficulty)
+    unique = new(_with_routes(examples[:n_pool], spec, cfg, cfg.seed + 104729 * i))
     evals.extend(unique[:n_eval])
     train.extend(unique[n_eval:n_eval + n_train])
+    held_out = new(examples[n_pool:])[:n_valid]
+    valid.extend(_with_routes(held_out, spec, cfg, cfg.seed + 104729 * (i + len(specs))))
   if cfg.route_file:
     train = teachers.file_teacher(cfg.route_file, train, cfg.max_route_chars)
-  report = {"num_train": len(train), "num_eval": len(evals)}
-  return RunData(train=train, eval=evals, report=report)
+  report = {"num_train": len(train), "num_eval": len(evals), "num_valid": len(valid)}
+  return RunData(train=train, eval=evals, report=report, valid=valid)
 
 
 def format_completion(cot: str, answer: str, verdicts: Sequence[bool] | None = None) -> str:
@@ -92,21 +111,51 @@ def format_completion(cot: str, answer: str, verdicts: Sequence[bool] | None = N
   return f"{verify}<think>{cot}</think><answer>{answer}</answer>"
 
 
+def _steps(text: str) -> list[str]:
+  return [line for line in text.splitlines() if line.strip()]
+
+
+def shown_label(route: Route, shown: str, positives: Sequence[str]) -> bool:
+  """The label of `route` as shown (`shown`: its text, possibly truncated by prefix fading).
+
+  A route shown whole keeps its label. A truncated negative whose shown steps (non-blank lines)
+  are a line-wise prefix of some positive route's steps (`positives`: the full texts of the
+  question's positive routes) shows no error: the error lies in the cut-off part, so it is
+  labelled positive. Any other truncated route keeps its label.
+  """
+  if route.positive or shown == route.text:
+    return route.positive
+  lines = _steps(shown)
+  return any(_steps(p)[:len(lines)] == lines for p in positives)
+
+
 def route_prompt(ex: Example, rng: np.random.Generator, cfg: mrpv.MRPVConfig, num_routes: int,
                  prefix_fraction: float = 1.0, negatives: bool = True
                  ) -> tuple[str, list[bool], list[str]]:
-  """(prompt, labels of the shown routes, shown route texts); no routes when K=0."""
+  """(prompt, labels of the shown routes, shown route texts); no routes when K=0.
+
+  Labels are of what is shown (`shown_label`): "correct" means no error in the shown part, so
+  under prefix fading a negative cut before its error (a prefix of a positive route of the
+  same question) is labelled correct.
+  """
   pool = [r for r in ex.routes if negatives or r.positive]
   if num_routes <= 0 or not pool:
     return mrpv.build_prompt(ex.question, [], cfg), [], []
   idx = mrpv.sample_routes([r.positive for r in pool], num_routes, cfg, rng)
   texts = [mrpv.truncate_route(pool[i].text, prefix_fraction) for i in idx]
-  return mrpv.build_prompt(ex.question, texts, cfg), [pool[i].positive for i in idx], texts
+  positives = [r.text for r in ex.routes if r.positive]
+  labels = [shown_label(pool[i], t, positives) for i, t in zip(idx, texts)]
+  return mrpv.build_prompt(ex.question, texts, cfg), labels, texts
 
 
 def sft_pairs(examples: Sequence[Example], rng: np.random.Generator, cfg: mrpv.MRPVConfig,
               route_share: float, num_routes: int) -> list[tuple[str, str]]:
-  """Guided-distillation targets: the teacher's (rule-citing) CoT, student sees no rules."""
+  """Guided-distillation targets: the teacher's (rule-citing) CoT; the student sees no rules.
+
+  With probability `route_share` an item with routes is shown them with gold verdicts (the
+  MRPV format); its positive route is then usually the target CoT, so keep it small (the
+  `SFTConfig` default is 0: question only, METHOD §4).
+  """
   pairs = []
   for ex in examples:
     if not ex.cot:

@@ -144,14 +144,13 @@ def route_batch(tok, prompts: PromptBatch, K: int, buckets, shown: bool = True) 
     ctx = tok.encode(ex.question + "\n", add_bos=True)
     for k in range(K):
       r = tok.encode(texts[k]) if shown and k < len(texts) else []
-      rows.append(ctx + r)
-      loss_rows.append(len(r))
-  rows = [r[:buckets[-1]] for r in rows]
+      row = (ctx + r)[:buckets[-1]]  # too long: the route's tail is cut, the question kept
+      rows.append(row)
+      loss_rows.append(max(len(row) - len(ctx), 0))  # the route tokens left after the cut
   length = data.bucket_length(max(len(r) for r in rows), buckets)
   tokens, mask = data.pad_left(rows, length, tok.pad_id)
   loss_mask = np.zeros_like(mask)
-  for i, (r, n) in enumerate(zip(rows, loss_rows)):
-    n = min(n, len(r))
+  for i, n in enumerate(loss_rows):
     if n:
       loss_mask[i, length - n:] = 1
   return {"tokens": tokens, "mask": mask, "loss_mask": loss_mask}

@@ -128,6 +128,10 @@ def sample_routes(pool_labels: Sequence[bool] | np.ndarray, k: int,
      the required slots is kept), then fill the rest uniformly from the
      remaining pool.
   The returned order is a random permutation, so position carries no label.
+  With the minima at 1/1, a pool with >= k routes of each kind shows all-positive and
+  all-negative sets with probability all_same_share / 2 each. An all-positive set needs
+  >= k positives in the pool: a pool with a single positive route (one gold route per
+  question) never shows one for k >= 2.
   """
   labels = np.asarray(pool_labels, dtype=bool).reshape(-1)
   if k < 0:

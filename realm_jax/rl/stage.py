@@ -63,11 +63,15 @@ class RLStepper:
 
 
 def run_rl(ctx: Any, workdir: str, writer: metrics_lib.MetricsWriter, params: Any,
-           reference: str) -> Any:
+           reference: str, validate: loop.Validate | None = None) -> Any:
   """RL from `params` (also the reference model, recorded as `reference`); returns new params.
 
   `ctx` is the run's context (`cli.train.Context`): `cfg` (the experiment
-  config), `model_cfg`, `tokenizer`, `data.train`, `mesh`, `chat`.
+  config), `model_cfg`, `tokenizer`, `data.train`, `mesh`, `chat`. With
+  `cfg.rl.eval_every` > 0, `validate(params)` (validation accuracy without routes)
+  joins the rows beside the rollouts' `accuracy*`, keeps the best checkpoint and
+  drives `rl.patience` / `rl.select`; otherwise the best by rollout `accuracy` is kept
+  and the stage ends with its last params.
   """
   cfg = ctx.cfg
   # A copy: the train state's buffers are donated every step, the reference must survive.
@@ -97,8 +101,9 @@ def run_rl(ctx: Any, workdir: str, writer: metrics_lib.MetricsWriter, params: An
   loop_cfg = loop.LoopConfig(phase="rl", steps=cfg.rl.steps, checkpoint_every=cfg.checkpoint_every,
                              keep_checkpoints=cfg.keep_checkpoints,
                              finite_keys=("loss", "grad_norm", "reward"),
-                             postfix=("reward", "accuracy", "p_routes"), best_metric="accuracy",
-                             pipelined=False)
+                             postfix=("reward", "accuracy", "p_routes"), pipelined=False,
+                             **{"best_metric": "accuracy",
+                                **loop.convergence(cfg.rl, validate is not None)})
   state = loop.run_loop(loop_cfg, workdir, writer, state, abstract_state,
-                        RLStepper(rl, ref_params, batches, eaai_cfg, reference))
+                        RLStepper(rl, ref_params, batches, eaai_cfg, reference), validate)
   return state.params

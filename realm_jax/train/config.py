@@ -10,7 +10,9 @@ class SFTConfig:
   """Supervised fine-tuning on teacher CoTs (guided distillation, METHOD §4).
 
   steps: 0 disables the stage. route_share: share of items shown with routes
-  and a gold `<verify>` block, so the student learns the MRPV format.
+  and a gold `<verify>` block (the MRPV format). Default 0: guided distillation's student
+  sees the question only (METHOD §4); with a share > 0 that share of items shows routes
+  whose positive is usually the target CoT itself, a copy task rather than distillation.
   num_items: how many training items the stage sees (None: all).
   kd_alpha/kd_temperature/kd_teacher: token-level KD mix (forward KL at
   temperature T, weight alpha) when the teacher is a model sharing the
@@ -22,12 +24,18 @@ class SFTConfig:
   warmup: int = 20
   weight_decay: float = 0.01
   grad_clip: float = 1.0
-  route_share: float = 0.5
+  route_share: float = 0.0
   num_items: int | None = None
   kd_alpha: float = 0.0
   kd_temperature: float = 1.0
   kd_teacher: str | None = None  # a run directory (its final params) sharing model and tokenizer
   microbatches: int = 1  # gradient accumulation inside the step (same loss, less memory)
+  # Convergence (`check_convergence`): validate every N steps (0: never), stop after `patience`
+  # validations without a `min_delta` gain (0: never), end with the best or the last params.
+  eval_every: int = 0
+  patience: int = 0
+  min_delta: float = 0.0
+  select: str = "best"
 
   def __post_init__(self):
     for name in ("steps", "warmup", "weight_decay"):
@@ -45,3 +53,19 @@ class SFTConfig:
       raise ValueError(f"sft.route_share must be in [0, 1], got {self.route_share}")
     if not 0.0 <= self.kd_alpha <= 1.0:
       raise ValueError(f"sft.kd_alpha must be in [0, 1], got {self.kd_alpha}")
+    check_convergence(self, "sft")
+
+
+SELECT = ("best", "last")
+
+
+def check_convergence(cfg, prefix: str) -> None:
+  """One-line errors for a stage's `eval_every`, `patience`, `min_delta` and `select`."""
+  for name in ("eval_every", "patience", "min_delta"):
+    if not getattr(cfg, name) >= 0:
+      raise ValueError(f"{prefix}.{name}={getattr(cfg, name)} must be >= 0")
+  if cfg.select not in SELECT:
+    raise ValueError(f"{prefix}.select={cfg.select!r}; choose best or last")
+  if cfg.patience and not cfg.eval_every:
+    raise ValueError(f"{prefix}.patience={cfg.patience} counts validations: set "
+                     f"{prefix}.eval_every > 0 too")

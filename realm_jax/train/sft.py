@@ -11,7 +11,9 @@ the teacher is a model sharing the tokenizer.
 `run_sft` runs the supervised stages (base warm-up, distillation, RFT rounds)
 on the shared skeleton `train.loop.run_loop`: this module supplies the step
 (`SFTStepper`: next batch, optional teacher logits, jitted update) and its
-checkpointed host state (the data-iterator position).
+checkpointed host state (the data-iterator position). With `cfg.eval_every` > 0
+the caller's `validate(params)` (the run's validation accuracy) is logged as
+`valid_accuracy`, keeps the best checkpoint, and drives `patience` / `select`.
 """
 
 from __future__ import annotations
@@ -96,11 +98,15 @@ def _abstract_batch(cfg: SFTConfig, ctx: SFTContext, shardings) -> dict:
 
 
 def run_sft(phase: str, ctx: SFTContext, params: Any, pairs: Sequence[tuple[str, str]],
-            cfg: SFTConfig, teacher_params: Any = None) -> Any:
-  """Trains `params` on (prompt, completion) pairs for cfg.steps; returns new params.
+            cfg: SFTConfig, teacher_params: Any = None,
+            validate: loop.Validate | None = None) -> Any:
+  """Trains `params` on (prompt, completion) pairs for cfg.steps (or to a plateau); returns new
+  params: with validation and `cfg.select='best'` those of the best validation.
 
   With cfg.kd_alpha > 0, `teacher_params` (a model of the same config and
   tokenizer) give the token-level KD targets: its logits on each batch.
+  `validate(params) -> {loop.VALID_METRIC: ..., ...}` runs every `cfg.eval_every` steps;
+  without it (or with eval_every=0) the stage runs its steps and ends with the last params.
   """
   if cfg.kd_alpha > 0 and teacher_params is None:
     raise ValueError(f"{phase}.kd_alpha={cfg.kd_alpha} needs a teacher model: set {phase}.kd_teacher")
@@ -130,7 +136,8 @@ def run_sft(phase: str, ctx: SFTContext, params: Any, pairs: Sequence[tuple[str,
       b["teacher_logits"] = teacher_fn(teacher_params, b["tokens"], b["mask"])
     return b
   loop_cfg = loop.LoopConfig(phase=phase, steps=cfg.steps, checkpoint_every=ctx.checkpoint_every,
-                             keep_checkpoints=ctx.keep_checkpoints)
+                             keep_checkpoints=ctx.keep_checkpoints,
+                             **loop.convergence(cfg, validate is not None))
   state = loop.run_loop(loop_cfg, ctx.workdir, ctx.writer, state, abstract_state,
-                        SFTStepper(step_fn, batches, put))
+                        SFTStepper(step_fn, batches, put), validate)
   return state.params

@@ -43,11 +43,19 @@ class StepShardings:
 
 
 def lr_schedule(lr: float, warmup: int, total_steps: int) -> optax.Schedule:
-  """Linear warm-up from 0 to `lr` over `warmup` steps, then cosine decay to lr/10 at `total_steps`."""
+  """Linear warm-up, then cosine decay to lr/10 at `total_steps` (and lr/10 after).
+
+      lr(t) = lr * (t + 1) / warmup                                       t < warmup
+      lr(t) = lr/10 + (lr - lr/10) * (1 + cos(pi * min(t - warmup, D) / D)) / 2   t >= warmup
+  with D = max(total_steps - warmup, 1). The first update (t = 0) runs at lr/warmup, not 0 (an
+  update at lr 0 would be wasted and still move Adam's moments); lr is reached at t = warmup - 1.
+  """
   decay = max(total_steps - warmup, 1)
+  cosine = optax.cosine_decay_schedule(lr, decay, alpha=0.1)
   if warmup:
-    return optax.warmup_cosine_decay_schedule(0.0, lr, warmup, warmup + decay, end_value=lr * 0.1)
-  return optax.cosine_decay_schedule(lr, decay, alpha=0.1)
+    ramp = optax.linear_schedule(lr / warmup, lr, max(warmup - 1, 1))
+    return optax.join_schedules([ramp, cosine], [warmup])
+  return cosine
 
 
 def make_optimizer(lr: float, warmup: int, total_steps: int, weight_decay: float,

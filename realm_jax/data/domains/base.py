@@ -25,14 +25,22 @@ leaves the answer unchanged (or repeats a route) is retried, then another error 
 resort the final calculation slips (labelled arithmetic_slip). Slips are
 +-1, +-2 or +-10 (+-1 on values under 50) and never make a value negative.
 
+More than one positive route (`positive_routes`): the gold route first, then
+equally correct routes that word the steps differently (`Chain.style`, shared by
+every domain) or take them in another valid order (`Chain.variant`, read by the
+domain's `chain`; 0 = the gold order). Every one ends with the gold answer.
+
 `shortcut_answer` is each domain's rule-free baseline (documented per domain):
 the answer a reader gets from the question alone, ignoring the rule book.
+`single_rule_answers` are the guesses a reader makes from one rule alone (the
+zone cap, the base charge, ...); a domain without such guesses returns {}.
 """
 
 from __future__ import annotations
 
 import abc
 import dataclasses
+import itertools
 from typing import Any
 
 import numpy as np
@@ -49,6 +57,8 @@ ERROR_TYPES = (
 )
 _SLIPS = (-10, -2, -1, 1, 2, 10)
 _ATTEMPTS_PER_ERROR = 4
+NUM_STYLES = 4  # wordings of a calculation line; style 0 is the gold route's
+_VARIANTS_TRIED = 24  # step orders `positive_routes` tries per style
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,14 +68,21 @@ class Rule:
 
 
 class Chain:
-  """Records solution steps; optionally adds `slip_delta` to calculation number `slip_at`."""
+  """Records solution steps; optionally adds `slip_delta` to calculation number `slip_at`.
 
-  def __init__(self, slip_at: int | None = None, slip_delta: int = 0):
+  `style` picks the wording of calculation lines (0..NUM_STYLES-1, 0 = gold); `variant` asks the
+  domain's `chain` for another valid order of its steps (0 = gold order; a domain may ignore it).
+  """
+
+  def __init__(self, slip_at: int | None = None, slip_delta: int = 0, style: int = 0,
+               variant: int = 0):
     self.lines: list[str] = []
     self.n_calcs = 0
     self.last: int | None = None
     self._slip_at = slip_at
     self._slip_delta = slip_delta
+    self.style = style
+    self.variant = variant
 
   def calc(self, rule: str | None, label: str, expr: str, value: int) -> int:
     """Write "[rule] label = expr = value" and return value (slipped when it is the chosen step)."""
@@ -78,7 +95,9 @@ class Chain:
     self.n_calcs += 1
     self.last = value
     tag = f"[{rule}] " if rule else ""
-    self.lines.append(f"{tag}{label} = {expr} = {value}" if expr else f"{tag}{label} = {value}")
+    calc = f"{expr} = {value}" if expr else str(value)
+    self.lines.append(tag + (f"{label} = {calc}", f"{label}: {calc}", f"{calc} ({label})",
+                             f"{label} is {calc}")[self.style % NUM_STYLES])
     return value
 
   def note(self, rule: str, text: str) -> None:
@@ -117,6 +136,10 @@ class Domain(abc.ABC):
   @abc.abstractmethod
   def shortcut(self, params: dict[str, Any]) -> int:
     """The rule-free baseline answer (see the domain's docstring)."""
+
+  def single_rule_answers(self, params: dict[str, Any]) -> dict[str, int]:
+    """{guess name: answer} a reader gets from one rule alone (none by default)."""
+    return {}
 
   # ---- shared behaviour -------------------------------------------------
 
@@ -183,6 +206,31 @@ class Domain(abc.ABC):
           f"example {example.id!r}: solver gives {c.last} but the gold answer is {example.answer!r}"
       )
     return Route(route_text(c.lines, c.last), str(c.last), True, f"domain:{self.name}")
+
+  def positive_routes(self, example: Example, n: int) -> list[Route]:
+    """Up to `n` distinct correct routes: the gold route, then other wordings and step orders.
+
+    Deterministic; fewer than `n` only when the domain has no more distinct correct routes.
+    """
+    if n < 0:
+      raise ValueError(f"positive_routes: n must be >= 0, got {n}")
+    params, gold = self._params(example), self.solve(example)
+    routes, seen = [gold][:n], {gold.text}
+    # Diagonals of (variant, style): a new step order comes before a new wording of an old one.
+    for variant, style in sorted(itertools.product(range(_VARIANTS_TRIED), range(NUM_STYLES)),
+                                 key=lambda vs: (sum(vs), vs[1])):
+      if len(routes) >= n:
+        break
+      c = self._run(params, None, None, Chain(style=style, variant=variant))
+      text = route_text(c.lines, c.last)
+      if text in seen:
+        continue
+      if not self.verify(str(c.last), example.answer):
+        raise RuntimeError(f"{self.name}: route variant {variant} (style {style}) of "
+                           f"{example.id!r} ends with {c.last}, not {example.answer}")
+      seen.add(text)
+      routes.append(Route(text, str(c.last), True, f"domain:{self.name}"))
+    return routes
 
   def _wrong(
       self, params: dict[str, Any], error: str, gold: str, rng: np.random.Generator, seen: set[str]

@@ -1,0 +1,77 @@
+"""Paired comparison of two models on the same questions: McNemar's exact test and the
+difference in accuracy with its confidence interval.
+
+Both models answer the same N held-out questions, so the comparison is paired:
+only the discordant questions carry evidence,
+
+  b = questions A gets right and B gets wrong,
+  c = questions B gets right and A gets wrong,
+
+and under "A and B are equally accurate" each discordant question is a fair coin.
+McNemar's exact test is the two-sided binomial test of c out of b + c at 1/2:
+
+  p = min(1, 2 * sum_{k <= min(b, c)} C(b + c, k) / 2^(b + c))   (p = 1 when b + c = 0).
+
+The difference acc(B) - acc(A) = (c - b) / N has the paired variance
+(b + c - (c - b)^2 / N) / N^2; its interval is the normal one, mean +- z * se.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Sequence
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class PairedResult:
+  """B against A on n paired questions: accuracies, discordant counts, diff, CI, p."""
+  n: int
+  acc_a: float
+  acc_b: float
+  a_only: int  # b: A right, B wrong
+  b_only: int  # c: B right, A wrong
+  diff: float  # acc_b - acc_a
+  ci_low: float
+  ci_high: float
+  p_value: float
+
+  def summary(self, a: str = "A", b: str = "B") -> str:
+    return (f"{b} - {a} = {self.diff:+.3f} (95% CI {self.ci_low:+.3f} .. {self.ci_high:+.3f}), "
+            f"McNemar p = {self.p_value:.3g}; {self.b_only} questions only {b} answers, "
+            f"{self.a_only} only {a} (n = {self.n})")
+
+
+def mcnemar_exact(a_only: int, b_only: int) -> float:
+  """Two-sided exact McNemar p-value from the two discordant counts."""
+  if a_only < 0 or b_only < 0:
+    raise ValueError(f"discordant counts must be >= 0, got {a_only}, {b_only}")
+  n = a_only + b_only
+  if n == 0:
+    return 1.0
+  k = min(a_only, b_only)
+  # log-space sum: exact enough for any n an evaluation has
+  logs = [math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) - n * math.log(2)
+          for i in range(k + 1)]
+  top = max(logs)
+  tail = math.exp(top) * sum(math.exp(v - top) for v in logs)
+  return min(1.0, 2.0 * tail)
+
+
+def paired_compare(correct_a: Sequence[bool], correct_b: Sequence[bool],
+                   z: float = 1.96) -> PairedResult:
+  """B against A from per-question correctness, aligned by question."""
+  a = np.asarray(correct_a, bool)
+  b = np.asarray(correct_b, bool)
+  if a.shape != b.shape or a.ndim != 1 or a.size == 0:
+    raise ValueError(f"paired_compare needs two equally long, non-empty 1-D correctness "
+                     f"vectors (one entry per question); got shapes {a.shape} and {b.shape}")
+  n = int(a.size)
+  a_only, b_only = int(np.sum(a & ~b)), int(np.sum(b & ~a))
+  diff = (b_only - a_only) / n
+  se = math.sqrt(max(a_only + b_only - (b_only - a_only) ** 2 / n, 0.0)) / n
+  return PairedResult(n=n, acc_a=float(a.mean()), acc_b=float(b.mean()), a_only=a_only,
+                      b_only=b_only, diff=diff, ci_low=diff - z * se, ci_high=diff + z * se,
+                      p_value=mcnemar_exact(a_only, b_only))

@@ -1,0 +1,47 @@
+"""Paired comparisons against hand-computed binomial tails and paired variances."""
+
+import math
+
+import pytest
+
+from realm_jax.evaluation import paired
+
+
+@pytest.mark.parametrize("a_only,b_only,expected", [
+    (0, 0, 1.0),
+    (0, 5, 2 / 32),  # one tail: 1 / 2^5
+    (9, 1, 2 * 11 / 1024),  # (C(10,0) + C(10,1)) / 2^10, doubled
+    (5, 5, 1.0),  # the doubled tail exceeds 1
+    (2, 6, 2 * (1 + 8 + 28) / 256),
+])
+def test_mcnemar_exact_is_the_two_sided_binomial_tail(a_only, b_only, expected):
+  assert paired.mcnemar_exact(a_only, b_only) == pytest.approx(expected, rel=1e-12)
+
+
+def test_mcnemar_is_symmetric_and_rejects_negative_counts():
+  assert paired.mcnemar_exact(3, 17) == paired.mcnemar_exact(17, 3)
+  with pytest.raises(ValueError, match="discordant counts"):
+    paired.mcnemar_exact(-1, 2)
+
+
+def test_paired_difference_and_interval():
+  a = [1, 1, 0, 0]
+  b = [1, 0, 1, 1]
+  r = paired.paired_compare(a, b)
+  assert (r.n, r.a_only, r.b_only) == (4, 1, 2)
+  assert (r.acc_a, r.acc_b, r.diff) == (0.5, 0.75, 0.25)
+  # d = b - a = [0, -1, 1, 1]: mean 1/4, population variance 3/4 - 1/16 = 11/16, se = sqrt(11/16/4)
+  se = math.sqrt(11 / 64)
+  assert r.ci_low == pytest.approx(0.25 - 1.96 * se) and r.ci_high == pytest.approx(0.25 + 1.96 * se)
+  assert r.p_value == 1.0  # (C(3,0) + C(3,1)) / 2^3 = 1/2, doubled
+  assert "+0.250" in r.summary()
+
+
+def test_identical_models_differ_by_nothing():
+  r = paired.paired_compare([1, 0, 1], [1, 0, 1])
+  assert (r.diff, r.ci_low, r.ci_high, r.p_value) == (0.0, 0.0, 0.0, 1.0)
+
+
+def test_misaligned_inputs_are_refused():
+  with pytest.raises(ValueError, match="equally long"):
+    paired.paired_compare([1, 0], [1, 0, 1])
