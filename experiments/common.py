@@ -39,9 +39,10 @@ def tiny(name: str, domain: str = "tariff") -> configs.ExperimentConfig:
 
 
 def with_sft(cfg: configs.ExperimentConfig, steps: int = 200) -> configs.ExperimentConfig:
-  """Guided CoT distillation on the full training set."""
+  """Guided CoT distillation on the full training set: the student sees the question only
+  (METHOD §4; the base warm-up is where the MRPV format is shown)."""
   return dataclasses.replace(cfg, sft=configs.SFTConfig(steps=steps, batch_size=16, lr=1e-3,
-                                                        warmup=20, route_share=0.5,
+                                                        warmup=20, route_share=0.0,
                                                         microbatches=4))
 
 

@@ -45,3 +45,19 @@ def test_identical_models_differ_by_nothing():
 def test_misaligned_inputs_are_refused():
   with pytest.raises(ValueError, match="equally long"):
     paired.paired_compare([1, 0], [1, 0, 1])
+
+
+def test_eval_compares_final_with_start_per_setting():
+  from realm_jax.cli import evaluate
+  results = {"start (sft)": {"without routes": {"correct": [1, 0, 0, 1]},
+                             "with routes": {"correct": [1, 1, 1, 1]}},
+             "final (rl)": {"without routes": {"correct": [1, 1, 1, 0]},
+                            "with routes": {"correct": [1, 1, 1, 1]}}}
+  compared = evaluate.paired_results(results)
+  assert set(compared) == {"without routes", "with routes"}
+  r = compared["without routes"]
+  assert (r.acc_a, r.acc_b, r.a_only, r.b_only, r.diff) == (0.5, 0.75, 1, 2, 0.25)
+  assert compared["with routes"].p_value == 1.0 and compared["with routes"].diff == 0.0
+  table = evaluate.paired_table(compared)
+  assert "| without routes | 0.500 | 0.750 | +0.250 (" in table and "| 2 / 1 | 4 |" in table
+  assert evaluate.paired_results({"final (rl)": results["final (rl)"]}) == {}

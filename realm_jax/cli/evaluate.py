@@ -7,6 +7,7 @@ before any data is built or model loaded."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -14,7 +15,7 @@ import jax
 
 from realm_jax.cli import plots, train
 from realm_jax.train import sharding
-from realm_jax.evaluation import baselines
+from realm_jax.evaluation import baselines, paired, report
 from realm_jax.evaluation.accuracy import evaluate_params, results_table
 
 
@@ -42,14 +43,36 @@ def _run(workdir: str, run_info: dict, cfg, ctx) -> dict:
           params, ctx.model_cfg, ctx.tokenizer, ctx.data.eval[:cfg.eval.num_questions], cfg.eval,
           cfg.rl.mrpv, with_routes=with_routes, seed=cfg.seed, chat=ctx.chat)
   table = results_table(results, cfg.eval.k, _baselines(cfg, ctx))
+  compared = paired_results(results)
+  if compared:
+    table += "\n" + paired_table(compared)
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "eval.json"), "w") as f:
-      json.dump({"experiment": run_info.get("experiment"), "results": results}, f, indent=2)
+      json.dump({"experiment": run_info.get("experiment"), "results": results,
+                 "paired": {k: dataclasses.asdict(v) for k, v in compared.items()}}, f, indent=2)
     with open(os.path.join(workdir, "eval.md"), "w") as f:
       f.write(f"# {run_info.get('experiment')} ({workdir})\n\n{table}")
     plots.plot_training(workdir)
   print(table)
   return results
+
+
+def paired_results(results: dict) -> dict[str, paired.PairedResult]:
+  """Final against start, per test setting, on the same questions (McNemar, paired CI)."""
+  start = next((v for k, v in results.items() if k.startswith("start")), None)
+  final = next((v for k, v in results.items() if k.startswith("final")), None)
+  if start is None or final is None:
+    return {}
+  return {setting: paired.paired_compare(start[setting]["correct"], final[setting]["correct"])
+          for setting in final if setting in start}
+
+
+def paired_table(compared: dict[str, paired.PairedResult]) -> str:
+  rows = [[setting, f"{r.acc_a:.3f}", f"{r.acc_b:.3f}",
+           f"{r.diff:+.3f} ({r.ci_low:+.3f} .. {r.ci_high:+.3f})", f"{r.p_value:.3g}",
+           f"{r.b_only} / {r.a_only}", r.n] for setting, r in compared.items()]
+  return report.markdown_table(["final - start, paired", "start", "final", "difference (95% CI)",
+                                "McNemar p", "only final / only start right", "questions"], rows)
 
 
 def _baselines(cfg, ctx) -> dict[str, dict[str, float]]:

@@ -93,7 +93,8 @@ def evaluate_params(params: Any, model_cfg, tok, examples: Sequence[Example], cf
                          cfg.batch_size, chat, seed)
   greedy_texts = [g[0] for g in greedy]
   correct = np.array([answers.is_correct(t, g) for t, g in zip(greedy_texts, golds)], np.float32)
-  res = {"n": n, "accuracy": float(correct.mean())}
+  # per question, in `examples` order: what paired comparisons of two models read
+  res = {"n": n, "accuracy": float(correct.mean()), "correct": [int(c) for c in correct]}
   res["accuracy_ci_low"], res["accuracy_ci_high"] = wilson_interval(float(correct.sum()), n)
   if with_routes:
     K = mrpv_cfg.num_routes
