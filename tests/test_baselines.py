@@ -157,3 +157,12 @@ def test_data_stats_prints_the_baselines(capsys):
   out = capsys.readouterr().out
   assert "baseline: last number in question" in out and "shortcut" not in out
   assert "mode of these items" in out
+
+
+def test_greedy_only_table_has_no_sampled_columns():
+  metrics = {"accuracy": 0.25, "accuracy_ci_low": 0.1, "accuracy_ci_high": 0.5,
+             "verification_accuracy": 0.75}
+  table = accuracy.results_table({"final": {"with routes": metrics}}, 1)
+  assert table.splitlines()[0] == "| model | routes at test | accuracy (95% CI) | route verdicts |"
+  assert table.splitlines()[2] == "| final | with routes | 0.250 (0.100-0.500) | 0.750 |"
+  assert "nan" not in table and "pass@" not in table

@@ -120,14 +120,15 @@ def results_table(results: dict[str, dict[str, dict[str, float]]], k: int,
                   baselines: dict[str, dict[str, float]] | None = None) -> str:
   """results[stage][setting] -> metrics; one Markdown row per (stage, setting), then one per
   trivial baseline: baselines[setting][name] -> accuracy (`baselines.trivial_baselines`)."""
-  header = ["model", "routes at test", "accuracy (95% CI)", f"pass@{k}", f"maj@{k}",
-            "route verdicts"]
+  sampled = [f"pass@{k}", f"maj@{k}"] if k > 1 else []  # k = 1: greedy only, no sampled columns
+  header = ["model", "routes at test", "accuracy (95% CI)", *sampled, "route verdicts"]
   rows = []
   for stage, settings in results.items():
     for setting, r in settings.items():
       ver = r.get("verification_accuracy")
       rows.append([stage, setting, f"{r['accuracy']:.3f} ({r['accuracy_ci_low']:.3f}-"
-                   f"{r['accuracy_ci_high']:.3f})", f"{r.get(f'pass@{k}', float('nan')):.3f}",
-                   f"{r.get(f'maj@{k}', float('nan')):.3f}", "" if ver is None else f"{ver:.3f}"])
+                   f"{r['accuracy_ci_high']:.3f})",
+                   *[f"{r.get(name, float('nan')):.3f}" for name in sampled],
+                   "" if ver is None else f"{ver:.3f}"])
   rows += report.baseline_rows(baselines or {}, len(header))
   return report.markdown_table(header, rows)
