@@ -126,7 +126,15 @@ def test_smoke_every_method(experiment, micro_base, tmp_path):
     r = final[setting]
     assert 0 <= r["accuracy_ci_low"] <= r["accuracy"] <= r["accuracy_ci_high"] <= 1
   with open(os.path.join(wd, "eval.json")) as f:
-    assert json.load(f)["results"].keys() == results.keys()
+    saved = json.load(f)
+  assert saved["results"].keys() == results.keys()
+  assert set(saved["baselines"]) == {"without routes", "with routes"}
+  start = next((v for k, v in results.items() if k.startswith("start")), None)
+  if start is not None:  # final against start, paired on the same questions
+    for setting, p in saved["paired"].items():
+      assert p["n"] == len(start[setting]["correct"]) == final[setting]["n"]
+      assert p["acc_a"] == start[setting]["accuracy"] and p["acc_b"] == final[setting]["accuracy"]
+      assert p["diff"] == pytest.approx(p["acc_b"] - p["acc_a"])
   assert os.path.getsize(os.path.join(wd, "eval.md")) > 0
 
 

@@ -42,13 +42,15 @@ def _run(workdir: str, run_info: dict, cfg, ctx) -> dict:
       results[stage][name] = evaluate_params(
           params, ctx.model_cfg, ctx.tokenizer, ctx.data.eval[:cfg.eval.num_questions], cfg.eval,
           cfg.rl.mrpv, with_routes=with_routes, seed=cfg.seed, chat=ctx.chat)
-  table = results_table(results, cfg.eval.k, _baselines(cfg, ctx))
+  trivial = _baselines(cfg, ctx)
+  table = results_table(results, cfg.eval.k, trivial)
   compared = paired_results(results)
   if compared:
     table += "\n" + paired_table(compared)
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "eval.json"), "w") as f:
       json.dump({"experiment": run_info.get("experiment"), "results": results,
+                 "baselines": trivial,
                  "paired": {k: dataclasses.asdict(v) for k, v in compared.items()}}, f, indent=2)
     with open(os.path.join(workdir, "eval.md"), "w") as f:
       f.write(f"# {run_info.get('experiment')} ({workdir})\n\n{table}")
