@@ -20,7 +20,15 @@ WORKER = textwrap.dedent("""
     # Cross-process CPU collectives (gloo) listen on loopback only.
     xla_bridge._jax.make_gloo_tcp_collectives = functools.partial(
         xla_bridge._jax.make_gloo_tcp_collectives, hostname="127.0.0.1")
+    import os, time
     from realm_jax.cli import train
+    from realm_jax.rl import corpus
+    if os.environ.get("REALM_PROCESS_ID") == "1":  # a late process, after the joint start-up:
+      build = corpus.build_run_data                 # process 0 may have written the run's
+      def late(cfg):                                # tokenizer before this one looks for it
+        time.sleep(8)
+        return build(cfg)
+      corpus.build_run_data = late
     train.run("grpo", sys.argv[1], sys.argv[2:])
     print("worker done", flush=True)
 """)

@@ -61,10 +61,13 @@ def test_the_validation_slice_leaves_train_and_eval_as_they_were():
 
 
 def test_convergence_defaults():
-  cfg = configs.load_experiment("demo")
+  cfg = configs.load_experiment("grpo")  # an experiment that leaves them at their defaults
   assert cfg.data.num_valid == 128
   for stage in (cfg.base, cfg.sft, cfg.rl):
     assert (stage.eval_every, stage.patience, stage.min_delta, stage.select) == (0, 0, 0.0, "best")
+  demo = configs.load_experiment("demo")  # the main job validates both stages it trains
+  assert (demo.sft.eval_every, demo.sft.patience, demo.sft.select) == (25, 4, "best")
+  assert (demo.rl.eval_every, demo.rl.select) == (10, "best")
 
 
 @pytest.mark.parametrize("override, match", [
@@ -79,7 +82,7 @@ def test_convergence_defaults():
 ])
 def test_bad_convergence_fields_are_one_line_config_errors(override, match):
   with pytest.raises(ConfigError, match=match):
-    configs.load_experiment("demo", [override])
+    configs.load_experiment("grpo", [override])
 
 
 def test_convergence_fields_are_accepted_in_any_order():

@@ -123,7 +123,11 @@ def _run_tokenizer(cfg: configs.ExperimentConfig, workdir: str, run_data: corpus
   """The run's own tokenizer (workdir/tokenizer.model): copied from `init_from` or trained on
   the run's data when missing and `create`; written atomically by process 0."""
   path = os.path.join(workdir, "tokenizer.model")
-  if not create or os.path.exists(path):
+  missing = create and not os.path.exists(path)
+  # Every process looks before process 0 may write it, so all of them take the same branch
+  # (a late process would otherwise find the new file and skip the barrier below).
+  distributed.barrier("tokenizer-looked")
+  if not missing:
     if not os.path.exists(path):
       raise FileNotFoundError(f"{path} is missing: {workdir} holds no trained tokenizer")
     return tokenizer_lib.load_tokenizer(path)
