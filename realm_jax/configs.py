@@ -72,12 +72,16 @@ class ExperimentConfig:
       raise ValueError(f"max_memory_fraction={self.max_memory_fraction}: must be in (0, 1]")
     if self.device_memory_bytes is not None and self.device_memory_bytes <= 0:
       raise ValueError(f"device_memory_bytes={self.device_memory_bytes}: must be > 0 (or none)")
-    pool = 1 + self.data.negatives_per_question
+    # Built-in domains write `positives_per_question` correct routes; other sources one.
+    specs = [s.strip() for s in self.data.source.split(",") if s.strip()]
+    positives = (self.data.positives_per_question
+                 if specs and all(s.startswith("domain:") for s in specs) else 1)
+    pool = positives + self.data.negatives_per_question
     if self.rl.routes != "never" and self.rl.mrpv.num_routes > pool:
       raise ValueError(
           f"rl.mrpv.num_routes={self.rl.mrpv.num_routes} exceeds the route pool of each question "
-          f"(1 positive + data.negatives_per_question={self.data.negatives_per_question}); lower "
-          f"rl.mrpv.num_routes or raise data.negatives_per_question")
+          f"({positives} positive + data.negatives_per_question={self.data.negatives_per_question});"
+          f" lower rl.mrpv.num_routes or raise data.negatives_per_question")
 
   def eaai_config(self) -> eaai.EAAIConfig:
     """The EAAI schedule over this run's RL horizon (total_steps = rl.steps, max_routes = K)."""

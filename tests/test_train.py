@@ -72,8 +72,15 @@ def test_overrides_are_typed_and_checked():
 def test_inconsistent_sizes_are_refused_with_what_to_change():
   with pytest.raises(ValueError, match="not divisible by rl.num_minibatches=3"):
     configs.load_experiment("demo", ["rl.num_minibatches=3"])
-  with pytest.raises(ValueError, match="num_routes=5 exceeds the route pool.*raise data.negatives"):
+  with pytest.raises(ValueError, match=r"num_routes=5 exceeds the route pool of each question "
+                     r"\(1 positive \+ data.negatives_per_question=3\).*raise data.negatives"):
     configs.load_experiment("demo", ["rl.mrpv.num_routes=5"])
+  # a built-in domain's extra correct routes count; another source writes one positive
+  assert configs.load_experiment("demo", ["rl.mrpv.num_routes=5",
+                                          "data.positives_per_question=2"]).rl.mrpv.num_routes == 5
+  with pytest.raises(ValueError, match=r"\(1 positive \+ data.negatives_per_question=3\)"):
+    configs.load_experiment("demo", ["rl.mrpv.num_routes=5", "data.positives_per_question=2",
+                                     "data.source=domain:tariff,gym:chain_sum"])
   with pytest.raises(ValueError, match="group_size=1"):
     configs.load_experiment("demo", ["rl.group_size=1"])
   with pytest.raises(ValueError, match="rl.microbatches=3 must divide the 32 completions"):
