@@ -111,7 +111,7 @@ def test_copy_a_shown_route_reads_the_routes_the_eval_shows():
   pool = corpus._with_routes(tariff.generate(0, 40, 0), "domain:tariff",
                              DataConfig(negatives_per_question=3, positives_per_question=2), 0)
   cfg = mrpv.MRPVConfig(num_routes=2, all_same_share=0.5)
-  _, labels = accuracy._prompts(pool, cfg, True, 7)  # what evaluate_params shows, seed 7
+  _, labels, _ = accuracy.eval_prompts(pool, cfg, True, 7)  # what evaluate_params shows, seed 7
   rates = baselines.trivial_baselines(pool, mrpv_cfg=cfg, seed=7)
   assert rates[baselines.COPY] == pytest.approx(np.mean([np.mean(lab) for lab in labels]))
   assert any(all(lab) for lab in labels)  # with 2 positives a shown pair can be all correct

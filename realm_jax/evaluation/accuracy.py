@@ -69,21 +69,26 @@ def majority_vote(predictions: Sequence[str | None]) -> str | None:
   return max(groups, key=len)[0]
 
 
-def _prompts(examples: Sequence[Example], mrpv_cfg: mrpv.MRPVConfig, with_routes: bool,
-             seed: int) -> tuple[list[str], list[list[bool]]]:
-  prompts, labels = [], []
+def eval_prompts(examples: Sequence[Example], mrpv_cfg: mrpv.MRPVConfig, with_routes: bool,
+                 seed: int) -> tuple[list[str], list[list[bool]], list[list[str]]]:
+  """(prompts, labels of the shown routes, shown route texts) of an evaluation: question i's
+  routes drawn with `default_rng([seed, i])`, so every model (and the "copy a shown route"
+  baseline) sees the same ones."""
+  prompts, labels, shown = [], [], []
   for i, ex in enumerate(examples):
     rng = np.random.default_rng([seed, i])
-    p, lab, _ = corpus.route_prompt(ex, rng, mrpv_cfg, mrpv_cfg.num_routes if with_routes else 0)
+    p, lab, texts = corpus.route_prompt(ex, rng, mrpv_cfg,
+                                        mrpv_cfg.num_routes if with_routes else 0)
     prompts.append(p)
     labels.append(lab)
-  return prompts, labels
+    shown.append(texts)
+  return prompts, labels, shown
 
 
 def evaluate_params(params: Any, model_cfg, tok, examples: Sequence[Example], cfg: EvalConfig,
                     mrpv_cfg: mrpv.MRPVConfig, *, with_routes: bool, seed: int = 0,
                     chat: bool = False) -> dict[str, float]:
-  prompts, labels = _prompts(examples, mrpv_cfg, with_routes, seed)
+  prompts, labels, _ = eval_prompts(examples, mrpv_cfg, with_routes, seed)
   golds = [ex.answer for ex in examples]
   n = len(examples)
   stop = tuple(tok.stop_ids)

@@ -26,7 +26,7 @@ import numpy as np
 
 from realm_jax.data import answers, domains
 from realm_jax.data.records import Example
-from realm_jax.rl import corpus
+from realm_jax.evaluation import accuracy
 
 MODE = "most frequent answer"
 SHORTCUT = "rule-free shortcut"
@@ -72,8 +72,7 @@ def _numbers(text: str) -> list[str]:
 def _shown(examples: Sequence[Example], mrpv_cfg, seed: int) -> list[list[str]]:
   if mrpv_cfg is None:
     return [[r.text for r in ex.routes] for ex in examples]
-  return [corpus.route_prompt(ex, np.random.default_rng([seed, i]), mrpv_cfg,
-                              mrpv_cfg.num_routes)[2] for i, ex in enumerate(examples)]
+  return accuracy.eval_prompts(examples, mrpv_cfg, True, seed)[2]
 
 
 def trivial_baselines(examples: Sequence[Example], reference: Sequence[Example] | None = None,
