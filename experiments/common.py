@@ -33,7 +33,7 @@ def tiny(name: str, domain: str = "tariff") -> configs.ExperimentConfig:
       rl=configs.RLConfig(batch_prompts=8, group_size=4, lr=2e-4, warmup=3, max_new_tokens=128,
                           microbatches=4,
                           temperature=1.0, loss=losses.LossConfig(kl_coef=0.04),
-                          mrpv=TINY_MRPV, eaai=eaai.EAAIConfig(max_routes=2)),
+                          mrpv=TINY_MRPV, eaai=eaai.EAAIConfig()),
       eval=configs.EvalConfig(num_questions=128, k=4, max_new_tokens=128, batch_size=64),
       checkpoint_every=20)
 

@@ -84,9 +84,15 @@ class ExperimentConfig:
           f" lower rl.mrpv.num_routes or raise data.negatives_per_question")
 
   def eaai_config(self) -> eaai.EAAIConfig:
-    """The EAAI schedule over this run's RL horizon (total_steps = rl.steps, max_routes = K)."""
-    return dataclasses.replace(self.rl.eaai, total_steps=max(self.rl.steps, 1),
-                               max_routes=self.rl.mrpv.num_routes)
+    """`rl.eaai` with the defaults it leaves to the run filled in (`eaai.FromRun`):
+    total_steps = rl.steps, max_routes = rl.mrpv.num_routes. Values set explicitly
+    (`rl.eaai.total_steps=200`) win; more than num_routes routes are never shown."""
+    e, fill = self.rl.eaai, {}
+    if isinstance(e.total_steps, eaai.FromRun):
+      fill["total_steps"] = max(self.rl.steps, 1)
+    if isinstance(e.max_routes, eaai.FromRun):
+      fill["max_routes"] = self.rl.mrpv.num_routes
+    return dataclasses.replace(e, **fill)
 
 
 # ---------------------------------------------------------------------------

@@ -174,3 +174,52 @@ def test_bench_and_sweep_receive_their_own_flags(monkeypatch):
     cli.main(["sweep", "experiments/sweeps/tiny_lr.py", "--parallel", "2", "--dry-run"])
   assert seen["bench"] == ["--json", "--repeats", "3"]
   assert seen["sweep"] == ["experiments/sweeps/tiny_lr.py", "--parallel", "2", "--dry-run"]
+
+
+def test_data_routes_max_route_chars_names_its_flag(tmp_path, capsys):
+  from realm_jax.data import teachers
+  routes = tmp_path / "llm.jsonl"
+  route = "Zone B is 3 dollars per kg, so the total is 3.\nAnswer: 3"
+  routes.write_text(json.dumps({"question_id": "tariff-d0-s0-1", "route": route,
+                                "source": "my-llm"}) + "\n")
+  args = ["data", "routes", "domain:tariff", "--n", "3", "--route-file", str(routes)]
+  r = _run(*args, "--out", str(tmp_path / "small.jsonl"), "--max-route-chars", "20")
+  assert r.returncode == 0 and r.stderr.count("\n") == 1, r.stderr
+  assert r.stderr.startswith("realm-jax: warning: ") and (
+      "1 longer than --max-route-chars=20 characters (lines [1]), not attached") in r.stderr
+  assert "data.max_route_chars" not in r.stderr
+  small = teachers.read_route_pool(tmp_path / "small.jsonl")
+  assert not [rt for ex in small for rt in ex.routes if rt.source == "my-llm"]
+  cli.main([*args, "--out", str(tmp_path / "big.jsonl"), "--max-route-chars", str(len(route))])
+  big = teachers.read_route_pool(tmp_path / "big.jsonl")
+  assert [(ex.id, rt.text) for ex in big for rt in ex.routes if rt.source == "my-llm"] == [
+      ("tariff-d0-s0-1", route)]
+  err = _one_error_line(capsys, [*args, "--out", str(tmp_path / "p"), "--max-route-chars", "0"], 2)
+  assert err == "realm-jax: error: --max-route-chars=0 must be > 0\n"
+
+
+def test_readme_question_ids_are_real_ids_of_the_builtin_domains(tmp_path):
+  """Each concrete id in the README is a question of the pool its `data routes` command writes
+  (default --n and --seed, the id's difficulty), and the README's route line attaches to it."""
+  import os
+  from realm_jax.data import teachers
+  with open(os.path.join(os.path.dirname(os.path.dirname(__file__)), "README.md")) as f:
+    readme = f.read()
+  ids = set(re.findall(r"\b(tariff|dosing|tax)-d(\d+)-s(\d+)-(\d+)\b", readme))
+  assert ("tariff", "0", "0", "17") in ids, sorted(ids)
+  for domain, difficulty, seed, _ in ids:
+    out = tmp_path / f"{domain}-{difficulty}-{seed}.jsonl"
+    cli.main(["data", "routes", f"domain:{domain}", "--out", str(out), "--seed", seed,
+              "--difficulty", difficulty])
+    pool_ids = {ex.id for ex in teachers.read_route_pool(out)}
+    for d, dd, s, i in ids:
+      if (d, dd, s) == (domain, difficulty, seed):
+        assert f"{d}-d{dd}-s{s}-{i}" in pool_ids, (f"{d}-d{dd}-s{s}-{i}", sorted(pool_ids)[:3])
+  lines = [line for line in readme.splitlines() if line.startswith('{"question_id": ')]
+  assert lines, "the README's route-file example line"
+  (tmp_path / "llm.jsonl").write_text("\n".join(lines) + "\n")
+  cli.main(["data", "routes", "domain:tariff", "--out", str(tmp_path / "pool.jsonl"),
+            "--route-file", str(tmp_path / "llm.jsonl")])
+  attached = [ex.id for ex in teachers.read_route_pool(tmp_path / "pool.jsonl")
+              for rt in ex.routes if rt.source == "my-llm"]
+  assert attached == [json.loads(line)["question_id"] for line in lines]

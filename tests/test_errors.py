@@ -1,5 +1,6 @@
 """User errors vs bugs: which is which, and the one line the CLI prints for a user error."""
 
+import json
 import os
 import subprocess
 import sys
@@ -93,3 +94,42 @@ def test_subprocess_error_line_and_debug_traceback(tmp_path):
   r = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
                      env={**env, "REALM_JAX_DEBUG": "1"})
   assert r.returncode == 1 and "Traceback" in r.stderr and "ConfigError" in r.stderr
+
+
+def _train(*args: str) -> subprocess.CompletedProcess:
+  """`realm-jax train ...` on one CPU device, REALM_JAX_DEBUG unset."""
+  from tests.test_lock import _env
+  env = {k: v for k, v in _env().items() if k != "REALM_JAX_DEBUG"}
+  return subprocess.run([sys.executable, "-m", "realm_jax", "train", *args], capture_output=True,
+                        text=True, timeout=300, env=env)
+
+
+def test_resume_under_another_config_is_a_config_error_exit_2(tmp_path):
+  from realm_jax import configs
+  from realm_jax.cli import train
+  from realm_jax.train import workdir
+  wd = tmp_path / "run"
+  wd.mkdir()
+  recorded = ["mesh=1,1,1", "base.lr=0.002"]
+  workdir.write_json(str(wd / "run.json"), {
+      "experiment": "base_model", "overrides": recorded,
+      "config": train.config_record(configs.load_experiment("base_model", recorded))})
+  r = _train("base_model", "--workdir", str(wd), "mesh=1,1,1", "base.lr=0.001")
+  assert r.returncode == 2, r.stderr[-3000:]
+  assert r.stderr == (f"realm-jax: error: {wd} holds a run of base_model whose config differs "
+                      "(base.lr: 0.002 -> 0.001); refusing to resume it as base_model. Use "
+                      "another --workdir.\n")
+
+
+def test_a_data_source_typo_records_nothing_and_the_fixed_command_runs_to_the_end(tmp_path):
+  from tests.test_train import MICRO
+  wd = tmp_path / "typo"
+  r = _train("base_model", "--workdir", str(wd), *MICRO, "data.source=domain:tarif")
+  assert r.returncode == 2 and r.stderr == (
+      "realm-jax: error: unknown domain 'tarif'; valid domains: dosing, tariff, tax\n"), r.stderr
+  assert not wd.exists()  # created by the failed run, removed with its lock file: no run.json
+  r = _train("base_model", "--workdir", str(wd), *MICRO)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert "Traceback" not in r.stderr and (wd / "DONE").exists() and (wd / "params/base").exists()
+  with open(wd / "run.json") as f:
+    assert json.load(f)["overrides"] == MICRO

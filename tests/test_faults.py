@@ -365,6 +365,50 @@ def test_sigterm_in_sft_after_base_saves_and_resumes(runner, sft_runs):
   _assert_same_metrics(wd, ref, "sft", range(SFT_STEPS))
 
 
+BASE_STEPS = 6
+
+_HELD_CLI = textwrap.dedent("""
+    import os, sys, time
+    from realm_jax.cli import main
+    from realm_jax.train import metrics, preemption
+
+    PHASE, AFTER, WORKDIR = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    real = metrics.MetricsWriter.write
+
+    def held(self, phase, step, row):
+      # Once the row of step AFTER - 1 of PHASE is written, hold (marker WORKDIR.held) until
+      # a signal asks to stop: it lands inside a step, which then finishes and is saved.
+      real(self, phase, step, row)
+      if phase == PHASE and step == AFTER - 1 and "loss" in row:
+        with open(WORKDIR + ".held.tmp", "w") as f:
+          f.write("held\\n")
+        os.replace(WORKDIR + ".held.tmp", WORKDIR + ".held")
+        while not preemption.requested():
+          time.sleep(0.05)
+
+    metrics.MetricsWriter.write = held
+    main.main(sys.argv[4:])
+    """)
+
+
+def test_sigint_in_base_saves_exits_130_and_resumes_one_row_per_step(runner, root):
+  """Ctrl-C in a supervised stage (the base warm-up) through the CLI entry point."""
+  wd = os.path.join(root, "base_sigint")
+  cmd = _train_cmd("base_model", wd, MICRO + [f"base.steps={BASE_STEPS}", "checkpoint_every=100"])
+  held = runner.start([sys.executable, "-c", _HELD_CLI, "base", "2", wd, *cmd[3:]], wd)
+  done = _preempt(held, wd, "base", after=2, held=True, signum=signal.SIGINT)
+  stopped = done[-1] + 1
+  assert done == list(range(stopped)) and 2 <= stopped < BASE_STEPS
+  assert _ckpt_steps(wd, "base") == [stopped]  # checkpoint_every=100: only the stop's save
+  assert not os.path.exists(os.path.join(wd, "params", "base"))
+  assert not os.path.exists(os.path.join(wd, "DONE"))
+  runner.run(cmd, wd + ".resume")
+  assert f"base: resuming from checkpoint step {stopped}" in _read(wd + ".resume.out")
+  assert _steps(wd, "base") == list(range(BASE_STEPS)), "steps before the checkpoint were redone"
+  _assert_one_row_per_step(wd)
+  assert os.path.exists(os.path.join(wd, "DONE"))
+
+
 # ---------------------------------------------------------------------------
 # 3. A truncated checkpoint.
 

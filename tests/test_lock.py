@@ -1,5 +1,6 @@
 """One live run per workdir: a second `realm-jax train` is refused naming the holder's PID; the
-lock of a killed holder never blocks; unusable workdirs get their own message.
+lock of a killed holder never blocks; unusable workdirs get their own message; a failed set-up
+in a workdir the run created leaves no workdir behind.
 
 The holder is a real `train.run` whose set-up (`train.prepare`) is held until the test kills
 it: the lock must already be held during set-up, before anything of the run is recorded.
@@ -74,8 +75,8 @@ def test_second_run_is_refused_naming_the_holder_and_a_killed_holder_never_block
     os.killpg(holder.pid, signal.SIGKILL)
     holder.wait(TIMEOUT)
   assert second.returncode == 1, second.stderr[-3000:]
-  lines = second.stderr.strip().splitlines()
-  assert len(lines) == 1 and f"PID {holder.pid}" in lines[0] and wd in lines[0], second.stderr
+  assert second.stderr == (f"realm-jax: error: --workdir {wd} is in use by another run (PID "
+                           f"{holder.pid}); wait for it to finish or use another --workdir\n")
   assert not os.path.exists(os.path.join(wd, "run.json"))  # the held set-up recorded nothing
   # kill -9 left the lock file (with the dead PID) behind; the kernel released the lock.
   with open(os.path.join(wd, workdir.LOCK_NAME)) as f:
@@ -123,3 +124,34 @@ def test_an_unwritable_workdir_gets_its_own_message(tmp_path):
       train.run("demo", str(wd), ["mesh=1,1,1"])
   finally:
     wd.chmod(0o700)
+
+
+def test_failed_block_removes_the_lock_and_directory_it_left_unused(tmp_path):
+  wd = str(tmp_path / "new")
+  assert workdir.ensure(wd) is True and workdir.ensure(wd) is False  # created once
+  with pytest.raises(ValueError, match="set-up failed"):
+    with workdir.locked(wd, remove_unused=True):
+      raise ValueError("set-up failed")
+  assert not os.path.exists(wd)
+  os.mkdir(wd)  # something was written: the directory and its lock file stay
+  with pytest.raises(ValueError):
+    with workdir.locked(wd, remove_unused=True):
+      open(os.path.join(wd, "run.json"), "w").close()
+      raise ValueError("training failed")
+  assert sorted(os.listdir(wd)) == [workdir.LOCK_NAME, "run.json"]
+  with workdir.locked(wd, remove_unused=True):  # a block that ends well removes nothing
+    os.remove(os.path.join(wd, "run.json"))
+  assert os.listdir(wd) == [workdir.LOCK_NAME]
+
+
+def test_failed_setup_removes_a_workdir_the_run_created_and_keeps_one_it_found(tmp_path):
+  typo = ["mesh=1,1,1", "data.source=domain:tarif"]
+  wd = tmp_path / "created"
+  with pytest.raises(ValueError, match="unknown domain 'tarif'"):
+    train.run("base_model", str(wd), typo)
+  assert not wd.exists()
+  found = tmp_path / "found"
+  found.mkdir()
+  with pytest.raises(ValueError, match="unknown domain 'tarif'"):
+    train.run("base_model", str(found), typo)
+  assert os.listdir(found) == [workdir.LOCK_NAME]  # the user's directory is left in place

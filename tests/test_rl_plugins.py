@@ -19,6 +19,13 @@ GSPO, RLOO, BREVITY = ("examples/gspo_loss.py:gspo_loss", "examples/rloo.py:rloo
                        "examples/brevity.py:brevity")
 
 
+@pytest.fixture(autouse=True)
+def in_root(monkeypatch):
+  """The names above are relative to the working directory (as a user's config names them):
+  every test runs from the repository root, wherever pytest was started."""
+  monkeypatch.chdir(ROOT)
+
+
 def _example(name):
   spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "examples", name + ".py"))
   module = importlib.util.module_from_spec(spec)

@@ -287,3 +287,47 @@ def test_eval_writes_only_its_outputs(micro_base, tmp_path):
   with pytest.raises(FileNotFoundError, match="tokenizer.model is missing"):
     evaluate.run(wd)  # never trains a tokenizer into the run it evaluates
   assert not os.path.exists(os.path.join(wd, "tokenizer.model"))
+
+
+def test_eval_at_a_harder_level_tests_unseen_questions_of_that_level(micro_base, tmp_path):
+  import shutil
+  from realm_jax.data import sources
+  wd = str(tmp_path / "copy")
+  shutil.copytree(micro_base, wd)
+  before = sorted(os.listdir(wd))
+  evaluate.run(wd, ["eval.difficulty=1", "eval.num_questions=3"])
+  assert set(os.listdir(wd)) - set(before) == {"eval_d1.json", "eval_d1.md"}, os.listdir(wd)
+  with open(os.path.join(wd, "eval_d1.json")) as f:
+    out = json.load(f)
+  assert out["difficulty"] == 1
+  # level-1 tariff questions carry express/fragile flags some of the time; the level-0 run's
+  # own questions never do, so the evaluated questions are the level-1 generator's
+  cfg = train.load_config(wd, ["eval.difficulty=1"])
+  ctx = evaluate.other_level(train.prepare(cfg, wd, create=False), 1)
+  level1 = {ex.question for ex in sources.domain_examples("tariff", 200, cfg.data.seed, 1)}
+  assert ctx.data.eval and all(ex.question in level1 for ex in ctx.data.eval)
+  own = train.prepare(cfg, wd, create=False).data
+  assert not {ex.question for ex in ctx.data.eval} & {ex.question for ex in own.train + own.valid}
+  final = next(v for k, v in out["results"].items() if k.startswith("final"))
+  assert len(final["without routes"]["correct"]) == 3
+
+
+def test_a_record_from_an_older_realm_jax_still_resumes(micro_base, tmp_path):
+  """Fields added since a run was recorded are not differences; a version-1 record (rl.eaai as
+  set, the schedule filled in at use) is read the way those runs used it."""
+  import shutil
+  wd = str(tmp_path / "old")
+  shutil.copytree(micro_base, wd)
+  with open(os.path.join(wd, "run.json")) as f:
+    info = json.load(f)
+  old = info["config"]
+  del old["record_version"], old["eval"]["difficulty"]  # a field that did not exist then
+  old["rl"]["eaai"].update(total_steps=1000, max_routes=3)  # raw defaults, as v1 recorded them
+  with open(os.path.join(wd, "run.json"), "w") as f:
+    json.dump(info, f)
+  train.run("base_model", wd, MICRO)  # same run: accepted (done)
+  with pytest.raises(ValueError, match=r"config differs \(base.lr: "):
+    train.run("base_model", wd, MICRO + ["base.lr=0.5"])
+  cfg = configs.load_experiment("base_model", MICRO)
+  assert train.config_record(cfg)["rl"]["eaai"]["total_steps"] == max(cfg.rl.steps, 1)
+  assert train.config_record(cfg)["rl"]["eaai"]["max_routes"] == cfg.rl.mrpv.num_routes

@@ -46,7 +46,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from realm_jax import model as model_lib
+from realm_jax.cli import bench_grpo
 from realm_jax.model import sampling
+from realm_jax.train import step as train_step
 
 BENCH_MODEL = model_lib.ModelConfig(
     vocab_size=8192, num_layers=4, d_model=256, num_heads=8, num_kv_heads=4, head_dim=32,
@@ -185,7 +187,6 @@ def make_train_grad_fn(cfg: model_lib.ModelConfig, microbatches: int = 1):
   """Jitted (loss, grads) of the mean next-token cross-entropy on tokens [B, T + 1],
   accumulated over `microbatches` equal microbatches (every token counts, so
   equal weights give exactly the one-pass loss and gradient)."""
-  from realm_jax.train import step as train_step
 
   def loss_fn(params, tokens):
     logits = model_lib.apply(params, cfg, tokens[:, :-1])[0].astype(jnp.float32)
@@ -245,7 +246,6 @@ def bench_attention(cfg: model_lib.ModelConfig, repeats: int, batch: int = 8,
 
 def default_extra_benchmarks() -> dict[str, Callable[[int], dict]]:
   """Extra timings run by `main`: name -> fn(repeats) returning a JSON-able dict."""
-  from realm_jax.cli import bench_grpo
   return {"grpo_step": lambda repeats: bench_grpo.run_grpo_bench(BENCH_MODEL, repeats),
           "attention_fwd_bwd": lambda repeats: bench_attention(BENCH_MODEL, repeats)}
 

@@ -3,11 +3,14 @@ the accuracy of the trivial baselines (`evaluation.baselines`) on them."""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
+from realm_jax import errors
 from realm_jax.cli.generate import model_path
 from realm_jax.data import domains, sources, teachers
-from realm_jax.data.config import DataConfig
+from realm_jax.data.config import MAX_ROUTE_CHARS, DataConfig
 from realm_jax.data.records import Example
 from realm_jax.evaluation import baselines
 from realm_jax.model import pretrained, sampling
@@ -17,16 +20,30 @@ from realm_jax.train import generation
 
 
 def examples_with_routes(source: str, n: int, seed: int, difficulty: int, negatives: int = 3,
-                         route_file: str | None = None) -> list[Example]:
-  """A source's examples with labelled route pools (`routes:FILE` reads a written pool)."""
+                         route_file: str | None = None,
+                         max_route_chars: int = MAX_ROUTE_CHARS) -> list[Example]:
+  """A source's examples with labelled route pools (`routes:FILE` reads a written pool); the
+  routes of `route_file` over `max_route_chars` characters are refused and counted."""
   if source.startswith("routes:"):
     return teachers.read_route_pool(source.split(":", 1)[1])
+  if max_route_chars <= 0:
+    raise errors.ConfigError(f"--max-route-chars={max_route_chars} must be > 0")
   examples = sources.load_source(source, n, seed, difficulty)
   cfg = DataConfig(source=source, negatives_per_question=negatives)
   examples = corpus._with_routes(examples, source, cfg, seed)
   if route_file:
-    examples = teachers.file_teacher(route_file, examples)
+    examples = _attach_route_file(route_file, examples, max_route_chars)
   return examples
+
+
+def _attach_route_file(route_file: str, examples: list[Example],
+                       max_route_chars: int) -> list[Example]:
+  """`teachers.file_teacher`, its warning naming this command's flag, not the training key."""
+  labelled, report = sources.load_route_file(route_file, examples, max_route_chars)
+  if report.no_answer or report.n_refused:
+    summary = report.summary().replace("data.max_route_chars=", "--max-route-chars=")
+    warnings.warn(summary, errors.DataWarning, stacklevel=3)
+  return labelled
 
 
 def stats_table(examples: list[Example], tokenizer=None, reference: list[Example] | None = None,
@@ -89,8 +106,9 @@ def model_generate_fn(model: str, max_new_tokens: int = 256, temperature: float 
 def write_routes(source: str, out: str, n: int = 200, seed: int = 0, difficulty: int = 0,
                  negatives: int = 3, route_file: str | None = None,
                  teacher_model: str | None = None, samples: int = 2,
-                 max_new_tokens: int = 256) -> None:
-  examples = examples_with_routes(source, n, seed, difficulty, negatives, route_file)
+                 max_new_tokens: int = 256, max_route_chars: int = MAX_ROUTE_CHARS) -> None:
+  examples = examples_with_routes(source, n, seed, difficulty, negatives, route_file,
+                                  max_route_chars)
   if teacher_model:
     rule_book = None
     if source.startswith("domain:"):

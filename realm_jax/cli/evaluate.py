@@ -1,6 +1,10 @@
 """`realm-jax eval --workdir DIR`: evaluates a run's starting point and final params
 and writes eval.json, eval.md and PNG plots into the workdir.
 
+`eval.difficulty=N` tests on questions of another difficulty level of the run's
+domain (generalisation to more steps than were trained), minus any question the
+run trained or validated on, and writes eval_dN.json / eval_dN.md instead.
+
 It writes nothing else there: the run's tokenizer and params are only read
 (`train.prepare(create=False)`), and a run with no finished stage is refused
 before any data is built or model loaded."""
@@ -17,6 +21,7 @@ from realm_jax.cli import plots, train
 from realm_jax.train import sharding
 from realm_jax.evaluation import baselines, paired, report
 from realm_jax.evaluation.accuracy import evaluate_params, results_table
+from realm_jax.rl import corpus
 
 
 def run(workdir: str, overrides: list[str] | None = None) -> dict:
@@ -28,10 +33,28 @@ def run(workdir: str, overrides: list[str] | None = None) -> dict:
   cfg = train.load_config(workdir, overrides)
   mesh = train.make_mesh(cfg.mesh)
   with sharding.use_mesh(mesh):
-    return _run(workdir, run_info, cfg, train.prepare(cfg, workdir, mesh, create=False))
+    ctx = train.prepare(cfg, workdir, mesh, create=False)
+    name = "eval"
+    if cfg.eval.difficulty is not None and cfg.eval.difficulty != cfg.data.difficulty:
+      ctx, name = other_level(ctx, cfg.eval.difficulty), f"eval_d{cfg.eval.difficulty}"
+    return _run(workdir, run_info, cfg, ctx, name)
 
 
-def _run(workdir: str, run_info: dict, cfg, ctx) -> dict:
+def other_level(ctx, difficulty: int):
+  """The run's context with test questions of level `difficulty` of the same source, minus
+  any question the run trained or validated on; the mode baseline reads 2,000 training
+  questions of that level."""
+  data_cfg = dataclasses.replace(ctx.cfg.data, difficulty=difficulty, num_train=2000, num_valid=0,
+                                 num_eval=ctx.cfg.data.num_eval + ctx.cfg.eval.num_questions)
+  level = corpus.build_run_data(data_cfg)
+  seen = {ex.question for ex in ctx.data.train + ctx.data.valid}
+  fresh = [ex for ex in level.eval if ex.question not in seen]
+  report = dict(ctx.data.report, eval_difficulty=difficulty, num_eval=len(fresh))
+  return dataclasses.replace(ctx, data=dataclasses.replace(ctx.data, eval=fresh, train=level.train,
+                                                           report=report))
+
+
+def _run(workdir: str, run_info: dict, cfg, ctx, out_name: str = "eval") -> dict:
   results: dict[str, dict[str, dict[str, float]]] = {}
   stages = train.stage_params(ctx, workdir)
   if cfg.eval.final_only:
@@ -48,13 +71,16 @@ def _run(workdir: str, run_info: dict, cfg, ctx) -> dict:
   if compared:
     table += "\n" + paired_table(compared)
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "eval.json"), "w") as f:
-      json.dump({"experiment": run_info.get("experiment"), "results": results,
+    with open(os.path.join(workdir, f"{out_name}.json"), "w") as f:
+      json.dump({"experiment": run_info.get("experiment"),
+                 "difficulty": ctx.data.report.get("eval_difficulty", cfg.data.difficulty),
+                 "results": results,
                  "baselines": trivial,
                  "paired": {k: dataclasses.asdict(v) for k, v in compared.items()}}, f, indent=2)
-    with open(os.path.join(workdir, "eval.md"), "w") as f:
-      f.write(f"# {run_info.get('experiment')} ({workdir})\n\n{table}")
-    plots.plot_training(workdir)
+    with open(os.path.join(workdir, f"{out_name}.md"), "w") as f:
+      f.write(f"# {run_info.get('experiment')} ({workdir}, {out_name})\n\n{table}")
+    if out_name == "eval":
+      plots.plot_training(workdir)
   print(table)
   return results
 

@@ -5,7 +5,8 @@
   realm-jax generate --model PATH --prompt TEXT [--chat] [--max-new-tokens N] [--temperature T]
   realm-jax bench [--json] [--repeats N]
   realm-jax data stats SOURCE [--tokenizer PATH] [--n N]
-  realm-jax data routes SOURCE --out FILE [--n N] [--negatives K] [--teacher-model PATH]
+  realm-jax data routes SOURCE --out FILE [--n N] [--negatives K] [--route-file FILE]
+                        [--max-route-chars N] [--teacher-model PATH]
   realm-jax plot-schedule [EXPERIMENT] --out FILE.png [key=value ...]
   realm-jax sweep SWEEPFILE [--parallel N] [--out DIR] [--dry-run]
 
@@ -22,6 +23,7 @@ import sys
 import warnings
 
 from realm_jax import errors
+from realm_jax.data.config import MAX_ROUTE_CHARS
 
 OVERRIDES_HELP = """overrides:
   Dotted KEY=VALUE pairs after the flags change fields of the experiment's config
@@ -103,6 +105,9 @@ def _parser() -> argparse.ArgumentParser:
   dr.add_argument("--difficulty", type=int, default=0)
   dr.add_argument("--negatives", type=int, default=3)
   dr.add_argument("--route-file", default=None, help="JSONL routes from any LLM (file teacher)")
+  dr.add_argument("--max-route-chars", type=int, default=MAX_ROUTE_CHARS, metavar="N",
+                  help="refuse (and count) --route-file routes longer than N characters "
+                       "(default: %(default)s, as data.max_route_chars in training)")
   dr.add_argument("--teacher-model", default=None,
                   help="model teacher: HF folder, .gguf or 'smollm2', prompted with the rule book")
   dr.add_argument("--samples", type=int, default=2, help="model-teacher routes per question")
@@ -181,7 +186,8 @@ def _main(argv: list[str]) -> None:
       datastats.write_routes(args.source, args.out, n=args.n, seed=args.seed,
                              difficulty=args.difficulty, negatives=args.negatives,
                              route_file=args.route_file, teacher_model=args.teacher_model,
-                             samples=args.samples, max_new_tokens=args.max_new_tokens)
+                             samples=args.samples, max_new_tokens=args.max_new_tokens,
+                             max_route_chars=args.max_route_chars)
   elif args.command == "plot-schedule":
     from realm_jax import configs
     from realm_jax.cli import plots

@@ -36,7 +36,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from realm_jax import configs, model
+from realm_jax import configs, errors, model
 from realm_jax.cli.generate import model_path
 from realm_jax.evaluation import accuracy
 from realm_jax.model import pretrained, tokenizer as tokenizer_lib
@@ -73,14 +73,33 @@ def load_config(workdir: str, extra_overrides: list[str] | None = None) -> confi
 
 
 def config_record(cfg: configs.ExperimentConfig) -> dict:
-  """The resolved config as JSON values: what run.json records and a resume must match."""
-  return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
+  """The resolved config as JSON values (the EAAI schedule as the run uses it, its defaults
+  filled in from rl.steps and rl.mrpv.num_routes): what run.json records and a resume must
+  match."""
+  record = dataclasses.asdict(cfg)
+  record["rl"]["eaai"] = dataclasses.asdict(cfg.eaai_config())
+  record["record_version"] = 2
+  return json.loads(json.dumps(record, default=str))
+
+
+def _upgraded(record: dict) -> dict:
+  """A record written before version 2 holds rl.eaai as set; the runs of then always used
+  total_steps = max(rl.steps, 1) and max_routes = rl.mrpv.num_routes."""
+  if record.get("record_version", 1) >= 2 or "rl" not in record:
+    return record
+  rl = record["rl"]
+  eaai = dict(rl.get("eaai", {}), total_steps=max(rl.get("steps", 0), 1),
+              max_routes=rl.get("mrpv", {}).get("num_routes"))
+  return dict(record, rl=dict(rl, eaai=eaai), record_version=2)
 
 
 def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
+  """What differs between two config records. Only fields both records hold are compared: a
+  field added to realm_jax after a run was recorded (or one since removed) is not a
+  difference, so upgrading realm_jax does not strand a run."""
   if isinstance(old, dict) and isinstance(new, dict):
-    return [d for k in sorted(old.keys() | new.keys())
-            for d in _differences(old.get(k), new.get(k), f"{prefix}{k}.")]
+    return [d for k in sorted(old.keys() & new.keys())
+            for d in _differences(old[k], new[k], f"{prefix}{k}.")]
   return [] if old == new else [f"{prefix[:-1]}: {old!r} -> {new!r}"]
 
 
@@ -227,11 +246,12 @@ def _check_resume(workdir: str, experiment: str, cfg: configs.ExperimentConfig) 
   recorded = old.get("config")
   if recorded is None:  # recorded without a resolved config: resolve what it recorded
     recorded = config_record(configs.load_experiment(old["experiment"], old["overrides"]))
-  diff = _differences(recorded, config_record(cfg))
+  diff = _differences(_upgraded(recorded), config_record(cfg))
   if diff:
-    raise ValueError(f"{workdir} holds a run of {old['experiment']} whose config differs "
-                     f"({'; '.join(diff[:5])}{'; ...' if len(diff) > 5 else ''}); refusing to "
-                     f"resume it as {experiment}. Use another --workdir.")
+    raise errors.ConfigError(
+        f"{workdir} holds a run of {old['experiment']} whose config differs "
+        f"({'; '.join(diff[:5])}{'; ...' if len(diff) > 5 else ''}); refusing to "
+        f"resume it as {experiment}. Use another --workdir.")
 
 
 def _record_run(workdir: str, experiment: str, overrides: list[str],
@@ -247,8 +267,10 @@ def run(experiment: str, workdir: str, overrides: list[str] | None = None) -> An
   distributed.maybe_initialize()
   overrides = list(overrides or [])
   cfg = configs.load_experiment(experiment, overrides)
-  workdir_lib.ensure(workdir)
-  with workdir_lib.locked(workdir), preemption.handling():
+  created = workdir_lib.ensure(workdir)
+  # A set-up that fails in a directory this run created takes the directory (then holding only
+  # the lock file) with it.
+  with workdir_lib.locked(workdir, remove_unused=created), preemption.handling():
     _check_resume(workdir, experiment, cfg)
     mesh = make_mesh(cfg.mesh)
     with sharding.use_mesh(mesh):

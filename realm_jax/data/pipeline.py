@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import grain
+import jax
 import numpy as np
 
 from realm_jax.model.tokenizer import Tokenizer
@@ -67,7 +68,6 @@ def pad_left(seqs: Sequence[Sequence[int]], length: int, pad_id: int) -> tuple[n
 # ------------------------------------------------------------------- records
 def _process(process_index: int | None, process_count: int | None) -> tuple[int, int]:
   if process_index is None or process_count is None:
-    import jax  # only asked when the caller does not say
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
   if not 0 <= process_index < process_count:

@@ -31,11 +31,16 @@ class EvalConfig:
   max_new_tokens: int = 160
   batch_size: int = 64
   final_only: bool = False  # skip evaluating the run's starting point
+  # Test questions at another difficulty level than the run trained on (built-in and user
+  # domains; None: the run's own level). `realm-jax eval` then writes eval_d{N}.json / .md.
+  difficulty: int | None = None
 
   def __post_init__(self):
     for name in ("num_questions", "k", "max_new_tokens", "batch_size"):
       if getattr(self, name) <= 0:
         raise ValueError(f"eval.{name}={getattr(self, name)} must be > 0")
+    if self.difficulty is not None and self.difficulty < 0:
+      raise ValueError(f"eval.difficulty={self.difficulty} must be >= 0 (or none)")
     if not self.temperature >= 0:
       raise ValueError(f"eval.temperature={self.temperature} must be >= 0")
 

@@ -11,7 +11,13 @@ from realm_jax.train.config import check_convergence
 
 @dataclasses.dataclass(frozen=True)
 class RFTConfig:
-  """Rejection-sampling fine-tuning: keep the model's own correct samples."""
+  """Rejection-sampling fine-tuning: keep the model's own correct samples.
+
+  Each of `rounds` rounds draws `samples_per_question` completions (at `temperature`, at
+  most `max_new_tokens` tokens; None: rl.max_new_tokens) of `questions` training
+  questions, then runs `steps_per_round` SFT updates of `batch_size` rows on the correct
+  ones, at peak `lr` after `warmup` steps (`train.step.lr_schedule`).
+  """
   rounds: int = 0
   questions: int = 256
   samples_per_question: int = 4
@@ -19,11 +25,16 @@ class RFTConfig:
   steps_per_round: int = 100
   batch_size: int = 32
   lr: float = 5e-4
+  warmup: int = 5
+  max_new_tokens: int | None = None
 
   def __post_init__(self):
-    for name in ("rounds", "steps_per_round", "temperature"):
+    for name in ("rounds", "steps_per_round", "temperature", "warmup"):
       if not getattr(self, name) >= 0:
         raise ValueError(f"rft.{name}={getattr(self, name)} must be >= 0")
+    if self.max_new_tokens is not None and not self.max_new_tokens > 0:
+      raise ValueError(f"rft.max_new_tokens={self.max_new_tokens} must be > 0 (or none: "
+                       f"rl.max_new_tokens)")
     for name in ("questions", "samples_per_question", "batch_size", "lr"):
       if not getattr(self, name) > 0:
         raise ValueError(f"rft.{name}={getattr(self, name)} must be > 0")

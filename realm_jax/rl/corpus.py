@@ -20,10 +20,10 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from realm_jax.rl import mrpv
-from realm_jax.data import sources, teachers
+from realm_jax.data import answers, domains, sources, teachers
 from realm_jax.data.config import DataConfig
 from realm_jax.data.records import Example, Route
+from realm_jax.rl import mrpv
 
 
 @dataclasses.dataclass
@@ -38,7 +38,6 @@ def _perturbed_routes(ex: Example, rng: np.random.Generator, n: int) -> tuple[Ro
   """Reference CoT as the positive; copies with a wrong final answer as negatives."""
   if not ex.cot:
     return ()
-  from realm_jax.data import answers
   pos = Route(text=f"{ex.cot}\nAnswer: {ex.answer}", answer=ex.answer, positive=True,
               source="reference")
   gold = answers.normalize_number(ex.answer)
@@ -57,7 +56,6 @@ def _perturbed_routes(ex: Example, rng: np.random.Generator, n: int) -> tuple[Ro
 def _with_routes(examples: list[Example], spec: str, cfg: DataConfig, seed: int) -> list[Example]:
   rng = np.random.default_rng(seed)
   if spec.startswith("domain:"):
-    from realm_jax.data import domains
     domain = domains.get_domain(spec.split(":", 1)[1])
     examples = teachers.domain_teacher(domain, examples, rng, cfg.negatives_per_question)
     if cfg.positives_per_question > 1:  # more correct routes: other wordings and step orders

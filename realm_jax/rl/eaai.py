@@ -28,6 +28,15 @@ SHAPES = ("constant", "linear", "cosine", "exponential", "inverse",
           "staircase")
 
 
+class FromRun(int):
+  """An `EAAIConfig` default the experiment fills in: `ExperimentConfig.eaai_config()`
+  replaces a `FromRun` total_steps by rl.steps and max_routes by rl.mrpv.num_routes, and
+  keeps a value set explicitly (a plain int). Used alone, it is the int it holds."""
+
+  def __repr__(self) -> str:
+    return f"FromRun({int(self)})"
+
+
 @dataclasses.dataclass(frozen=True)
 class EAAIConfig:
   """Route-fading schedule.
@@ -49,11 +58,12 @@ class EAAIConfig:
     rescaling by g(L) is ours: it makes them continuous and end exactly at
     `end` when the window closes (tau -> inf tends to linear).
   start, end: signal strength at the two ends, in [0, 1].
-  total_steps: number of RL steps of the run.
+  total_steps: number of RL steps of the run (default: rl.steps, see `FromRun`).
   tau: time constant, fraction of total_steps.
   phases: staircase steps ((fraction, value), ...), fractions increasing.
   fade_probability / fade_count / fade_prefix: which channels fade.
-  max_routes: routes shown when the count is not faded (MRPV's num_routes).
+  max_routes: routes shown when the count is not faded (default: rl.mrpv.num_routes, see
+    `FromRun`; never more than num_routes are shown).
   gate_threshold: None, or the autonomous accuracy at or above which the
     clock advances (see `advance_clock`).
   """
@@ -62,14 +72,14 @@ class EAAIConfig:
   end: float = 0.0
   fade_start: float = 0.0
   fade_length: float = 0.6
-  total_steps: int = 1000
+  total_steps: int = FromRun(1000)
   tau: float = 0.15
   phases: tuple[tuple[float, float], ...] = (
       (0.15, 0.75), (0.3, 0.5), (0.45, 0.25), (0.6, 0.0))
   fade_probability: bool = True
   fade_count: bool = False
   fade_prefix: bool = False
-  max_routes: int = 3
+  max_routes: int = FromRun(3)
   gate_threshold: float | None = None
 
   def __post_init__(self):

@@ -50,7 +50,8 @@ def run_rft(ctx: Any, sft_ctx: distill.SFTContext, params: Any, cfg: RFTConfig) 
   (`cfg`, `model_cfg`, `tokenizer`, `data.train`, `chat`). Returns the new params."""
   train = ctx.data.train
   mcfg = ctx.cfg.rl.mrpv
-  scfg = sampling.SamplingConfig(max_new_tokens=ctx.cfg.rl.max_new_tokens,
+  max_new = ctx.cfg.rl.max_new_tokens if cfg.max_new_tokens is None else cfg.max_new_tokens
+  scfg = sampling.SamplingConfig(max_new_tokens=max_new,
                                  temperature=cfg.temperature,
                                  stop_ids=tuple(ctx.tokenizer.stop_ids),
                                  num_samples=cfg.samples_per_question,
@@ -60,18 +61,18 @@ def run_rft(ctx: Any, sft_ctx: distill.SFTContext, params: Any, cfg: RFTConfig) 
     chunk = (train[start:] + train[:start])[:cfg.questions]
     prompts = [mrpv.build_prompt(ex.question, [], mcfg) for ex in chunk]
     samples = generation.generate_texts(params, ctx.model_cfg, ctx.tokenizer, prompts, scfg,
-                                     max(1, 64 // cfg.samples_per_question), ctx.chat,
-                                     ctx.cfg.seed + 1000 * r)
+                                        max(1, 64 // cfg.samples_per_question), ctx.chat,
+                                        ctx.cfg.seed + 1000 * r)
     pairs = correct_samples(prompts, samples, [ex.answer for ex in chunk])
     sft_ctx.writer.write_once("rft", r, {"round": r, "kept_samples": len(pairs),
-                                    "questions": len(chunk)})
+                                         "questions": len(chunk)})
     batch = update_batch_size(len(pairs), cfg.batch_size, jax.process_count())
     if batch == 0:
       print(f"[realm-jax] rft round {r}: {len(pairs)} correct samples, skipping the update")
       continue
     if batch < cfg.batch_size:
       print(f"[realm-jax] rft round {r}: only {len(pairs)} correct samples, batches of {batch}")
-    sft_cfg = SFTConfig(steps=cfg.steps_per_round, batch_size=batch, lr=cfg.lr, warmup=5,
+    sft_cfg = SFTConfig(steps=cfg.steps_per_round, batch_size=batch, lr=cfg.lr, warmup=cfg.warmup,
                         route_share=0.0)
     params = distill.run_sft(f"rft{r}", dataclasses.replace(sft_ctx, seed=sft_ctx.seed + r),
                              params, pairs, sft_cfg)
