@@ -167,3 +167,15 @@ def test_tpu_commands_train_then_fetch(tmp_path):
                        "gs://bkt/sweeps/tiny/lr=0.001", "--dest", str(run.workdir)]
   with pytest.raises(SystemExit):
     sw.main([str(SWEEP_FILE), "--tpu", "pod", "--zone", "z", "--parallel", "2"])
+
+
+def test_every_committed_sweep_loads_and_names_its_runs_uniquely():
+  import glob
+  files = sorted(glob.glob(str(Path(__file__).resolve().parents[1] / "experiments/sweeps/*.py")))
+  assert files
+  for path in files:
+    sweep = sw.load_sweep(path)
+    names = sw.run_names(sweep.overrides())
+    assert len(set(names)) == len(names)
+    for overrides in sweep.overrides():  # every run's overrides are valid keys and values
+      assert configs.load_experiment(sweep.experiment, sw.override_args(overrides))
