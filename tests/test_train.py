@@ -107,7 +107,7 @@ def test_base_run_writes_params_tokenizer_metrics(micro_base):
 @pytest.mark.parametrize("experiment", ["sft", "rft", "grpo", "cot_synth", "realm_zero", "realm_r1",
                                         "ablation_no_negatives", "ablation_no_fading",
                                         "ablation_no_verification", "ablation_no_contrast",
-                                        "evidence", "evidence_rl"])
+                                        "evidence", "evidence_rl", "evidence_more_sft"])
 def test_smoke_every_method(experiment, micro_base, tmp_path):
   wd = str(tmp_path / experiment)
   train.run(experiment, wd, MICRO + small_stages(experiment) + [f"init_from={micro_base}"])
