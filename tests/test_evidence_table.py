@@ -1,0 +1,38 @@
+"""experiments/evidence_table.py gathers runs' paired results into one table."""
+
+import dataclasses
+import json
+
+from experiments import evidence_table
+from realm_jax.evaluation import paired
+
+
+def _run(path, start, final, level1=None):
+  path.mkdir()
+  (path / "run.json").write_text(json.dumps({"experiment": "evidence_rl", "overrides": []}))
+  cmp = {"without routes": dataclasses.asdict(paired.paired_compare(start, final))}
+  (path / "eval.json").write_text(json.dumps({"paired": cmp}))
+  if level1:
+    cmp1 = {"without routes": dataclasses.asdict(paired.paired_compare(*level1))}
+    (path / "eval_d1.json").write_text(json.dumps({"paired": cmp1}))
+
+
+def test_table_holds_each_runs_paired_numbers(tmp_path):
+  # 10 questions: start right on 5, final right on those and 3 more (8 gained-only discordant
+  # pairs would give p = 2/2^8; here 3 gained, 0 lost: exact two-sided p = 2 * 0.5^3 = 0.25)
+  start = [1] * 5 + [0] * 5
+  final = [1] * 8 + [0] * 2
+  _run(tmp_path / "a", start, final, level1=(start, start))
+  _run(tmp_path / "b", final, start)
+  (tmp_path / "c").mkdir()  # no eval.json: left out
+  out = tmp_path / "out"
+  evidence_table.main([str(tmp_path / n) for n in "abc"] + ["--out", str(out)])
+  text = (out / "table.md").read_text()
+  row_a = next(line for line in text.splitlines() if line.startswith("| a |"))
+  cells = [c.strip() for c in row_a.strip("|").split("|")]
+  assert cells[1:3] == ["0.500", "0.800"] and cells[3].startswith("+0.300") and cells[4] == "0.25"
+  assert cells[5:7] == ["0.500", "0.500"] and cells[8] == "1"
+  row_b = next(line for line in text.splitlines() if line.startswith("| b |"))
+  assert "-0.300" in row_b
+  assert "| c |" not in text
+  assert [r["run"] for r in json.loads((out / "table.json").read_text())] == ["a", "b"]
