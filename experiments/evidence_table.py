@@ -6,18 +6,22 @@ the start and the final params on the same test questions and their paired
 comparison (McNemar exact p, 95% CI of the difference).
 
     python -m experiments.evidence_table runs/sweeps/evidence_rl/* runs/evidence_more_sft \
-        --out experiments/results/evidence_rl
+        --control evidence_more_sft --out experiments/results/evidence_rl
+
+`--control RUN` adds each run's final params against that run's final params, paired on
+the same questions (the controls of METHOD §6: SFT -> more SFT, SFT -> GRPO).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
 from pathlib import Path
 
-from realm_jax.evaluation import report
+from realm_jax.evaluation import paired as paired_lib, report
 
 LEVELS = (("eval.json", "level 0"), ("eval_d1.json", "level 1"))
 
@@ -30,8 +34,18 @@ def _cell(paired: dict | None) -> list[str]:
           f"{paired['p_value']:.2g}"]
 
 
-def gather(run_dirs: list[str]) -> list[dict]:
-  rows = []
+def _finals(path: str) -> dict:
+  """setting -> per-question correctness of the run's final params."""
+  with open(path) as f:
+    results = json.load(f)["results"]
+  final = next((v for k, v in results.items() if k.startswith("final")), {})
+  return {setting: r["correct"] for setting, r in final.items() if "correct" in r}
+
+
+def gather(run_dirs: list[str], control: str | None = None) -> list[dict]:
+  """Per run: its paired final - start per level, and (with `control`, a run name among them)
+  its final - the control's final on the same questions."""
+  rows, finals = [], {}
   for d in run_dirs:
     row = {"run": os.path.basename(os.path.normpath(d)), "dir": d}
     with open(os.path.join(d, "run.json")) as f:
@@ -42,15 +56,33 @@ def gather(run_dirs: list[str]) -> list[dict]:
       if os.path.exists(path):
         with open(path) as f:
           row[level] = json.load(f).get("paired", {})
+        finals[row["run"], level] = _finals(path)
     rows.append(row)
+  if control is not None:
+    if not any(r["run"] == control for r in rows):
+      raise SystemExit(f"--control {control}: no such run among {[r['run'] for r in rows]}")
+    for row in rows:
+      for _, level in LEVELS:
+        ours, theirs = finals.get((row["run"], level)), finals.get((control, level))
+        if ours and theirs and row["run"] != control:
+          row[f"{level} vs {control}"] = {
+              s: dataclasses.asdict(paired_lib.paired_compare(theirs[s], ours[s]))
+              for s in ours if s in theirs}
   return rows
 
 
-def table(rows: list[dict], setting: str = "without routes") -> str:
+def table(rows: list[dict], setting: str = "without routes", control: str | None = None) -> str:
   head = ["run"] + [f"{lv} {c}" for _, lv in LEVELS for c in ("start", "final", "final - start",
                                                                "McNemar p")]
   body = [[r["run"]] + [c for _, lv in LEVELS for c in _cell(r.get(lv, {}).get(setting))]
           for r in rows]
+  if control is not None:
+    head += [f"{lv} final - {control} final (p)" for _, lv in LEVELS]
+    for r, line in zip(rows, body):
+      for _, lv in LEVELS:
+        c = r.get(f"{lv} vs {control}", {}).get(setting)
+        line.append(f"{c['diff']:+.3f} ({c['ci_low']:+.3f} .. {c['ci_high']:+.3f}; "
+                    f"p {c['p_value']:.2g})" if c else "")
   return report.markdown_table(head, body)
 
 
@@ -58,13 +90,14 @@ def main(argv: list[str] | None = None) -> int:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("runs", nargs="+", help="run directories holding eval.json")
   p.add_argument("--out", required=True, help="directory for table.md, table.json and curves")
+  p.add_argument("--control", default=None, help="run name every final is compared with")
   a = p.parse_args(argv)
   runs = [d for d in a.runs if os.path.exists(os.path.join(d, "eval.json"))]
-  rows = gather(runs)
+  rows = gather(runs, a.control)
   out = Path(a.out)
   out.mkdir(parents=True, exist_ok=True)
   text = "\n\n".join(f"Greedy test accuracy {s}, paired final - start (512 questions per level):"
-                     f"\n\n{table(rows, s)}" for s in ("without routes", "with routes"))
+                     f"\n\n{table(rows, s, a.control)}" for s in ("without routes", "with routes"))
   (out / "table.md").write_text(text + "\n")
   (out / "table.json").write_text(json.dumps(rows, indent=2) + "\n")
   for r in rows:  # the curves and per-run tables beside the summary

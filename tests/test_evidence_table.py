@@ -7,14 +7,16 @@ from experiments import evidence_table
 from realm_jax.evaluation import paired
 
 
-def _run(path, start, final, level1=None):
+def _run(path, start, final, level1=(None, None)):
   path.mkdir()
   (path / "run.json").write_text(json.dumps({"experiment": "evidence_rl", "overrides": []}))
-  cmp = {"without routes": dataclasses.asdict(paired.paired_compare(start, final))}
-  (path / "eval.json").write_text(json.dumps({"paired": cmp}))
-  if level1:
-    cmp1 = {"without routes": dataclasses.asdict(paired.paired_compare(*level1))}
-    (path / "eval_d1.json").write_text(json.dumps({"paired": cmp1}))
+  for name, (s, f) in (("eval.json", (start, final)), ("eval_d1.json", level1)):
+    if s is None:
+      continue
+    results = {"start": {"without routes": {"correct": s}},
+               "final (rl)": {"without routes": {"correct": f}}}
+    cmp = {"without routes": dataclasses.asdict(paired.paired_compare(s, f))}
+    (path / name).write_text(json.dumps({"results": results, "paired": cmp}))
 
 
 def test_table_holds_each_runs_paired_numbers(tmp_path):
@@ -36,3 +38,17 @@ def test_table_holds_each_runs_paired_numbers(tmp_path):
   assert "-0.300" in row_b
   assert "| c |" not in text
   assert [r["run"] for r in json.loads((out / "table.json").read_text())] == ["a", "b"]
+
+
+def test_control_column_pairs_each_final_with_the_controls_final(tmp_path):
+  start = [0] * 10
+  _run(tmp_path / "ctl", start, [1] * 6 + [0] * 4)
+  _run(tmp_path / "rl", start, [1] * 4 + [0] * 6)  # 2 questions fewer than the control, 0 more
+  out = tmp_path / "out"
+  evidence_table.main([str(tmp_path / "ctl"), str(tmp_path / "rl"), "--control", "ctl",
+                       "--out", str(out)])
+  row = next(r for r in json.loads((out / "table.json").read_text()) if r["run"] == "rl")
+  c = row["level 0 vs ctl"]["without routes"]
+  assert (c["acc_a"], c["acc_b"], c["a_only"], c["b_only"]) == (0.6, 0.4, 2, 0)
+  assert c["p_value"] == 0.5  # exact two-sided McNemar, 2 discordant pairs: 2 * 0.5^2
+  assert "-0.200" in (out / "table.md").read_text()
