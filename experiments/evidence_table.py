@@ -21,7 +21,10 @@ import os
 import shutil
 from pathlib import Path
 
+from matplotlib.figure import Figure
+
 from realm_jax.evaluation import paired as paired_lib, report
+from realm_jax.train.metrics import read_metrics
 
 LEVELS = (("eval.json", "level 0"), ("eval_d1.json", "level 1"))
 
@@ -86,6 +89,41 @@ def table(rows: list[dict], setting: str = "without routes", control: str | None
   return report.markdown_table(head, body)
 
 
+def plot(rows: list[dict], path: Path, setting: str = "without routes") -> None:
+  """Left: final - start per run and level with its 95% CI. Right: validation accuracy per
+  step of each run's last stage (the start's own value at step 0 where logged)."""
+  fig = Figure(figsize=(12, 4.5))
+  ax_bar, ax_curve = fig.subplots(1, 2)
+  width = 0.8 / len(LEVELS)
+  for j, (_, level) in enumerate(LEVELS):
+    cmp = [r.get(level, {}).get(setting) for r in rows]
+    xs = [i + (j - (len(LEVELS) - 1) / 2) * width for i in range(len(rows))]
+    diffs = [c["diff"] if c else 0.0 for c in cmp]
+    err = [[c["diff"] - c["ci_low"] if c else 0.0 for c in cmp],
+           [c["ci_high"] - c["diff"] if c else 0.0 for c in cmp]]
+    ax_bar.bar(xs, diffs, width, yerr=err, capsize=3, label=level)
+  ax_bar.axhline(0.0, color="black", linewidth=0.8)
+  ax_bar.set_xticks(range(len(rows)), [r["run"] for r in rows], rotation=30, ha="right",
+                    fontsize=8)
+  ax_bar.set_ylabel(f"greedy accuracy {setting}: final - start")
+  ax_bar.set_title("paired difference on the test questions (95% CI)")
+  ax_bar.legend(fontsize=8)
+  for r in rows:
+    history = read_metrics(r["dir"])
+    phase = history[-1].get("phase") if history else None
+    pts = [(h["step"], h["valid_accuracy"]) for h in history
+           if h.get("phase") == phase and "valid_accuracy" in h]
+    if pts:
+      ax_curve.plot(*zip(*pts), marker=".", label=r["run"])
+  ax_curve.set_xlabel("step of the run's last stage")
+  ax_curve.set_ylabel("validation accuracy (greedy, without routes)")
+  ax_curve.set_title("validation curves")
+  if ax_curve.lines:
+    ax_curve.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+
+
 def main(argv: list[str] | None = None) -> int:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("runs", nargs="+", help="run directories holding eval.json")
@@ -100,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
                      f"\n\n{table(rows, s, a.control)}" for s in ("without routes", "with routes"))
   (out / "table.md").write_text(text + "\n")
   (out / "table.json").write_text(json.dumps(rows, indent=2) + "\n")
+  plot(rows, out / "paired.png")
   for r in rows:  # the curves and per-run tables beside the summary
     for name in ("training_curves.png", "eval.md", "eval_d1.md"):
       src = os.path.join(r["dir"], name)

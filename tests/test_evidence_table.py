@@ -3,6 +3,8 @@
 import dataclasses
 import json
 
+import matplotlib.image
+
 from experiments import evidence_table
 from realm_jax.evaluation import paired
 
@@ -38,6 +40,7 @@ def test_table_holds_each_runs_paired_numbers(tmp_path):
   assert "-0.300" in row_b
   assert "| c |" not in text
   assert [r["run"] for r in json.loads((out / "table.json").read_text())] == ["a", "b"]
+  assert matplotlib.image.imread(out / "paired.png").shape[0] > 100
 
 
 def test_control_column_pairs_each_final_with_the_controls_final(tmp_path):
