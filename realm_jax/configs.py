@@ -207,11 +207,17 @@ def _experiments_folder() -> str | None:
 
 
 def experiment_names() -> list[str]:
+  """The modules of experiments/ that define `get_config` (helpers and scripts beside them,
+  such as common.py or reproduce.py, do not)."""
   folder = _experiments_folder()
   if folder is None:
     return []
-  return sorted(f[:-3] for f in os.listdir(folder) if f.endswith(".py")
-                and not f.startswith("_") and f not in ("common.py", "reproduce.py"))
+
+  def defines_config(f: str) -> bool:
+    with open(os.path.join(folder, f), encoding="utf-8") as fh:
+      return "\ndef get_config(" in fh.read()
+  return sorted(f[:-3] for f in os.listdir(folder)
+                if f.endswith(".py") and not f.startswith("_") and defines_config(f))
 
 
 def experiment_summaries() -> dict[str, str]:
