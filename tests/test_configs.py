@@ -169,7 +169,9 @@ def test_summaries_do_not_import_the_experiments(tmp_path, monkeypatch):
   folder = pathlib.Path(tmp_path) / "experiments"
   folder.mkdir()
   (folder / "__init__.py").write_text("")
-  (folder / "boom.py").write_text('"""Explodes on import."""\nraise SystemExit(3)\n')
+  (folder / "boom.py").write_text('"""Explodes on import."""\nraise SystemExit(3)\n\n\n'
+                                  'def get_config():\n  return None\n')
+  (folder / "helper.py").write_text('"""A script beside the experiments, not one."""\n')
   monkeypatch.syspath_prepend(str(tmp_path))
   monkeypatch.delitem(sys.modules, "experiments", raising=False)
   assert configs.experiment_summaries() == {"boom": "Explodes on import."}
