@@ -3,8 +3,6 @@ the accuracy of the trivial baselines (`evaluation.baselines`) on them."""
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 
 from realm_jax import errors
@@ -32,18 +30,8 @@ def examples_with_routes(source: str, n: int, seed: int, difficulty: int, negati
   cfg = DataConfig(source=source, negatives_per_question=negatives)
   examples = corpus._with_routes(examples, source, cfg, seed)
   if route_file:
-    examples = _attach_route_file(route_file, examples, max_route_chars)
+    examples = teachers.file_teacher(route_file, examples, max_route_chars, "--max-route-chars")
   return examples
-
-
-def _attach_route_file(route_file: str, examples: list[Example],
-                       max_route_chars: int) -> list[Example]:
-  """`teachers.file_teacher`, its warning naming this command's flag, not the training key."""
-  labelled, report = sources.load_route_file(route_file, examples, max_route_chars)
-  if report.no_answer or report.n_refused:
-    summary = report.summary().replace("data.max_route_chars=", "--max-route-chars=")
-    warnings.warn(summary, errors.DataWarning, stacklevel=3)
-  return labelled
 
 
 def stats_table(examples: list[Example], tokenizer=None, reference: list[Example] | None = None,

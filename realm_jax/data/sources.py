@@ -96,6 +96,7 @@ class RouteFileReport:
   empty_routes: list[int] = dataclasses.field(default_factory=list)
   too_long: list[int] = dataclasses.field(default_factory=list)
   max_route_chars: int = MAX_ROUTE_CHARS
+  limit_name: str = "data.max_route_chars"  # the setting that sets the limit, for the message
 
   @property
   def n_refused(self) -> int:
@@ -112,7 +113,7 @@ class RouteFileReport:
       text += f"; {len(self.empty_routes)} empty (lines {self.empty_routes}), not attached"
     if self.too_long:
       text += (
-          f"; {len(self.too_long)} longer than data.max_route_chars={self.max_route_chars} "
+          f"; {len(self.too_long)} longer than {self.limit_name}={self.max_route_chars} "
           f"characters (lines {self.too_long}), not attached"
       )
     return text
@@ -265,7 +266,8 @@ def label_route(text: str, gold: str, source: str) -> Route:
 
 
 def load_route_file(
-    path: str | os.PathLike, examples: list[Example], max_route_chars: int = MAX_ROUTE_CHARS
+    path: str | os.PathLike, examples: list[Example], max_route_chars: int = MAX_ROUTE_CHARS,
+    limit_name: str = "data.max_route_chars",
 ) -> tuple[list[Example], RouteFileReport]:
   """`examples` (same order) with the file's routes appended, labelled against the gold.
 
@@ -276,7 +278,7 @@ def load_route_file(
   by_id = {ex.id: ex for ex in examples}
   if len(by_id) != len(examples):
     raise ValueError("load_route_file: example ids must be unique")
-  report = RouteFileReport(path=str(path), max_route_chars=max_route_chars)
+  report = RouteFileReport(path=str(path), max_route_chars=max_route_chars, limit_name=limit_name)
   default_source = f"file:{os.path.basename(path)}"
   new_routes: dict[str, list[Route]] = {ex.id: [] for ex in examples}
   for lineno, obj in read_json_lines(path):

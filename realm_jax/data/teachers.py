@@ -53,11 +53,12 @@ def domain_teacher(
 
 
 def file_teacher(
-    path: str | os.PathLike, examples: list[Example], max_route_chars: int = MAX_ROUTE_CHARS
+    path: str | os.PathLike, examples: list[Example], max_route_chars: int = MAX_ROUTE_CHARS,
+    limit_name: str = "data.max_route_chars",
 ) -> list[Example]:
   """`load_route_file`, warning when routes had no answer or were not attached (empty, over
-  `max_route_chars`, unknown question id)."""
-  labelled, report = load_route_file(path, examples, max_route_chars)
+  `max_route_chars`, named `limit_name` in the warning; unknown question id)."""
+  labelled, report = load_route_file(path, examples, max_route_chars, limit_name)
   if report.no_answer or report.n_refused:
     warnings.warn(report.summary(), DataWarning, stacklevel=2)
   return labelled
