@@ -39,7 +39,7 @@ import orbax.checkpoint as ocp
 from realm_jax import configs, errors, model
 from realm_jax.cli.generate import model_path
 from realm_jax.evaluation import accuracy
-from realm_jax.model import pretrained, tokenizer as tokenizer_lib
+from realm_jax.model import lora, pretrained, tokenizer as tokenizer_lib
 from realm_jax.rl import corpus, rft, stage as rl_stage
 from realm_jax.train import distributed, loop, metrics as metrics_lib, preemption
 from realm_jax.train import sft as distill
@@ -112,17 +112,31 @@ def params_path(workdir: str, phase: str) -> str:
 
 
 def save_params(workdir: str, phase: str, params: Any) -> None:
+  """A finished stage's trainable params (with LoRA the adapters only: the base is the
+  run's input, rebuilt by `base_params`)."""
   path = params_path(workdir, phase)
   if os.path.exists(path):
     shutil.rmtree(path)
   with ocp.StandardCheckpointer() as ckptr:
-    ckptr.save(path, params)
+    ckptr.save(path, lora.split(params)[0])
 
 
-def load_params(path: str, model_cfg: model.ModelConfig) -> Any:
+def load_params(path: str, model_cfg: model.ModelConfig, base: Any = None) -> Any:
+  """Params saved by `save_params`. A LoRA config (`model_cfg.lora`) reads adapters and
+  merges them into `base` (required then); otherwise the whole model."""
   abstract = jax.eval_shape(lambda: model.init_params(model_cfg, jax.random.key(0)))
+  adapters = model_cfg.lora is not None
+  if adapters and base is None:
+    raise ValueError(f"{path}: LoRA adapters need their base params")
   with ocp.StandardCheckpointer() as ckptr:
-    return ckptr.restore(os.path.abspath(path), abstract)
+    try:
+      saved = ckptr.restore(os.path.abspath(path), lora.split(abstract)[0])
+    except (ValueError, KeyError) as e:
+      what = "LoRA adapters" if adapters else "a whole model"
+      raise errors.UserError(f"{path}: does not hold {what} of this run's model "
+                             f"(model.lora_rank={getattr(model_cfg.lora, 'rank', 0)}): "
+                             f"{str(e).splitlines()[0][:200]}") from None
+  return lora.merge(saved, base) if adapters else saved
 
 
 def _finished(workdir: str, phase: str) -> bool:
@@ -184,8 +198,8 @@ def prepare(cfg: configs.ExperimentConfig, workdir: str, mesh=None, create: bool
     model_cfg, pretrained_params = pretrained.load_pretrained(model_path(spec.pretrained))
   else:
     model_cfg = dataclasses.replace(spec.tiny, vocab_size=tok.vocab_size)
-  model_cfg = dataclasses.replace(model_cfg, **spec.model_dtypes(),
-                                  remat=spec.remat, scan_layers=spec.scan_layers)
+  model_cfg = dataclasses.replace(model_cfg, **spec.model_dtypes(), remat=spec.remat,
+                                  scan_layers=spec.scan_layers, lora=spec.lora())
   if pretrained_params is not None:
     pretrained_params = model.cast_params(pretrained_params, model_cfg.param_dtype)
   return Context(cfg=cfg, model_cfg=model_cfg, tokenizer=tok, data=run_data,
@@ -201,15 +215,33 @@ def final_params_path(run_dir: str) -> str:
   raise FileNotFoundError(f"{run_dir!r} has no finished stage under {os.path.join(run_dir, 'params')}")
 
 
-def initial_params(ctx: Context, workdir: str) -> tuple[Any, str]:
-  """Params before this run's first stage, by the documented precedence."""
+def base_params(ctx: Context) -> tuple[Any, str]:
+  """(params, source) before this run's first stage, without LoRA adapters, by the
+  documented precedence."""
   cfg = ctx.cfg
   if cfg.init_from:
     path = final_params_path(cfg.init_from)
-    return load_params(path, ctx.model_cfg), f"{cfg.init_from}:{os.path.basename(path)}"
+    plain = dataclasses.replace(ctx.model_cfg, lora=None)
+    return load_params(path, plain), f"{cfg.init_from}:{os.path.basename(path)}"
   if ctx.pretrained_params is not None:
     return ctx.pretrained_params, f"pretrained:{cfg.model.pretrained}"
-  return model.init_params(ctx.model_cfg, jax.random.key(cfg.seed)), "random"
+  params = model.init_params(ctx.model_cfg, jax.random.key(cfg.seed))
+  return (lora.split(params)[1] or params), "random"
+
+
+def initial_params(ctx: Context, workdir: str) -> tuple[Any, str]:
+  """Params before this run's first stage: `base_params`, with fresh adapters under LoRA."""
+  params, source = base_params(ctx)
+  if ctx.model_cfg.lora is not None:
+    params = lora.add_adapters(params, ctx.model_cfg, jax.random.key(ctx.cfg.seed + 1))
+  return params, source
+
+
+def run_params(ctx: Context, path: str, base: Any = None) -> Any:
+  """A stage's saved params of this run's model (`base`: the LoRA base, else built here)."""
+  if ctx.model_cfg.lora is not None and base is None:
+    base = base_params(ctx)[0]
+  return load_params(path, ctx.model_cfg, base)
 
 
 def stage_params(ctx: Context, workdir: str) -> dict[str, Any]:
@@ -218,11 +250,12 @@ def stage_params(ctx: Context, workdir: str) -> dict[str, Any]:
   if not done:
     raise FileNotFoundError(f"{workdir} has no finished stage (params/{{{','.join(PHASES)}}})")
   out = {}
+  base = base_params(ctx)[0] if ctx.model_cfg.lora is not None else None
   if len(done) >= 2:
-    out[f"start ({done[-2]})"] = load_params(params_path(workdir, done[-2]), ctx.model_cfg)
+    out[f"start ({done[-2]})"] = run_params(ctx, params_path(workdir, done[-2]), base)
   elif ctx.cfg.init_from:
-    out["start (init_from)"] = initial_params(ctx, workdir)[0]
-  out[f"final ({done[-1]})"] = load_params(params_path(workdir, done[-1]), ctx.model_cfg)
+    out["start (init_from)"] = base_params(ctx)[0]
+  out[f"final ({done[-1]})"] = run_params(ctx, params_path(workdir, done[-1]), base)
   return out
 
 
@@ -293,7 +326,8 @@ def _supervised(phase: str, scfg, ctx: Context, sft_ctx: distill.SFTContext, par
   if scfg.kd_alpha > 0:
     if not scfg.kd_teacher:
       raise ValueError(f"{phase}.kd_alpha={scfg.kd_alpha} needs {phase}.kd_teacher=RUN_DIR")
-    teacher = load_params(final_params_path(scfg.kd_teacher), ctx.model_cfg)
+    teacher = load_params(final_params_path(scfg.kd_teacher),
+                          dataclasses.replace(ctx.model_cfg, lora=None))
   return distill.run_sft(phase, sft_ctx, params, pairs, scfg, teacher,
                          _validator(ctx, phase, scfg.eval_every))
 
@@ -322,6 +356,7 @@ def _validator(ctx: Context, phase: str, eval_every: int):
 def _run(cfg: configs.ExperimentConfig, experiment: str, workdir: str, ctx: Context) -> Any:
   writer = metrics_lib.MetricsWriter(workdir)
   params, source = initial_params(ctx, workdir)
+  base = lora.split(params)[1]  # the frozen base under LoRA, else None
   reference = source
   print(f"[realm-jax] {experiment}: model {ctx.model_cfg.num_params / 1e6:.2f}M params, "
         f"init from {source}; {len(ctx.data.train)} train / {len(ctx.data.valid)} validation / "
@@ -343,7 +378,7 @@ def _run(cfg: configs.ExperimentConfig, experiment: str, workdir: str, ctx: Cont
       if not enabled:
         continue
       if _finished(workdir, phase):  # a finished stage is never redone
-        params = load_params(params_path(workdir, phase), ctx.model_cfg)
+        params = load_params(params_path(workdir, phase), ctx.model_cfg, base)
       else:
         params = train_stage(params)
         save_params(workdir, phase, params)

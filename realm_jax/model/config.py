@@ -22,6 +22,32 @@ class RopeScaling:
   original_max_position_embeddings: int = 8192
 
 
+# The projections LoRA may adapt (HF module names); the default adapts all of them.
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclasses.dataclass(frozen=True)
+class LoraConfig:
+  """Low-rank adapters on the projections named in `targets` (`model.lora`):
+  y = x W + (alpha / rank) (x A) B, A [in, rank], B [rank, out], B zero at init."""
+  rank: int = 8
+  alpha: float = 16.0
+  targets: tuple[str, ...] = LORA_TARGETS
+
+  def __post_init__(self):
+    if self.rank < 1:
+      raise ValueError(f"LoraConfig.rank={self.rank} must be >= 1")
+    if self.alpha <= 0:
+      raise ValueError(f"LoraConfig.alpha={self.alpha} must be > 0")
+    unknown = sorted(set(self.targets) - set(LORA_TARGETS))
+    if unknown or not self.targets:
+      raise ValueError(f"LoraConfig.targets={self.targets!r}: name one or more of {LORA_TARGETS}")
+
+  @property
+  def scale(self) -> float:
+    return self.alpha / self.rank
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
   vocab_size: int
@@ -63,6 +89,8 @@ class ModelConfig:
   attention_row_chains: int | None = None
   attention_save_probs: bool | None = None
   init_std: float = 0.02
+  # Low-rank adapters (`model.lora`); None: the plain model.
+  lora: LoraConfig | None = None
 
   def __post_init__(self):
     if self.family not in FAMILIES:

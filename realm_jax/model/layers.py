@@ -115,13 +115,35 @@ class Linear(nn.Module):
     init = nn.initializers.normal(self.cfg.init_std)
     k = self.param("kernel", nn.with_logical_partitioning(init, self.axes),
                    (x.shape[-1], self.features), _dt(self.cfg.param_dtype))
-    y = jnp.dot(x.reshape(-1, x.shape[-1]), k.astype(x.dtype))
+    x_MI = x.reshape(-1, x.shape[-1])
+    y = jnp.dot(x_MI, k.astype(x.dtype))
+    if self._adapted():
+      y = y + self._lora(x_MI)
     y = y.reshape(*x.shape[:-1], self.features)
     if self.use_bias:
       b = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, self.axes[1:]),
                      (self.features,), _dt(self.cfg.param_dtype))
       y = y + b.astype(y.dtype)
     return y
+
+  def _adapted(self) -> bool:
+    """LoRA on this projection: configured, and its adapters present in the params (a
+    params tree without them, e.g. the frozen base as RL's reference, runs plain)."""
+    lora = self.cfg.lora
+    return (lora is not None and self.name in lora.targets
+            and (self.is_initializing() or self.has_variable("params", "lora_a")))
+
+  def _lora(self, x_MI):
+    """(alpha / r) (x A) B. A ~ U(+-1/sqrt(in)) (PEFT's default), B = 0: the adapted
+    model starts as the base model."""
+    lora, dt = self.cfg.lora, _dt(self.cfg.param_dtype)
+    a_IR = self.param("lora_a", nn.with_logical_partitioning(
+        nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform"), (self.axes[0], None)),
+        (x_MI.shape[-1], lora.rank), dt)
+    b_RO = self.param("lora_b", nn.with_logical_partitioning(
+        nn.initializers.zeros, (None, self.axes[1])), (lora.rank, self.features), dt)
+    h_MR = jnp.dot(x_MI, a_IR.astype(x_MI.dtype))
+    return jnp.dot(h_MR * jnp.asarray(lora.scale, x_MI.dtype), b_RO.astype(x_MI.dtype))
 
 
 class MLP(nn.Module):

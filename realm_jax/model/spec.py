@@ -13,7 +13,7 @@ import dataclasses
 
 import jax
 
-from realm_jax.model.config import ModelConfig
+from realm_jax.model.config import LORA_TARGETS, LoraConfig, ModelConfig
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
@@ -46,6 +46,11 @@ class ModelSpec:
   param_dtype: str = "auto"  # params (the optimizer keeps fp32 masters of lower ones)
   remat: bool = False
   scan_layers: bool = True  # False: unrolled layers (faster backward for shallow models)
+  # LoRA (`model.lora`): rank 0 trains every weight; rank r > 0 trains adapters of that rank
+  # on `lora_targets` and freezes the rest (checkpoints then hold the adapters only).
+  lora_rank: int = 0
+  lora_alpha: float = 16.0
+  lora_targets: tuple[str, ...] = LORA_TARGETS
 
   def __post_init__(self):
     for name in ("dtype", "param_dtype"):
@@ -53,6 +58,19 @@ class ModelSpec:
         raise ValueError(f"model.{name}={getattr(self, name)!r}; use one of {DTYPES}")
     if self.tokenizer_vocab <= 0:
       raise ValueError(f"model.tokenizer_vocab={self.tokenizer_vocab} must be > 0")
+    if self.lora_rank < 0:
+      raise ValueError(f"model.lora_rank={self.lora_rank} must be >= 0 (0: no LoRA)")
+    if self.lora_rank:
+      try:
+        self.lora()
+      except ValueError as e:
+        raise ValueError(str(e).replace("LoraConfig.", "model.lora_")) from None
+
+  def lora(self) -> LoraConfig | None:
+    """The run's adapters (None: full fine-tuning)."""
+    if not self.lora_rank:
+      return None
+    return LoraConfig(rank=self.lora_rank, alpha=self.lora_alpha, targets=tuple(self.lora_targets))
 
   def model_dtypes(self, backend: str | None = None) -> dict[str, str]:
     """ModelConfig fields {'param_dtype', 'dtype'} of this run, "auto" resolved."""

@@ -23,6 +23,7 @@ from typing import Any
 import jax
 
 from realm_jax.data import pipeline as data
+from realm_jax.model import lora
 from realm_jax.rl import eaai, loop as rl_loop
 from realm_jax.train import loop, metrics as metrics_lib, sharding, step as train_step
 
@@ -62,6 +63,14 @@ class RLStepper:
     self.clock, self.acc_ema = int(extra["eaai_clock"]), extra.get("acc_ema")
 
 
+def reference_params(params: Any) -> Any:
+  """The RL reference: the params RL starts from. The train state's trainable buffers are
+  donated every step, so those are copied; with LoRA that is the adapters only, and the
+  reference shares the frozen base's buffers (the steps never donate or update them)."""
+  trainable, frozen = lora.split(params)
+  return lora.merge(jax.tree.map(lambda x: x.copy(), trainable), frozen)
+
+
 def run_rl(ctx: Any, workdir: str, writer: metrics_lib.MetricsWriter, params: Any,
            reference: str, validate: loop.Validate | None = None) -> Any:
   """RL from `params` (also the reference model, recorded as `reference`); returns new params.
@@ -74,10 +83,8 @@ def run_rl(ctx: Any, workdir: str, writer: metrics_lib.MetricsWriter, params: An
   and the stage ends with its last params.
   """
   cfg = ctx.cfg
-  # A copy: the train state's buffers are donated every step, the reference must survive.
-  ref_params = jax.tree.map(lambda x: x.copy(), params)
-  ref_params = jax.tree.map(sharding.put, ref_params,
-                            sharding.param_shardings(ctx.model_cfg, ctx.mesh))
+  params = jax.tree.map(sharding.put, params, sharding.param_shardings(ctx.model_cfg, ctx.mesh))
+  ref_params = reference_params(params)
   eaai_cfg = cfg.eaai_config()
   updates = cfg.rl.steps * cfg.rl.num_inner_updates * cfg.rl.num_minibatches
   optimizer = train_step.make_optimizer(cfg.rl.lr, cfg.rl.warmup, updates, cfg.rl.weight_decay,

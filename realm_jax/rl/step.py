@@ -32,9 +32,10 @@ from realm_jax.model import sampling
 from realm_jax.rl import losses, mrpv
 from realm_jax.rl.batch import RouteBatch, UpdateBatch
 from realm_jax.train import losses as train_losses
+from realm_jax.model import lora
 from realm_jax.train.step import (StepShardings, TrainState, _finish, _jit_step, accumulate_grads,
                                   completion_logits, merge_microbatches, pad_to_targets, shares,
-                                  split_microbatches, token_logprobs)
+                                  split_microbatches, token_logprobs, with_frozen)
 
 PolicyLoss = Callable[..., tuple[jax.Array, dict]]
 
@@ -112,10 +113,12 @@ def policy_loss(params, batch: UpdateBatch, cfg: model.ModelConfig, loss_cfg: lo
   return loss, dict(metrics, **extra)
 
 
-def contrast_loss(params, route: RouteBatch, cfg: model.ModelConfig, contrast_beta: float):
-  """MRPV route-contrast loss from one teacher-forced pass over the routes."""
+def contrast_loss(params, route: RouteBatch, cfg: model.ModelConfig, contrast_beta: float,
+                  frozen=None):
+  """MRPV route-contrast loss from one teacher-forced pass over the routes (`params` the
+  trainable ones, `frozen` the rest, as in `train.step.with_frozen`)."""
   B, K = route.labels.shape
-  pol = route_loglik(params, cfg, route.tokens, route.mask, route.loss_mask).reshape(B, K)
+  pol = route_loglik(lora.merge(params, frozen), cfg, route.tokens, route.mask, route.loss_mask).reshape(B, K)
   margins, pair_mask = mrpv.route_pair_margins(pol, route.ref_logp, route.labels, route.valid)
   c_loss, c_metrics = losses.route_contrast_loss(margins, pair_mask, contrast_beta)
   return c_loss, {f"contrast_{k}": v for k, v in c_metrics.items()}
@@ -161,18 +164,20 @@ def make_rl_step(cfg: model.ModelConfig, optimizer, loss_cfg: losses.LossConfig,
   def loss(params, rows):
     return policy_loss(params, rows, cfg, loss_cfg, completion_len, loss_fn, scfg)
 
-  def step(state: TrainState, batch: UpdateBatch):
+  def step(state: TrainState, batch: UpdateBatch, frozen):
     rows = batch.replace(route=None)
     w_loss = w_tok = None
     if microbatches > 1:
       w_loss, w_tok = policy_loss_shares(rows.completion_mask, microbatches, loss_cfg)
-    loss_keys, max_keys = metric_reductions(jax.eval_shape(loss, state.params, rows)[1])
-    total, metrics, grads = accumulate_grads(loss, state.params, rows, microbatches, w_loss, w_tok,
-                                             loss_keys=loss_keys, max_keys=max_keys,
-                                             layer_list=not cfg.scan_layers)
+    loss_keys, max_keys = metric_reductions(
+        jax.eval_shape(loss, lora.merge(state.params, frozen), rows)[1])
+    total, metrics, grads = accumulate_grads(
+        with_frozen(loss, frozen, unstacked=microbatches > 1 and not cfg.scan_layers),
+        state.params, rows, microbatches, w_loss, w_tok, loss_keys=loss_keys, max_keys=max_keys,
+        layer_list=not cfg.scan_layers)
     if contrast_coef > 0:
       (c_loss, c_metrics), c_grads = jax.value_and_grad(contrast_loss, has_aux=True)(
-          state.params, batch.route, cfg, contrast_beta)
+          state.params, batch.route, cfg, contrast_beta, frozen)
       total = total + contrast_coef * c_loss
       grads = jax.tree.map(lambda g, c: g + contrast_coef * c, grads, c_grads)
       metrics = dict(metrics, **c_metrics)

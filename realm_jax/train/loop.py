@@ -43,6 +43,7 @@ import jax
 import jax.numpy as jnp
 
 from realm_jax.train import checkpoint, metrics as metrics_lib, preemption
+from realm_jax.train import step as train_step
 from realm_jax.train.config import check_convergence
 
 
@@ -159,7 +160,8 @@ def restore(cfg: LoopConfig, ckpt: checkpoint.Checkpointer, state: Any, abstract
   Its host state goes back into `stepper`, the loop's into `best`."""
   if ckpt.latest_step() is None:
     return state, 0
-  state, extra = ckpt.restore(abstract_state=abstract_state)
+  saved, extra = ckpt.restore(abstract_state=train_step.checkpointed(abstract_state))
+  state = train_step.restored(saved, state)
   stepper.load_host_state(extra)
   if best is not None:
     best.load(extra.get("loop"))
@@ -219,7 +221,9 @@ def run_loop(cfg: LoopConfig, workdir: str, writer: metrics_lib.MetricsWriter, s
       if jax.process_index() == 0:
         print(f"[realm-jax] {cfg.phase}: ends with the best checkpoint, step {best.step} "
               f"({cfg.best_metric}={best.value:.4f})", flush=True)
-      state, _ = ckpt.restore(step=best.step, abstract_state=abstract_state)
+      saved, _ = ckpt.restore(step=best.step,
+                              abstract_state=train_step.checkpointed(abstract_state))
+      state = train_step.restored(saved, state)
   finally:
     ckpt.close()
   return state
@@ -280,5 +284,5 @@ def _save(cfg: LoopConfig, ckpt: checkpoint.Checkpointer, state: Any, done: int,
     metrics = {RANK: best.observe(value, done, cfg.min_delta)}
     if value is not None and math.isfinite(value):
       metrics[cfg.best_metric] = value
-  ckpt.save(done, state, extra={**stepper.host_state(), "step": done,
+  ckpt.save(done, train_step.checkpointed(state), extra={**stepper.host_state(), "step": done,
                                 "loop": dataclasses.asdict(best)}, metrics=metrics, force=True)

@@ -24,11 +24,14 @@ import optax
 
 from realm_jax.train import losses
 from realm_jax import model
+from realm_jax.model import lora
 from realm_jax.train import precision, sharding
 
 
 @flax.struct.dataclass
 class TrainState:
+  """`params` is the whole model; with LoRA adapters (`model.lora`) the optimizer state
+  covers the adapters only, and the jitted steps update and donate only them (`SplitStep`)."""
   step: jax.Array
   params: Any
   opt_state: Any
@@ -67,9 +70,10 @@ def make_optimizer(lr: float, warmup: int, total_steps: int, weight_decay: float
 
 
 def init_state(params: Any, optimizer: optax.GradientTransformation) -> TrainState:
-  """Step 0; bf16 params get fp32 master weights in the optimizer state (`precision`)."""
+  """Step 0; the optimizer state covers the trainable params (the adapters when there are
+  any, `lora.split`); bf16 ones get fp32 master weights in it (`precision`)."""
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                    opt_state=precision.init_opt_state(optimizer, params))
+                    opt_state=precision.init_opt_state(optimizer, lora.split(params)[0]))
 
 
 def shard_state(state: TrainState, optimizer, model_cfg: model.ModelConfig, mesh
@@ -77,18 +81,35 @@ def shard_state(state: TrainState, optimizer, model_cfg: model.ModelConfig, mesh
   """Places a train state on the mesh (params by their logical axes, optimizer
   moments like their params, counters replicated) and returns the step shardings."""
   param_sh = sharding.param_shardings(model_cfg, mesh)
-  abstract = jax.eval_shape(lambda: state.params)
+  if not lora.has_adapters(state.params):  # a LoRA config whose params hold no adapters
+    param_sh = lora.split(param_sh)[1] or param_sh
+  trainable = lora.split(jax.eval_shape(lambda: state.params))[0]
   state_sh = TrainState(step=sharding.replicated(mesh), params=param_sh,
-                        opt_state=precision.opt_state_shardings(optimizer, abstract, param_sh))
+                        opt_state=precision.opt_state_shardings(
+                            optimizer, trainable, lora.split(param_sh)[0]))
   state = jax.tree.map(sharding.put, state, state_sh)
   return state, StepShardings(state=state_sh, batch=sharding.leading_axis_sharding(mesh),
                               replicated=sharding.replicated(mesh))
 
 
 def abstract_state(state: TrainState, shardings: StepShardings) -> TrainState:
-  """Restore target: shapes, dtypes and this run's shardings (any mesh wrote it)."""
+  """Shapes, dtypes and this run's shardings of `state` (any mesh may have written a
+  checkpoint of it); `checkpointed` of it is the restore target."""
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                       state, shardings.state)
+
+
+def checkpointed(state: TrainState) -> TrainState:
+  """What a checkpoint holds: the state with its trainable params only (with LoRA, the
+  adapters: the frozen base is the run's input, not its output). Any other state as is."""
+  return state.replace(params=lora.split(state.params)[0]) if isinstance(state, TrainState) else state
+
+
+def restored(saved: TrainState, live: TrainState) -> TrainState:
+  """A restored `checkpointed` state with the frozen params of the live one put back."""
+  if not isinstance(saved, TrainState):
+    return saved
+  return saved.replace(params=lora.merge(saved.params, lora.split(live.params)[1]))
 
 
 def completion_logits(params, cfg: model.ModelConfig, tokens_BT, mask_BT,
@@ -154,7 +175,9 @@ def accumulate_grads(loss_fn: Callable, params: Any, batch: dict, n: int,
   are summed with `metric_weights_n` (token shares for token-mean metrics),
   except `loss_keys`, which use the loss weights, and `max_keys` (maxima of
   non-negative metrics). Only one microbatch's activations are alive at a
-  time; gradients accumulate in fp32.
+  time; gradients accumulate in fp32 and stay fp32 (n = 1: autodiff's, in the
+  params' dtype): the optimizer runs in fp32 (over fp32 masters for bf16
+  params, `precision.apply_update`), so rounding the sum to bf16 would only lose bits.
 
   `layer_list=True` (models whose layers run unrolled, `scan_layers=False`):
   the stacked layer params are sliced into per-layer subtrees once
@@ -185,7 +208,6 @@ def accumulate_grads(loss_fn: Callable, params: Any, batch: dict, n: int,
   (grads, loss, metrics), _ = jax.lax.scan(
       body, (zeros(params), jnp.zeros((), jnp.float32), zeros(metrics_shape)),
       (mbs, loss_weights_n, metric_weights_n))
-  grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
   return loss, metrics, (model.stack_layers(grads) if stacked else grads)
 
 
@@ -244,21 +266,60 @@ def make_sft_step(cfg: model.ModelConfig, optimizer, kd_alpha: float = 0.0,
       metrics = dict(metrics, **{f"kd_{k}": v for k, v in kd_metrics.items()})
     return loss, dict(metrics, loss=loss)
 
-  def step(state: TrainState, batch):
+  def step(state: TrainState, batch, frozen):
     w = None
     if microbatches > 1:
       counts = jnp.sum(split_microbatches(batch["loss_mask"][:, 1:] > 0, microbatches), (1, 2))
       w = shares(counts)
-    _, metrics, grads = accumulate_grads(loss_fn, state.params, batch, microbatches, w, w,
-                                         layer_list=not cfg.scan_layers)
+    _, metrics, grads = accumulate_grads(
+        with_frozen(loss_fn, frozen, unstacked=microbatches > 1 and not cfg.scan_layers),
+        state.params, batch, microbatches, w, w, layer_list=not cfg.scan_layers)
     return _finish(state, optimizer, grads, metrics)
 
   return _jit_step(step, shardings)
 
 
-def _jit_step(step: Callable, shardings: StepShardings | None) -> Callable:
-  """jit with the state donated and, on a mesh, explicit in/out shardings."""
+def with_frozen(loss_fn: Callable, frozen: Any, unstacked: bool = False) -> Callable:
+  """`loss_fn(params, batch)` as a function of the trainable params, the frozen ones merged
+  in (`lora.merge`; frozen None: the params are all trainable). `unstacked`: the trainable
+  params arrive as per-layer subtrees (`accumulate_grads` with `layer_list`), so the frozen
+  layers are sliced the same way, once, here."""
+  if frozen is None:
+    return loss_fn
+  if unstacked and "layers" in frozen.get("model", {}):
+    frozen = model.unstack_layers(frozen)
+  return lambda params, batch: loss_fn(lora.merge(params, frozen), batch)
+
+
+class SplitStep:
+  """`step(state, batch) -> (state, metrics)` over a jitted `fn(state, batch, frozen)`
+  whose state holds the trainable params only (`lora.split`): the frozen ones (LoRA's
+  base) go in as an argument that is neither donated nor returned, so other holders of
+  them (the RL reference) stay valid and nothing copies them."""
+
+  def __init__(self, jitted: Callable):
+    self.jitted = jitted
+
+  def _split(self, state: TrainState):
+    trainable, frozen = lora.split(state.params)
+    return state.replace(params=trainable), frozen
+
+  def __call__(self, state: TrainState, batch):
+    inner, frozen = self._split(state)
+    new, metrics = self.jitted(inner, batch, frozen)
+    return new.replace(params=lora.merge(new.params, frozen)), metrics
+
+  def lower(self, state: TrainState, batch):
+    inner, frozen = self._split(state)
+    return self.jitted.lower(inner, batch, frozen)
+
+
+def _jit_step(step: Callable, shardings: StepShardings | None) -> SplitStep:
+  """jit with the trainable state donated and, on a mesh, explicit in/out shardings."""
   if shardings is None:
-    return jax.jit(step, donate_argnums=0)
-  return jax.jit(step, donate_argnums=0, in_shardings=(shardings.state, shardings.batch),
-                 out_shardings=(shardings.state, shardings.replicated))
+    return SplitStep(jax.jit(step, donate_argnums=0))
+  trainable, frozen = lora.split(shardings.state.params)
+  state_sh = shardings.state.replace(params=trainable)
+  return SplitStep(jax.jit(step, donate_argnums=0,
+                           in_shardings=(state_sh, shardings.batch, frozen),
+                           out_shardings=(state_sh, shardings.replicated)))
