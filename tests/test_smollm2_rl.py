@@ -164,3 +164,48 @@ def test_wilson_bounds_at_zero_accuracy_are_exact():
   assert lo == 0.0 and hi == pytest.approx(3.8416 / 20 / (1 + 3.8416 / 20), abs=1e-12)
   lo, hi = accuracy.wilson_interval(20, 20)
   assert hi == 1.0 and lo == pytest.approx(1 - 3.8416 / 20 / (1 + 3.8416 / 20), abs=1e-12)
+
+
+@pytest.mark.slow  # ~1 min: a 135M model's sampler, reference pass and update compile on CPU
+def test_a_lora_grpo_step_on_smollm2_trains_the_adapters_against_the_frozen_base():
+  import dataclasses
+  import jax
+  import jax.numpy as jnp
+  from realm_jax.model import lora, sampling
+  from realm_jax.model.config import LoraConfig
+  from realm_jax.rl import losses, stage as rl_stage, step as rl_step
+  from realm_jax.rl.batch import UpdateBatch
+  from realm_jax.train import step as train_step
+
+  path = gguf_import.smollm2_gguf_path()
+  cfg, base = pretrained.load_pretrained(path)
+  cfg = dataclasses.replace(cfg, lora=LoraConfig(rank=8, alpha=16.0, targets=("q_proj", "v_proj")))
+  tok = pretrained.load_pretrained_tokenizer(path)
+  params = lora.add_adapters(base, cfg, jax.random.key(0))
+  ref = rl_stage.reference_params(params)
+  prompts = [generation.chat_prompt(tok, q) for q in ("What is 2 + 3?", "Name a colour.")]
+  ids = [tok.encode(p, add_bos=True) for p in prompts]
+  T, M, G = max(map(len, ids)), 8, 2
+  tokens, mask = data_lib.pad_left(ids, T, tok.pad_id)
+  scfg = sampling.SamplingConfig(max_new_tokens=M, temperature=1.0, num_samples=G,
+                                 pad_id=tok.pad_id)
+  roll = sampling.generate(params, cfg, jnp.asarray(tokens), jnp.asarray(mask),
+                           jax.random.key(1), scfg)
+  logprob = rl_step.make_logprob_fn(cfg, completion_len=M)
+  ref_logp = logprob(ref, roll.tokens, roll.mask)
+  batch = UpdateBatch(tokens=roll.tokens, mask=roll.mask.astype(jnp.int32),
+                      completion_mask=roll.completion_mask.astype(jnp.int32),
+                      adv=jnp.asarray([1.0, -1.0, 1.0, -1.0]), ref_logp=ref_logp,
+                      sampler_logp=roll.logprobs[:, 1:], old_logp=None, route=None)
+  opt = train_step.make_optimizer(1e-3, 0, 10, 0.0, 1.0)
+  update = rl_step.make_rl_step(cfg, opt, losses.LossConfig(kl_coef=0.04), completion_len=M)
+  state, m = update(train_step.init_state(params, opt), batch)
+  assert np.isfinite(float(m["loss"])) and float(m["grad_norm"]) > 0
+  # fresh adapters (B = 0): policy = base = reference, so KL is 0 and the sampler agrees
+  assert abs(float(m["kl_k3"])) < 1e-5 and float(m["sampler_trainer_logp_gap"]) < 1e-3
+  trained, frozen = lora.split(state.params)
+  for a, b in zip(jax.tree.leaves(frozen), jax.tree.leaves(base)):
+    np.testing.assert_array_equal(a, b)
+  assert all(float(jnp.abs(x).max()) > 0 for p, x in jax.tree_util.tree_leaves_with_path(trained)
+             if p[-1].key == "lora_b")
+  np.testing.assert_array_equal(logprob(ref, roll.tokens, roll.mask), ref_logp)

@@ -3,7 +3,12 @@
   realm-jax train EXPERIMENT --workdir DIR [key.sub=value ...]
   realm-jax eval --workdir DIR
   realm-jax generate --model PATH --prompt TEXT [--chat] [--max-new-tokens N] [--temperature T]
-  realm-jax bench [--json] [--repeats N]
+  realm-jax bench [--model bench|smollm2] [--weights random|packaged] [--repeats N]
+                  [--grpo-steps N] [--json]
+  realm-jax bench --memory CONFIG --mesh D,F,T [--batch-prompts N] [--group-size G]
+                  [--prompt-len T] [--new-tokens M] [--microbatches N] [--dtype D] [--no-remat]
+  realm-jax gpu-check [--out FILE] [--quick]
+  realm-jax export --workdir DIR --out HF_DIR [--phase P] [--peft]
   realm-jax data stats SOURCE [--tokenizer PATH] [--n N]
   realm-jax data routes SOURCE --out FILE [--n N] [--negatives K] [--route-file FILE]
                         [--max-route-chars N] [--teacher-model PATH]
@@ -72,6 +77,16 @@ def _parser() -> argparse.ArgumentParser:
   t.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                  help="dotted config overrides, e.g. rl.steps=20 (see below)")
 
+  x = sub.add_parser("export", help="write a run's params as a Hugging Face folder",
+                     description="Writes --out as a Hugging Face model folder (config.json, "
+                     "model.safetensors, tokenizer) from the run's final params, LoRA adapters "
+                     "merged into the weights; --peft also writes the adapters as a PEFT folder "
+                     "(--out/peft).")
+  x.add_argument("--workdir", required=True, help="the run directory `realm-jax train` wrote")
+  x.add_argument("--out", required=True, help="the folder to write")
+  x.add_argument("--phase", default=None, help="a finished stage (default: the last one)")
+  x.add_argument("--peft", action="store_true", help="also the LoRA adapters in PEFT's layout")
+
   e = sub.add_parser("eval", help="evaluate a run: starting point and final params",
                      description=EVAL_HELP, formatter_class=raw)
   e.add_argument("--workdir", required=True, help="the run directory `realm-jax train` wrote")
@@ -86,8 +101,10 @@ def _parser() -> argparse.ArgumentParser:
   g.add_argument("--temperature", type=float, default=0.0)
   g.add_argument("--seed", type=int, default=0)
 
-  b = sub.add_parser("bench", help="throughput benchmark")
+  b = sub.add_parser("bench", help="throughput benchmark; --memory: compiled update memory")
   b.add_argument("args", nargs=argparse.REMAINDER)
+  c = sub.add_parser("gpu-check", help="one accelerator check (sampler, MFU, GRPO, RL) -> JSON")
+  c.add_argument("args", nargs=argparse.REMAINDER)
 
   d = sub.add_parser("data", help="data tools")
   dsub = d.add_subparsers(dest="data_command", required=True)
@@ -145,10 +162,14 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _main(argv: list[str]) -> None:
-  if argv and argv[0] in ("bench", "sweep"):  # they parse their own flags
+  if argv and argv[0] in ("bench", "sweep", "gpu-check"):  # they parse their own flags
     if argv[0] == "bench":
       from realm_jax.cli import bench
       bench.main(argv[1:])
+      return
+    if argv[0] == "gpu-check":
+      from realm_jax.cli import gpu_check
+      gpu_check.main(argv[1:])
       return
     from realm_jax.cli import sweep
     sys.exit(sweep.main(argv[1:]))
@@ -160,7 +181,7 @@ def _main(argv: list[str]) -> None:
     parser.error(f"unrecognized arguments: {' '.join(bad or extra)}")
   if extra:
     args.overrides = list(args.overrides) + extra
-  if args.command in ("train", "eval", "generate", "data"):  # they compile models
+  if args.command in ("train", "eval", "generate", "data", "export"):  # they compile models
     from realm_jax.train import compile_cache
     compile_cache.enable()
   if args.command == "train":
@@ -169,6 +190,11 @@ def _main(argv: list[str]) -> None:
   elif args.command == "eval":
     from realm_jax.cli import evaluate
     evaluate.run(args.workdir, args.overrides)
+  elif args.command == "export":
+    from realm_jax.cli import export
+    done = export.run(args.workdir, args.out, args.phase, args.peft)
+    print(f"wrote {done['model']} ({done['phase']} params; {done['tokenizer']})"
+          + (f" and {done['peft']}" if done["peft"] else ""))
   elif args.command == "generate":
     from realm_jax.cli import generate as inference
     print(inference.generate_text(args.model, args.prompt, chat=args.chat,

@@ -309,6 +309,10 @@ class HFTokenizer(Tokenizer):
       config['chat_template'] = json.loads((d / 'chat_template.json').read_text())['chat_template']
     return cls.from_file(d / 'tokenizer.json', config)
 
+  def to_json(self) -> str:
+    """The tokenizer.json text."""
+    return self._tok.to_str()
+
   def __getstate__(self):
     return {'json': self._tok.to_str(), 'bos': self.bos_id, 'eos': self.eos_id,
             'pad': self.pad_id, 'chat_template': self.chat_template, 'source': self._source}
