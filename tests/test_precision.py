@@ -15,7 +15,7 @@ import pytest
 
 from realm_jax import model
 from realm_jax.model import sampling, spec
-from realm_jax.train import precision, sharding, step as train_step
+from realm_jax.train import losses, precision, sharding, step as train_step
 
 U = 2.0 ** -8  # bf16 unit roundoff
 # A log-prob z_y - logsumexp(z) read from bf16 compute carries the roundings of
@@ -121,7 +121,9 @@ def test_bf16_sft_step_on_a_mesh_updates_fp32_masters():
   mesh = sharding.make_mesh(sharding.MeshConfig(data=2, fsdp=2, tensor=2))
   opt = train_step.make_optimizer(1e-3, 0, 10, 0.0, 1.0)
   with sharding.use_mesh(mesh):
-    state, sh = train_step.shard_state(train_step.init_state(P16, opt), opt, BF16, mesh)
+    # A copy: the donated step frees the buffers device_put shares with its input.
+    state, sh = train_step.shard_state(train_step.init_state(jax.tree.map(jnp.copy, P16), opt),
+                                       opt, BF16, mesh)
     master_sh = jax.tree.map(lambda x: x.sharding, state.opt_state.master)
     assert master_sh == jax.tree.map(lambda x: x.sharding, state.params)
     tokens, mask = _batch(B=8, T=8)
@@ -136,3 +138,97 @@ def test_bf16_sft_step_on_a_mesh_updates_fp32_masters():
   assert all(0 < m < 2e-3 for m in jax.tree.leaves(moved))  # one AdamW step of lr 1e-3
   jax.tree.map(lambda p, m: np.testing.assert_array_equal(
       np.asarray(p), np.asarray(m.astype(jnp.bfloat16))), state.params, state.opt_state.master)
+
+
+# Microbatched gradients (train.step.accumulate_grads) reach the optimizer in fp32.
+F32_EPS = 2.0 ** -24  # fp32 unit roundoff
+# One pass's gradient over bf16 params against the fp32 sum of four microbatch
+# gradients: both carry the backward's bf16 roundings of the same 2 layers, placed
+# differently (one pass rounds its whole sum to bf16 once, each microbatch its
+# part; the loss cotangents 1/D and 1/D_i round differently), of random sign. As
+# for the log-probs: a tensor's entries are typically a few U of its scale off
+# (rms within 4 U of its rms) and none beyond 16 U of its largest; a dropped or
+# mis-weighted microbatch is off by about its share (~25%, 64 U).
+RMS_GRAD_GAP, MAX_GRAD_GAP = 4 * U, 16 * U
+
+
+def _sft_batch(B=8, T=24):
+  """Left padded; loss on the completion after a prompt of random length, so the
+  microbatches (rows i, i + 4) hold unequal shares of the loss tokens."""
+  tokens, mask = _batch(B, T)
+  prompt_end = np.random.default_rng(1).integers(6, 20, B)
+  loss_mask = mask & (np.arange(T)[None] >= prompt_end[:, None])
+  return {"tokens": jnp.asarray(tokens, jnp.int32), "mask": jnp.asarray(mask, jnp.int32),
+          "loss_mask": jnp.asarray(loss_mask, jnp.int32)}
+
+
+def _sft_loss(params, batch):
+  """The SFT step's loss (token-mean cross-entropy over the loss mask), written out."""
+  logits_BTV = model.apply(params, BF16, batch["tokens"], batch["mask"])[0][:, :-1]
+  return losses.sft_loss(logits_BTV, batch["tokens"][:, 1:], batch["loss_mask"][:, 1:])[0]
+
+
+def _recording_optimizer():
+  """Moves nothing; its state is the last gradient it was given."""
+  return optax.GradientTransformation(
+      lambda params: jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params),
+      lambda grads, state, params=None: (jax.tree.map(jnp.zeros_like, grads), grads))
+
+
+def test_microbatched_bf16_grads_reach_the_optimizer_in_fp32(monkeypatch):
+  """microbatches=4 over bf16 params: `precision.apply_update` gets fp32 gradients equal
+  to sum_i w_i g_i in fp32 (g_i: microbatch i's bf16 gradient, w_i = D_i / D its share
+  of the loss tokens) up to fp32 rounding, where their bf16 rounding is not."""
+  batch = _sft_batch()
+  loss_tokens = np.asarray(batch["loss_mask"])[:, 1:] > 0
+  want, size = None, None  # sum_i w_i g_i (float64) and sum_i |w_i g_i|
+  for i in range(4):
+    mb = jax.tree.map(lambda x: x[i::4], batch)
+    w = loss_tokens[i::4].sum() / loss_tokens.sum()
+    g = jax.tree.map(lambda x: w * np.asarray(x, np.float64), jax.jit(jax.grad(_sft_loss))(P16, mb))
+    want = g if want is None else jax.tree.map(np.add, want, g)
+    size = jax.tree.map(np.abs, g) if size is None else jax.tree.map(lambda s, x: s + np.abs(x),
+                                                                      size, g)
+  assert len({int(loss_tokens[i::4].sum()) for i in range(4)}) > 1  # unequal shares
+
+  dtypes = []
+  apply_update = precision.apply_update
+  def spy(optimizer, grads, opt_state, params):
+    dtypes.extend(g.dtype for g in jax.tree.leaves(grads))
+    return apply_update(optimizer, grads, opt_state, params)
+  monkeypatch.setattr(precision, "apply_update", spy)
+  opt = _recording_optimizer()
+  state = train_step.init_state(jax.tree.map(jnp.copy, P16), opt)
+  state, _ = train_step.make_sft_step(BF16, opt, microbatches=4)(state, batch)
+  assert set(dtypes) == {jnp.dtype(jnp.float32)}
+
+  def check(got, want, size):
+    # Five fp32 roundings, each within F32_EPS of a value at most sum_i |w_i g_i|: w_i,
+    # the products w_i g_i and the three additions.
+    bound = 5 * F32_EPS * size
+    assert np.all(np.abs(np.asarray(got, np.float64) - want) <= bound)
+    rounded = np.asarray(jnp.asarray(want, jnp.float32).astype(jnp.bfloat16), np.float64)
+    assert np.any(np.abs(rounded - want) > bound)  # a bf16 gradient would fail the check
+  jax.tree.map(check, state.opt_state.inner, want, size)
+
+
+def test_bf16_sft_step_moves_masters_alike_with_and_without_microbatches():
+  """One SFT step on bf16 params, microbatches=4 against 1, with SGD (lr 1e-2): each
+  master moves by -lr g, so this compares the gradients themselves (Adam's first step
+  moves by lr sign(g), blind to their size). The gradients differ by bf16 roundings of
+  the backward only (RMS_GRAD_GAP, MAX_GRAD_GAP)."""
+  batch, opt = _sft_batch(), optax.sgd(1e-2)
+
+  def moved(n):
+    state = train_step.init_state(jax.tree.map(jnp.copy, P16), opt)
+    old = jax.tree.map(lambda m: np.asarray(m, np.float64), state.opt_state.master)
+    state, _ = train_step.make_sft_step(BF16, opt, microbatches=n)(state, batch)
+    assert {m.dtype for m in jax.tree.leaves(state.opt_state.master)} == {jnp.dtype(jnp.float32)}
+    return jax.tree.map(lambda m, o: np.asarray(m, np.float64) - o, state.opt_state.master, old)
+
+  def check(one, four):
+    rms = lambda x: np.sqrt(np.mean(x ** 2))
+    assert np.abs(one).max() > 1e-4  # every tensor moves
+    assert rms(four - one) <= RMS_GRAD_GAP * rms(one)
+    assert np.abs(four - one).max() <= MAX_GRAD_GAP * np.abs(one).max()
+  jax.tree.map(check, moved(1), moved(4))

@@ -6,8 +6,9 @@ Axis legend (tensor names and einsum strings, everywhere in the package):
   V vocab, L layers, G samples per prompt.
 
 Modules: `config` (ModelConfig), `layers` (RoPE, RMSNorm, Linear, MLP, head),
-`attention` (the cache-free kernels: CPU tiling, `jax.nn.dot_product_attention`,
-Pallas splash; cached decode), `cache` (KV caches),
+`attention` (the cache-free kernels: CPU tiling, `jax.nn.dot_product_attention`;
+cached decode), `splash` (the Pallas TPU kernel, under `shard_map` on a mesh),
+`lora` (low-rank adapters beside a frozen base), `cache` (KV caches),
 `transformer` (the Linen modules and the pure `init_params` / `apply`),
 `sampling` (the compiled sampler), `hf` / `gguf` / `pretrained` (weights in
 and out), `tokenizer`, `spec` (which model a run uses).

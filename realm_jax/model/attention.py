@@ -12,9 +12,10 @@ Cache-free kernels (`self_attention`; `ModelConfig.attention_impl`, "auto" by
 backend): "tiled" `causal_attention`, tuned for XLA:CPU (the CPU default);
 "xla" / "cudnn" `jax.nn.dot_product_attention` (cuDNN's fused kernel: the GPU
 default for bf16/fp16); "splash" the Pallas TPU kernel (the TPU default;
-interpreted elsewhere). The cached path (decode, prefill into a cache) is one
-masked softmax on every backend: it reads the decode cache in its own
-[B, K, H, S] / [B, K, S, H] layouts, which a fused kernel would copy every step.
+interpreted elsewhere; `realm_jax.model.splash`, one shard per device on a
+mesh). The cached path (decode, prefill into a cache) is one masked softmax on
+every backend: it reads the decode cache in its own [B, K, H, S] / [B, K, S, H]
+layouts, which a fused kernel would copy every step.
 """
 
 from __future__ import annotations
@@ -29,12 +30,12 @@ import jax.numpy as jnp
 
 from realm_jax.model.config import ModelConfig
 from realm_jax.model.layers import Linear, RMSNorm, _dt, apply_rope
+from realm_jax.model.splash import splash_attention
 
 ATTENTION_BLOCK_BYTES = 4 << 20  # CPU: fp32 logits of one attention tile (about an L2 cache)
 ATTENTION_MIN_QUERY_BLOCK = 64    # CPU: shortest automatic query block
 ATTENTION_ROW_CHAINS = 2          # CPU: independent row groups per block
 ATTENTION_SAVE_BYTES = 16 << 20   # CPU: largest saved exp(logits - max) of one call
-SPLASH_BLOCKS = (512, 256, 128)   # splash tiles: multiples of the TPU's 128 lanes
 
 
 class AttentionTiling(NamedTuple):
@@ -293,41 +294,6 @@ def dot_product_attention(q_BTKgH, k_BSKH, v_BSKH, kv_mask_BS, implementation: s
       q_BTKgH.reshape(B, T, K * g, H), k_BSKH, v_BSKH, mask=kv_mask_BS[:, None, None, :],
       is_causal=True, implementation=implementation)
   return out_BTNH.reshape(B, T, K, g, H)
-
-
-def _splash_kernel(heads: int, length: int, interpret: bool):
-  """Causal splash MQA kernel ([heads, length, H] queries over one kv head), tiles of the
-  largest of SPLASH_BLOCKS dividing `length`. Built in each trace: its mask tables are
-  that trace's values (jax caches the mask processing itself)."""
-  from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
-  from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
-  b = next(b for b in SPLASH_BLOCKS if length % b == 0)
-  sizes = sk.BlockSizes(block_q=b, block_kv=b, block_kv_compute=b, block_q_dkv=b,
-                        block_kv_dkv=b, block_kv_dkv_compute=b, block_q_dq=b, block_kv_dq=b)
-  mask = sm.MultiHeadMask([sm.CausalMask((length, length))] * heads)
-  return sk.make_splash_mqa(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1,
-                            interpret=interpret)
-
-
-def splash_attention(q_BTKgH, k_BSKH, v_BSKH, kv_mask_BS, interpret: bool = False):
-  """The Pallas splash kernel, q pre-scaled by 1/sqrt(H) (it scales nothing), a kv head's
-  g query heads as one MQA call (vmapped over B and K). Left padding as segment ids (pad
-  0, real 1; and-ed with the causal mask): a real query sees no pad key, a pad query the
-  pads up to itself, so no row is empty. T is rounded up to a multiple of 128 with pad
-  slots on the right (causality hides them from every real slot), cut off after. Not
-  yet under a shard_map: on a mesh each device would gather the whole batch."""
-  from jax.experimental.pallas.ops.tpu.splash_attention.splash_attention_kernel import SegmentIds
-  B, T, K, g, H = q_BTKgH.shape
-  Tp = -(-T // SPLASH_BLOCKS[-1]) * SPLASH_BLOCKS[-1]
-  kernel = _splash_kernel(g, Tp, interpret)
-  pad = lambda x: jnp.pad(x, ((0, 0), (0, Tp - T)) + ((0, 0),) * (x.ndim - 2))
-  scale = jnp.asarray(1.0 / math.sqrt(H), q_BTKgH.dtype)
-  q_BKgTH = pad(q_BTKgH * scale).transpose(0, 2, 3, 1, 4)
-  k_BKSH, v_BKSH = pad(k_BSKH).transpose(0, 2, 1, 3), pad(v_BSKH).transpose(0, 2, 1, 3)
-  seg_BS = pad(kv_mask_BS).astype(jnp.int32)
-  one = lambda q, k, v, seg: kernel(q, k, v, segment_ids=SegmentIds(q=seg, kv=seg))
-  out_BKgTH = jax.vmap(jax.vmap(one, (0, 0, 0, None)))(q_BKgTH, k_BKSH, v_BKSH, seg_BS)
-  return out_BKgTH.transpose(0, 3, 1, 2, 4)[:, :T]
 
 
 def cached_attention(q_BTKgH, keys, values, kv_mask_BS, cache_index, per_layer: bool):
