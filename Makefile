@@ -7,7 +7,7 @@ WORKDIR ?= runs/demo
 PYTEST_ARGS ?=
 SWEEP ?= experiments/sweeps/tiny_lr.py
 
-.PHONY: install test test-fast demo evidence reproduce bench bench-peers sweep clean
+.PHONY: install test test-fast demo evidence reproduce bench bench-peers gpu-check sweep clean
 
 install: $(STAMP)
 
@@ -46,11 +46,22 @@ REPRO_SEEDS ?= 5
 reproduce: install
 	$(PY) -m experiments.reproduce --out experiments/results --seeds $(REPRO_SEEDS) $(REPRO_ARGS)
 
+# MODEL=smollm2: SmolLM2-135M's shape (3 sampler calls, 2 GRPO steps); SHAPE=smollm2 runs the
+# peers on the same shape and counts.
+MODEL ?= bench
+SHAPE ?= bench
+PEER_ARGS = --shape $(SHAPE) $(if $(filter smollm2,$(SHAPE)),--sample-runs 3 --grpo-steps 2)
+
 bench: install
-	$(VENV)/bin/realm-jax bench
+	$(VENV)/bin/realm-jax bench --model $(MODEL)
 
 bench-peers: install
-	cd ../shared/peers && ./setup_venvs.sh && ./run_all.sh
+	cd ../shared/peers && ./setup_venvs.sh && ./run_all.sh $(PEER_ARGS)
+
+# One prepared accelerator check (8 minutes at most, no downloads): gpu_check.json, or
+# $$OUT/gpu_check.json when OUT is set.
+gpu-check: install
+	timeout 480 $(VENV)/bin/realm-jax gpu-check
 
 sweep: install
 	$(VENV)/bin/realm-jax sweep $(SWEEP)

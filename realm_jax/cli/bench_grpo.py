@@ -29,7 +29,10 @@ from realm_jax.rl.batch import UpdateBatch
 from realm_jax.train import step as train_step
 
 PROMPTS, GROUP, PROMPT_LEN, NEW_TOKENS, BETA, LR = 8, 4, 64, 128, 0.04, 1e-6
-MICROBATCHES = 4  # reference pass and update run 8 completions at a time (same numbers)
+WORK = (PROMPTS, GROUP, PROMPT_LEN, NEW_TOKENS)
+# Reference pass and update run 8 completions at a time (same numbers); remat off. SmolLM2's
+# shape too: 8 x 192 tokens keep its 49152-way logits of a microbatch at 8 x 129 x 49152 fp32.
+MICROBATCHES = 4
 
 
 def even_token_reward(completion_tokens_NT: np.ndarray, completion_mask_NT: np.ndarray) -> np.ndarray:
@@ -38,29 +41,36 @@ def even_token_reward(completion_tokens_NT: np.ndarray, completion_mask_NT: np.n
   return (even.sum(1) / np.maximum(completion_mask_NT.sum(1), 1)).astype(np.float32)
 
 
-def run_grpo_bench(cfg: model.ModelConfig, repeats: int = 5, seed: int = 0) -> dict:
-  params = model.init_params(cfg, jax.random.key(seed))
-  ref_params = jax.tree.map(lambda x: x.copy(), params)
+def run_grpo_bench(cfg: model.ModelConfig, repeats: int = 5, seed: int = 0, params=None,
+                   microbatches: int = MICROBATCHES, work: tuple[int, int, int, int] | None = None
+                   ) -> dict:
+  """`repeats` timed GRPO steps after one warm-up step; `params`: the starting weights
+  (default random); `work`: (prompts, group, prompt tokens, new tokens), default the fixed
+  work above."""
+  B, G, T, M = work or WORK  # prompts, samples per prompt, prompt tokens, new tokens
+  if params is None:
+    params = model.init_params(cfg, jax.random.key(seed))
+  ref_params = params  # read only; the update donates (and so consumes) its copy
   optimizer = train_step.make_optimizer(LR, 0, 10 ** 6, 0.0, 1.0)
-  state = train_step.init_state(params, optimizer)
-  scfg = sampling.SamplingConfig(max_new_tokens=NEW_TOKENS, temperature=1.0, stop_ids=(),
-                                 num_samples=GROUP)
+  state = train_step.init_state(jax.tree.map(lambda x: x.copy(), params), optimizer)
+  scfg = sampling.SamplingConfig(max_new_tokens=M, temperature=1.0, stop_ids=(),
+                                 num_samples=G)
   generate = sampling.make_generate_fn(cfg, scfg)
-  logprob_fn = rl_step.make_logprob_fn(cfg, scfg, NEW_TOKENS, MICROBATCHES)
+  logprob_fn = rl_step.make_logprob_fn(cfg, scfg, M, microbatches)
   loss_cfg = losses.LossConfig(kl_coef=BETA, kl_estimator="k3", aggregation="seq_mean_token_mean")
-  update = rl_step.make_rl_step(cfg, optimizer, loss_cfg, completion_len=NEW_TOKENS,
-                                microbatches=MICROBATCHES, scfg=scfg)
+  update = rl_step.make_rl_step(cfg, optimizer, loss_cfg, completion_len=M,
+                                microbatches=microbatches, scfg=scfg)
   rng = np.random.default_rng(seed)
-  prompt_mask = jnp.ones((PROMPTS, PROMPT_LEN), jnp.int32)
+  prompt_mask = jnp.ones((B, T), jnp.int32)
 
   def one_step(state, i):
-    prompts = jnp.asarray(rng.integers(1, cfg.vocab_size, (PROMPTS, PROMPT_LEN)), jnp.int32)
+    prompts = jnp.asarray(rng.integers(1, cfg.vocab_size, (B, T)), jnp.int32)
     t0 = time.perf_counter()
     roll = generate(state.params, prompts, prompt_mask, jax.random.key(1000 + i))
     toks = np.asarray(roll.tokens)
     t1 = time.perf_counter()
     cmask = np.asarray(roll.completion_mask).astype(bool)
-    adv = advantages.grpo(jnp.asarray(even_token_reward(toks, cmask)), GROUP)
+    adv = advantages.grpo(jnp.asarray(even_token_reward(toks, cmask)), G)
     t2 = time.perf_counter()
     ref_logp = jax.block_until_ready(logprob_fn(ref_params, roll.tokens, roll.mask))
     t3 = time.perf_counter()
@@ -79,13 +89,16 @@ def run_grpo_bench(cfg: model.ModelConfig, repeats: int = 5, seed: int = 0) -> d
     times.append(t)
   timed = times[1:]
   med = {k: statistics.median(t[k] for t in timed) for k in timed[0]}
-  n = PROMPTS * GROUP
+  n = B * G
   return {
-      "what": "GRPO step: rollout 32x128 + reward + advantages + reference log-probs (beta 0.04) "
-              "+ one AdamW update (clip 1.0), seq_mean_token_mean",
+      "what": f"GRPO step: rollout {B}x{G} prompts of {T} + {M} "
+              "tokens + reward + advantages + reference log-probs (beta 0.04) + one AdamW "
+              "update (clip 1.0), seq_mean_token_mean",
+      "work": [B, G, T, M],
       "first_step_s_incl_compile": times[0]["step"],
       "step_times_s": [t["step"] for t in timed],
       "median_step_s": med["step"],
       "phase_median_s": {k: v for k, v in med.items() if k != "step"},
-      "completion_tokens_per_s": n * NEW_TOKENS / med["step"],
+      "completion_tokens_per_s": n * M / med["step"],
+      "microbatches": microbatches,
   }
