@@ -232,7 +232,7 @@ def bench_attention(cfg: model_lib.ModelConfig, repeats: int, batch: int = 8,
 def grpo_benchmark(cfg: model_lib.ModelConfig, steps: int, params=None) -> dict:
   """`bench_grpo.run_grpo_bench` with its phases' FLOP counts (`grpo_flops`)."""
   g = bench_grpo
-  return {**g.run_grpo_bench(cfg, steps, params=params),
+  return {**g.run_grpo_bench(cfg, steps, params=params, microbatches=g.microbatches_for(cfg)),
           "flops": grpo_flops(cfg, *g.WORK)}
 
 
