@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import platform
 import resource
@@ -390,9 +389,4 @@ def main(argv: list[str] | None = None) -> dict:
   result = run_bench(repeats, model_cfg=cfg, params=params, train=train,
                      extra_benchmarks=default_extra_benchmarks(cfg, grpo_steps, train, params))
   result["weights"] = args.weights
-  text = json.dumps(result, indent=2)
-  if args.out:
-    with open(args.out, "w") as f:
-      f.write(text + "\n")
-  print(text if args.json else format_report(result))
-  return result
+  return bench_costs.emit(result, args, format_report)

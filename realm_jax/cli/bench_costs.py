@@ -255,9 +255,15 @@ def main(argv: list[str]) -> dict:
                                          "new_tokens", "microbatches")}
   result = {"config": args.memory, "mesh": args.mesh, "dtype": args.dtype, "remat": args.remat,
             **sizes, **update_memory(cfg, mesh, **sizes)}
+  return emit(result, args, format_table)
+
+
+def emit(result: dict, args, text_format) -> dict:
+  """Prints `result` (JSON with --json, else `text_format(result)`) and writes its JSON to
+  --out when given."""
   text = json.dumps(result, indent=2)
   if args.out:
     with open(args.out, "w") as f:
       f.write(text + "\n")
-  print(text if args.json else format_table(result))
+  print(text if args.json else text_format(result))
   return result

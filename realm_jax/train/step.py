@@ -81,8 +81,6 @@ def shard_state(state: TrainState, optimizer, model_cfg: model.ModelConfig, mesh
   """Places a train state on the mesh (params by their logical axes, optimizer
   moments like their params, counters replicated) and returns the step shardings."""
   param_sh = sharding.param_shardings(model_cfg, mesh)
-  if not lora.has_adapters(state.params):  # a LoRA config whose params hold no adapters
-    param_sh = lora.split(param_sh)[1] or param_sh
   trainable = lora.split(jax.eval_shape(lambda: state.params))[0]
   state_sh = TrainState(step=sharding.replicated(mesh), params=param_sh,
                         opt_state=precision.opt_state_shardings(
