@@ -7,7 +7,7 @@ WORKDIR ?= runs/demo
 PYTEST_ARGS ?=
 SWEEP ?= experiments/sweeps/tiny_lr.py
 
-.PHONY: install test test-fast demo evidence reproduce bench bench-peers gpu-check sweep clean
+.PHONY: install test test-fast demo evidence reproduce reproduce-quick bench bench-peers gpu-check sweep clean
 
 install: $(STAMP)
 
@@ -39,12 +39,16 @@ evidence: install
 	$(VENV)/bin/realm-jax train evidence --workdir runs/evidence
 	$(VENV)/bin/realm-jax sweep experiments/sweeps/evidence_rl.py --out runs/sweeps/evidence_rl
 
-# The committed results used this reduced schedule (5 seeds, about an hour on a 2-core CPU).
-REPRO_ARGS ?= base.steps=60 sft.steps=100 rl.steps=32 data.num_eval=64 eval.num_questions=64 \
-	rft.rounds=1 rft.questions=96 rft.steps_per_round=30
-REPRO_SEEDS ?= 5
+# Every method of docs/method.md §6 in the evidence setting, paired, 3 seeds, two runs at a
+# time; finished runs are skipped, interrupted ones resume. reproduce-quick: one seed of the
+# same schedule. Results: experiments/results/reproduce/ (see its README for wall times).
+REPRO_JOBS ?= 2
+REPRO_ARGS ?=
 reproduce: install
-	$(PY) -m experiments.reproduce --out experiments/results --seeds $(REPRO_SEEDS) $(REPRO_ARGS)
+	$(PY) -m experiments.reproduce --seeds 3 --jobs $(REPRO_JOBS) $(REPRO_ARGS)
+
+reproduce-quick: install
+	$(PY) -m experiments.reproduce --seeds 1 --jobs $(REPRO_JOBS) $(REPRO_ARGS)
 
 # MODEL=smollm2: SmolLM2-135M's shape (3 sampler calls, 2 GRPO steps); SHAPE=smollm2 runs the
 # peers on the same shape and counts.

@@ -1,196 +1,304 @@
-"""The miniature reproduction: every method and ablation, several seeds, one table.
+"""`make reproduce`: every method of docs/method.md §6 in the evidence setting, paired, on
+several seeds; `make reproduce-quick` runs one seed of the same schedule.
 
-    make reproduce        # = python -m experiments.reproduce --out experiments/results
-                          #   --seeds 5 $(REPRO_ARGS): the schedule is in the Makefile
+    python -m experiments.reproduce --seeds 3 --jobs 2      # make reproduce
+    python -m experiments.reproduce --seeds 1 --jobs 2      # make reproduce-quick
 
-Per seed: one shared weak base (`base_model`), then each method starts from
-it (`init_from`), is trained and evaluated with and without routes; ReaLM-R1
-and its ablations start their RL from the seed's SFT run (its distillation
-stage, trained once). Runs are
-subprocesses of the CLI, so a crash loses one run, and finished runs (eval.json
-present) are skipped: rerunning the command resumes the reproduction.
-Output: results.json, results.md (mean and 95% t-interval over seeds),
-accuracy.png, and the exact command and commit id.
+Per seed s, under RUNS/seed{s}/ (`experiments/evidence.py`: the tiny model from
+scratch on tariff level 0, 2,000 teacher CoTs, 10,000 RL questions with gold
+answers, 256 validation and 512 test questions, all drawn from seed s):
+
+    base        the format warm-up from scratch (80 steps on 400 of the CoTs)
+    sft         guided distillation from `base` on the 2,000 CoTs, validated and kept at
+                its best: the start every method below shares
+    more_sft    control: as many more SFT updates as RL takes steps
+    grpo        control: GRPO, never routes
+    rft, cot_synth, realm_r1 and its ablations     from `sft`, the same RL sample budget
+    realm_zero  MRPV + EAAI from `base` (the "no distillation" ablation)
+
+Every run is then evaluated on its seed's test questions at the training level
+(with and without routes, pass@k and maj@k) and at level 1, harder than anything
+trained. `experiments/reproduce_report.py` pairs the methods question by question
+and writes the table, the plot and the wall times to OUT.
+
+Runs are subprocesses of the CLI, `--jobs` at a time. A finished run (its
+eval_d1.json present) is skipped, an interrupted one resumes from its last
+checkpoint, and a failed one fails only the runs that start from it: rerunning the
+command resumes the reproduction. The report is rewritten after every run.
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures as futures
+import dataclasses
 import json
-import math
 import os
+import shutil
 import subprocess
 import sys
 import time
 
-METHODS = ("sft", "rft", "grpo", "cot_synth", "realm_zero", "realm_r1", "ablation_no_negatives",
-           "ablation_no_fading", "ablation_no_verification", "ablation_no_contrast")
-# ReaLM-R1 and its ablations: RL from the seed's SFT (guided distillation) run.
-FROM_SFT = ("realm_r1", "ablation_no_negatives", "ablation_no_fading", "ablation_no_verification",
-            "ablation_no_contrast")
-T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+# ReaLM-R1's RL: MRPV prompts faded by EAAI, with the route-contrast term.
+R1 = ("rl.routes=eaai", "rl.mrpv.w_ver=0.5", "rl.mrpv.contrast_coef=0.1")
 
 
-def mean_ci(values: list[float]) -> tuple[float, float]:
-  """Mean and half-width of the 95% t-interval (0 for a single value)."""
-  n = len(values)
-  if n == 0:
-    return float("nan"), float("nan")
-  m = sum(values) / n
-  if n == 1:
-    return m, 0.0
-  sd = math.sqrt(sum((v - m) ** 2 for v in values) / (n - 1))
-  return m, T975.get(n - 1, 1.96) * sd / math.sqrt(n)
+@dataclasses.dataclass(frozen=True)
+class Method:
+  experiment: str
+  start: str | None  # the method whose final params it starts from (init_from)
+  overrides: tuple[str, ...]
+  about: str
 
 
-def _cli(*args: str, log: str, cache: str) -> None:
-  cmd = [sys.executable, "-m", "realm_jax", *args]
-  # Every run compiles the same shapes: a persistent compilation cache pays for them once.
+METHODS: dict[str, Method] = {
+    "base": Method("evidence", None, ("sft.steps=0",),
+                   "format warm-up from scratch (80 steps on 400 of the CoTs)"),
+    "sft": Method("evidence", "base", ("base.steps=0",),
+                  "guided distillation on the 2,000 CoTs, best validation kept: the shared start"),
+    "more_sft": Method("evidence_more_sft", "sft", (), "control: SFT -> more SFT"),
+    "grpo": Method("evidence_rl", "sft", ("rl.routes=never",), "control: SFT -> GRPO, no routes"),
+    "rft": Method("evidence_rl", "sft", ("rl.steps=0",), "RFT: SFT on its own correct samples"),
+    "cot_synth": Method("evidence_rl", "sft", ("rl.routes=always", "rl.mrpv.w_ver=0",
+                                               "rl.mrpv.contrast_coef=0"),
+                        "CoT-synthesizer style: routes always, no verification reward"),
+    "realm_r1": Method("evidence_rl", "sft", R1, "ReaLM-R1: MRPV + EAAI from the SFT start"),
+    "no_negatives": Method("evidence_rl", "sft", (*R1, "rl.negatives=false"),
+                           "ablation: positive routes only"),
+    "no_fading": Method("evidence_rl", "sft", (*R1, "rl.routes=always"),
+                        "ablation: routes never faded"),
+    "no_verification": Method("evidence_rl", "sft", (*R1, "rl.mrpv.w_ver=0"),
+                              "ablation: no verification reward"),
+    "no_contrast": Method("evidence_rl", "sft", (*R1, "rl.mrpv.contrast_coef=0"),
+                          "ablation: no route-contrast term"),
+    "realm_zero": Method("evidence_rl", "base", R1,
+                         "ReaLM-Zero: MRPV + EAAI from the base (ablation: no distillation)"),
+}
+CONTROL = "grpo"
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+  """The sizes every seed shares. RL methods take `rl_steps` steps of 16 prompts x 8
+  samples; the control SFT -> more SFT takes `rl_steps` SFT updates; RFT draws the same
+  samples (2 rounds of rl_steps * 8 questions x 8) for as many updates."""
+  sft_steps: int = 1500
+  rl_steps: int = 40
+  rl_lr: float = 1e-4
+  k: int = 4  # pass@k and maj@k at the training level
+  harder_level: int = 1
+  extra: tuple[str, ...] = ()  # overrides for every run (e.g. smaller eval sets in tests)
+
+  def overrides(self, name: str) -> list[str]:
+    m = METHODS[name]
+    sized = {"sft": [f"sft.steps={self.sft_steps}", f"sft.eval_every={max(1, self.sft_steps // 15)}",
+                     "sft.patience=0", "sft.route_share=0.25"],
+             # the control's updates: as many as RL's, at RL's learning rate and validation
+             "more_sft": [f"sft.steps={self.rl_steps}", f"sft.lr={self.rl_lr}",
+                          f"sft.warmup={max(1, self.rl_steps // 8)}",
+                          f"sft.eval_every={max(1, self.rl_steps // 6)}"],
+             "rft": ["rft.rounds=2", f"rft.questions={self.rl_steps * 8}",
+                     "rft.samples_per_question=8", f"rft.steps_per_round={self.rl_steps // 2}",
+                     "rft.batch_size=16", "rft.lr=1e-4", "rft.warmup=5"]}.get(name, [])
+    if m.experiment == "evidence_rl" and name != "rft":
+      sized = [f"rl.steps={self.rl_steps}", f"rl.lr={self.rl_lr}",
+               f"rl.warmup={max(1, self.rl_steps // 8)}",
+               f"rl.eval_every={max(1, self.rl_steps // 6)}"]
+    return [*sized, *self.extra, *m.overrides]
+
+
+def run_dir(runs: str, seed: int, name: str) -> str:
+  return os.path.join(runs, f"seed{seed}", name)
+
+
+def commands(name: str, seed: int, runs: str, sched: Schedule) -> list[list[str]]:
+  """The CLI calls of one run: train (resumes), eval at the training level, eval harder."""
+  m, wd = METHODS[name], run_dir(runs, seed, name)
+  start = [f"init_from={run_dir(runs, seed, m.start)}"] if m.start else []
+  train = ["train", m.experiment, "--workdir", wd, f"seed={seed}", *start, *sched.overrides(name)]
+  extra = list(sched.extra)
+  return [train,
+          ["eval", "--workdir", wd, "eval.final_only=true", f"eval.k={sched.k}", *extra],
+          ["eval", "--workdir", wd, "eval.final_only=true", "eval.k=1",
+           f"eval.difficulty={sched.harder_level}", *extra]]
+
+
+RESULT_FILES = ("eval.json", "eval_d{level}.json", "run_summary.json")
+
+
+def result_dir(out: str, seed: int, name: str) -> str:
+  """Where a finished run's results are kept (committed: later sessions resume from them)."""
+  return os.path.join(out, "runs", f"seed{seed}", name)
+
+
+def result_files(sched: Schedule) -> list[str]:
+  return [f.format(level=sched.harder_level) for f in RESULT_FILES]
+
+
+def finished(out: str, seed: int, name: str, sched: Schedule) -> bool:
+  return all(os.path.exists(os.path.join(result_dir(out, seed, name), f))
+             for f in result_files(sched))
+
+
+def has_params(runs: str, seed: int, name: str) -> bool:
+  return os.path.exists(os.path.join(run_dir(runs, seed, name), "DONE"))
+
+
+def to_run(names: list[str], seeds: int, out: str, runs: str, sched: Schedule) -> list[tuple[int, str]]:
+  """The runs to execute: every unfinished one, and every finished one whose params an
+  unfinished run starts from but this machine no longer has (it is trained again, and its
+  new results must equal the kept ones: `keep_results`)."""
+  tasks = []
+  for seed in range(seeds):
+    need = {n for n in names if not finished(out, seed, n, sched)}
+    for n in list(need):
+      start = METHODS[n].start
+      while start is not None and not has_params(runs, seed, start):
+        need.add(start)
+        start = METHODS[start].start
+    tasks += [(seed, n) for n in names if n in need]
+  return tasks
+
+
+def keep_results(name: str, seed: int, runs: str, out: str, sched: Schedule, times: tuple,
+                 commit: str) -> None:
+  """Copies a run's eval files and a summary (wall time, routes shown, validation curve)
+  into `result_dir`. A run trained again only as a start must reproduce its kept answers."""
+  from experiments import reproduce_report
+  wd, rd = run_dir(runs, seed, name), result_dir(out, seed, name)
+  evals = [f for f in result_files(sched) if f.startswith("eval")]
+  if finished(out, seed, name, sched):
+    for f in evals:
+      old, new = (reproduce_report.correctness(os.path.join(d, f)) for d in (rd, wd))
+      if old != new:
+        raise RuntimeError(f"{wd}/{f}: trained again, it answers differently from {rd}/{f}; "
+                           f"this machine does not reproduce seed {seed}: delete {rd}/.. and rerun it")
+    return
+  os.makedirs(rd, exist_ok=True)
+  for f in evals:
+    shutil.copyfile(os.path.join(wd, f), os.path.join(rd, f))
+  stamp = lambda t: time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t))
+  summary = {"wall_seconds": round(times[1] - times[0], 1), "started": stamp(times[0]),
+             "finished": stamp(times[1]), "commit": commit,
+             "routes_shown": reproduce_report.routes_shown(wd),
+             "validation": reproduce_report.validation_curve(wd)}
+  with open(os.path.join(rd, "run_summary.json"), "w") as f:
+    json.dump(summary, f, indent=1)
+
+
+def execute(name: str, seed: int, runs: str, sched: Schedule, cache: str, run_cli=None) -> tuple:
+  """Runs one method's commands, each a subprocess logged to the workdir's reproduce.log
+  (or `run_cli(args)` in this process); returns its start and end times."""
+  wd = run_dir(runs, seed, name)
+  os.makedirs(wd, exist_ok=True)
   env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=cache,
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5")
-  with open(log, "a") as f:
-    f.write(f"$ {' '.join(cmd)}\n")
-    f.flush()
-    subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, check=True, env=env)
+  t0 = time.time()
+  with open(os.path.join(wd, "reproduce.log"), "a") as log:
+    for args in commands(name, seed, runs, sched):
+      if run_cli is not None:
+        run_cli(args)
+        continue
+      cmd = [sys.executable, "-m", "realm_jax", *args]
+      log.write(f"$ {' '.join(cmd)}\n")
+      log.flush()
+      subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, check=True, env=env)
+  return t0, time.time()
 
 
-def applicable(experiment: str, overrides: list[str]) -> list[str]:
-  """Drops `STAGE.*` overrides for stages the experiment does not run (a shorter
-  schedule must not switch a stage on)."""
-  from realm_jax import configs
-  cfg = configs.load_experiment(experiment)
-  enabled = {"base": cfg.base.steps > 0, "sft": cfg.sft.steps > 0, "rft": cfg.rft.rounds > 0,
-             "rl": cfg.rl.steps > 0}
-  return [o for o in overrides if enabled.get(o.split(".", 1)[0], True)]
+def schedule_runs(tasks: list[tuple[int, str]], start_of, jobs: int, work, on_done=None
+                  ) -> dict[tuple[int, str], str]:
+  """Runs `work(task)` for every task, at most `jobs` at once, a task only after the one it
+  starts from (`start_of(task)`, or None) finished. A failure fails the tasks that start
+  from it, directly or not; the rest run. Returns {task: "ok" | error line}."""
+  status: dict[tuple[int, str], str] = {}
+  pending = list(tasks)
+  with futures.ThreadPoolExecutor(max_workers=jobs) as pool:
+    running: dict[futures.Future, tuple[int, str]] = {}
+    while pending or running:
+      for t in list(pending):
+        dep = start_of(t)
+        if dep is not None and dep in status and status[dep] != "ok":
+          status[t] = f"not run: {dep[1]} (seed {dep[0]}) failed"
+          pending.remove(t)
+        elif (dep is None or status.get(dep) == "ok") and len(running) < jobs:
+          running[pool.submit(work, t)] = t
+          pending.remove(t)
+      if not running:
+        continue
+      done, _ = futures.wait(running, return_when=futures.FIRST_COMPLETED)
+      for fut in done:
+        t = running.pop(fut)
+        err = fut.exception()
+        status[t] = "ok" if err is None else f"{type(err).__name__}: {err}"
+        if on_done is not None:
+          on_done(t, status[t])
+  return status
 
 
-def seed_plan(seed: int, methods: list[str], runs: str, overrides: list[str]
-              ) -> list[tuple[str | None, str, str, list[str]]]:
-  """The runs of one seed, in order: (reported method or None, experiment, workdir, overrides).
-
-  Every method starts from the seed's base model; ReaLM-R1 and its ablations
-  start from the seed's SFT run instead, trained once (reported as `sft` when
-  `sft` is among the methods, as a helper run otherwise). The starting point
-  comes *after* the shared overrides, so a shared `sft.steps=N` shortens the
-  SFT run but never makes an RL run repeat the distillation it starts from.
-  """
-  base = os.path.join(runs, f"seed{seed}", "base_model")
-  sft_dir = os.path.join(runs, f"seed{seed}", "sft")
-  plan = [("base_model", "base_model", base, [f"seed={seed}", *overrides])]
-  sft_label = "sft" if "sft" in methods else None
-  for m in methods:
-    if (m == "sft" or m in FROM_SFT) and not any(wd == sft_dir for _, _, wd, _ in plan):
-      plan.append((sft_label, "sft", sft_dir, [f"seed={seed}", *overrides, f"init_from={base}"]))
-    if m == "sft":
-      continue
-    start = [f"init_from={sft_dir}", "sft.steps=0"] if m in FROM_SFT else [f"init_from={base}"]
-    plan.append((m, m, os.path.join(runs, f"seed{seed}", m), [f"seed={seed}", *overrides, *start]))
-  return plan
-
-
-def run_one(experiment: str, workdir: str, overrides: list[str], log: str) -> dict:
-  overrides = applicable(experiment, overrides)
-  result_path = os.path.join(workdir, "eval.json")
-  if not os.path.exists(result_path):
-    t0 = time.time()
-    cache = os.path.abspath(os.path.join(os.path.dirname(log), "xla_cache"))
-    _cli("train", experiment, "--workdir", workdir, *overrides, log=log, cache=cache)
-    _cli("eval", "--workdir", workdir, "eval.final_only=true", log=log, cache=cache)
-    with open(os.path.join(workdir, "wall_seconds"), "w") as f:
-      f.write(f"{time.time() - t0:.1f}\n")
-  with open(result_path) as f:
-    return json.load(f)["results"]
-
-
-def final_stage(results: dict) -> dict:
-  return next(v for k, v in results.items() if k.startswith("final"))
-
-
-def summarize(per_method: dict[str, list[dict]], k: int) -> tuple[dict, str]:
-  summary = {}
-  lines = [f"| method | seeds | accuracy without routes | accuracy with routes | pass@{k} (no routes) "
-           f"| maj@{k} (no routes) | route verdict accuracy |", "|---|---|---|---|---|---|---|"]
-  for method, runs in per_method.items():
-    finals = [final_stage(r) for r in runs]
-    row = {}
-    for key, setting, metric in (("acc_no_routes", "without routes", "accuracy"),
-                                 ("acc_routes", "with routes", "accuracy"),
-                                 ("pass_k", "without routes", f"pass@{k}"),
-                                 ("maj_k", "without routes", f"maj@{k}"),
-                                 ("verify", "with routes", "verification_accuracy")):
-      vals = [f[setting][metric] for f in finals if metric in f[setting]]
-      row[key] = mean_ci(vals)
-    summary[method] = {k2: {"mean": v[0], "ci95": v[1]} for k2, v in row.items()}
-    fmt = lambda mc: f"{mc[0]:.3f} ± {mc[1]:.3f}"
-    lines.append(f"| {method} | {len(runs)} | {fmt(row['acc_no_routes'])} | {fmt(row['acc_routes'])} | "
-                 f"{fmt(row['pass_k'])} | {fmt(row['maj_k'])} | {fmt(row['verify'])} |")
-  return summary, "\n".join(lines) + "\n"
-
-
-def plot(summary: dict, path: str) -> None:
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  names = list(summary)
-  x = range(len(names))
-  fig, ax = plt.subplots(figsize=(max(8, len(names) * 0.9), 4))
-  for off, key, label in ((-0.2, "acc_no_routes", "without routes"), (0.2, "acc_routes", "with routes")):
-    ax.bar([i + off for i in x], [summary[n][key]["mean"] for n in names], width=0.4,
-           yerr=[summary[n][key]["ci95"] for n in names], label=label, capsize=3)
-  ax.set_xticks(list(x), names, rotation=30, ha="right")
-  ax.set_ylabel("greedy accuracy (eval set)")
-  ax.legend()
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
-
-
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None, run_cli=None) -> int:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--out", default="experiments/results")
+  p.add_argument("--out", default="experiments/results/reproduce")
   p.add_argument("--runs", default="runs/reproduce")
   p.add_argument("--seeds", type=int, default=3)
-  p.add_argument("--methods", default=",".join(METHODS))
-  p.add_argument("overrides", nargs="*", help="applied to every run, e.g. rl.steps=20")
+  p.add_argument("--jobs", type=int, default=2, help="runs at once (default 2: this CPU's cores)")
+  p.add_argument("--methods", default=",".join(METHODS),
+                 help="comma-separated; the runs they start from are added")
+  p.add_argument("--sft-steps", type=int, default=Schedule.sft_steps)
+  p.add_argument("--rl-steps", type=int, default=Schedule.rl_steps)
+  p.add_argument("--rl-lr", type=float, default=Schedule.rl_lr)
+  p.add_argument("overrides", nargs="*", help="for every run, e.g. eval.num_questions=64")
   args = p.parse_args(argv)
-  # The code the runs use: taken at start (later commits must not relabel the results).
-  args.commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True,
-                               text=True).stdout.strip()
-  if subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
-                     f":(exclude){args.out}"], capture_output=True, text=True).stdout.strip():
-    args.commit += " (plus uncommitted changes)"
-  os.makedirs(args.out, exist_ok=True)
-  log = os.path.join(args.runs, "reproduce.log")
-  os.makedirs(args.runs, exist_ok=True)
-  methods = [m for m in args.methods.split(",") if m]
-  per_method: dict[str, list[dict]] = {"base_model": []}
-  per_method.update({m: [] for m in methods})
-  t0 = time.time()
-  for seed in range(args.seeds):
-    for method, experiment, workdir, overrides in seed_plan(seed, methods, args.runs, args.overrides):
-      result = run_one(experiment, workdir, overrides, log)
-      if method is not None:
-        per_method[method].append(result)
-        print(f"[reproduce] seed {seed} {method} done ({(time.time() - t0) / 60:.1f} min)", flush=True)
-    # Results after every finished seed: an interrupted reproduction still reports.
-    write_results(args, argv, per_method, seed + 1, time.time() - t0)
-
-
-def write_results(args, argv, per_method: dict, seeds_done: int, seconds: float) -> None:
-  k = 4
-  summary, table = summarize(per_method, k)
-  commit = args.commit
+  from experiments import reproduce_report
+  unknown = [m for m in args.methods.split(",") if m and m not in METHODS]
+  if unknown:
+    p.error(f"--methods: unknown {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+  names = with_starts([m for m in args.methods.split(",") if m])
+  sched = Schedule(sft_steps=args.sft_steps, rl_steps=args.rl_steps, rl_lr=args.rl_lr,
+                   extra=tuple(args.overrides))
   command = "python -m experiments.reproduce " + " ".join(argv if argv is not None else sys.argv[1:])
-  with open(os.path.join(args.out, "results.json"), "w") as f:
-    json.dump({"command": command, "commit": commit, "seeds": seeds_done, "summary": summary,
-               "wall_minutes": seconds / 60}, f, indent=2)
-  with open(os.path.join(args.out, "results.md"), "w") as f:
-    f.write(f"# Miniature reproduction\n\nCommand: `{command}`  \nCommit: `{commit}`  \n"
-            f"Seeds: {seeds_done}; mean ± 95% t-interval over seeds; {seconds / 60:.0f} minutes on "
-            f"a 2-core CPU; eval questions of the tariff domain never seen in training.\n\n" + table)
-  plot(summary, os.path.join(args.out, "accuracy.png"))
-  print(table, flush=True)
+  info = reproduce_report.run_info(command, args.out)
+  os.makedirs(args.runs, exist_ok=True)
+  cache = os.path.abspath(os.path.join(args.runs, "xla_cache"))
+  tasks = to_run(names, args.seeds, args.out, args.runs, sched)
+  t0 = time.time()
+
+  def work(task):
+    seed, name = task
+    print(f"[reproduce] seed {seed} {name}: started ({(time.time() - t0) / 60:.1f} min)", flush=True)
+    times = execute(name, seed, args.runs, sched, cache, run_cli)
+    keep_results(name, seed, args.runs, args.out, sched, times, info["commit"])
+
+  def on_done(task, status):
+    print(f"[reproduce] seed {task[0]} {task[1]}: {status} ({(time.time() - t0) / 60:.1f} min)",
+          flush=True)
+    reproduce_report.write(args.out, args.seeds, names, sched, info)
+
+  start_of = lambda t: (t[0], METHODS[t[1]].start) if METHODS[t[1]].start else None
+  # a task waits for its start only when the start runs too
+  in_tasks = set(tasks)
+  status = schedule_runs(tasks, lambda t: start_of(t) if start_of(t) in in_tasks else None,
+                         args.jobs, work, on_done)
+  reproduce_report.write(args.out, args.seeds, names, sched, info)
+  failed = {t: s for t, s in status.items() if s != "ok"}
+  for (seed, name), s in failed.items():
+    print(f"[reproduce] seed {seed} {name}: {s} (log: {run_dir(args.runs, seed, name)}/reproduce.log)")
+  return 1 if failed else 0
+
+
+def with_starts(names: list[str]) -> list[str]:
+  """`names` plus every run they start from, each after its start."""
+  out: list[str] = []
+
+  def add(n):
+    if n not in out:
+      if METHODS[n].start:
+        add(METHODS[n].start)
+      out.append(n)
+  for n in names:
+    add(n)
+  return out
 
 
 if __name__ == "__main__":
-  main()
+  sys.exit(main())

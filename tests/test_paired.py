@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 
 from realm_jax.evaluation import paired
@@ -61,3 +62,51 @@ def test_eval_compares_final_with_start_per_setting():
   table = evaluate.paired_table(compared)
   assert "| without routes | 0.500 | 0.750 | +0.250 (" in table and "| 2 / 1 | 4 |" in table
   assert evaluate.paired_results({"final (rl)": results["final (rl)"]}) == {}
+
+
+def test_bootstrap_over_seeds_with_hand_counted_distributions():
+  # No spread anywhere: the interval is the point.
+  r = paired.bootstrap_over_seeds([[0.5] * 7, [0.5] * 3], n_boot=200)
+  assert (r.diff, r.ci_low, r.ci_high, r.seeds, r.questions) == (0.5, 0.5, 0.5, 2, 10)
+  # Seed spread only: seed means 0 and 1, questions constant. A replicate averages two seeds
+  # drawn with replacement: 0 (1/4), 0.5 (1/2) or 1 (1/4), so the 95% interval is [0, 1].
+  r = paired.bootstrap_over_seeds([[0.0] * 5, [1.0] * 5], n_boot=4000)
+  assert r.diff == 0.5 and (r.ci_low, r.ci_high) == (0.0, 1.0)
+
+
+def test_bootstrap_matches_the_exact_two_level_distribution():
+  # Two seeds of two questions: enumerate every replicate (seed draws, then question draws
+  # for each drawn slot) and compare the Monte Carlo CDF with the exact one.
+  import itertools
+  seeds = [[0.0, 1.0], [-1.0, 1.0]]
+  exact = {}
+  for picks in itertools.product(range(2), repeat=2):
+    for qa in itertools.product(range(2), repeat=2):
+      for qb in itertools.product(range(2), repeat=2):
+        m = (np.mean([seeds[picks[0]][i] for i in qa]) + np.mean([seeds[picks[1]][i] for i in qb])) / 2
+        exact[m] = exact.get(m, 0) + 1 / 64
+  n = 40000
+  r = paired.bootstrap_over_seeds(seeds, n_boot=n, seed=3)
+  assert r.diff == pytest.approx((0.5 + 0.0) / 2)
+  values = sorted(exact)
+  cum = np.cumsum([exact[v] for v in values])
+  assert r.ci_low == values[int(np.searchsorted(cum, 0.025 - 1e-9))]
+  assert r.ci_high == values[int(np.searchsorted(cum, 0.975 - 1e-9))]
+
+
+def test_bootstrap_with_one_seed_approaches_the_paired_normal_interval():
+  rng = np.random.default_rng(0)
+  a = rng.random(600) < 0.6
+  b = np.where(rng.random(600) < 0.2, ~a, a)
+  normal = paired.paired_compare(a, b)
+  boot = paired.bootstrap_over_seeds([b.astype(float) - a.astype(float)], n_boot=20000)
+  assert boot.diff == pytest.approx(normal.diff)
+  assert boot.ci_low == pytest.approx(normal.ci_low, abs=0.006)
+  assert boot.ci_high == pytest.approx(normal.ci_high, abs=0.006)
+
+
+def test_bootstrap_rejects_empty_input():
+  with pytest.raises(ValueError, match="non-empty 1-D"):
+    paired.bootstrap_over_seeds([[1.0], []])
+  with pytest.raises(ValueError, match="at least one seed"):
+    paired.bootstrap_over_seeds([])

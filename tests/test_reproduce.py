@@ -1,44 +1,214 @@
-"""The reproduction's run plan: who starts from what, with which schedule."""
+"""The reproduction: who starts from what with which budget, the scheduler's order and
+failures, and the report's paired numbers against hand-made eval files."""
 
-import math
+import dataclasses
+import json
+import os
+import threading
+import time
 
-from experiments import reproduce
+import numpy as np
+import pytest
+
+from experiments import reproduce, reproduce_report
 from realm_jax import configs
 
-SHARED = ["base.steps=60", "sft.steps=100", "rl.steps=16"]
+SCHED = reproduce.Schedule(sft_steps=300, rl_steps=40)
 
 
-def _configs(methods):
-  plan = reproduce.seed_plan(2, methods, "runs/r", SHARED)
-  return plan, {wd: configs.load_experiment(exp, reproduce.applicable(exp, ov))
-                for _, exp, wd, ov in plan}
+def _config(name, sched=SCHED):
+  m = reproduce.METHODS[name]
+  ov = [o for o in reproduce.commands(name, 2, "runs/r", sched)[0][4:] if "=" in o]
+  return configs.load_experiment(m.experiment, ov)
 
 
-def test_rl_runs_from_sft_do_not_repeat_the_distillation():
-  plan, cfgs = _configs(list(reproduce.METHODS))
-  sft_dir, base_dir = "runs/r/seed2/sft", "runs/r/seed2/base_model"
-  workdirs = [wd for _, _, wd, _ in plan]
-  assert workdirs.count(sft_dir) == 1 and workdirs[0] == base_dir
-  assert cfgs[sft_dir].sft.steps == 100 and cfgs[sft_dir].init_from == base_dir
-  for m in reproduce.FROM_SFT:
-    cfg = cfgs[f"runs/r/seed2/{m}"]
-    assert cfg.init_from == sft_dir and cfg.sft.steps == 0 and cfg.rl.steps == 16, m
-    assert workdirs.index(sft_dir) < workdirs.index(f"runs/r/seed2/{m}")
-  for m in ("rft", "grpo", "cot_synth", "realm_zero"):
-    assert cfgs[f"runs/r/seed2/{m}"].init_from == base_dir, m
+def _flat(cfg, prefix=""):
+  out = {}
+  for f in dataclasses.fields(cfg):
+    v = getattr(cfg, f.name)
+    if dataclasses.is_dataclass(v):
+      out.update(_flat(v, f"{prefix}{f.name}."))
+    else:
+      out[f"{prefix}{f.name}"] = v
+  return out
+
+
+def _changed(a, b):
+  fa, fb = _flat(a), _flat(b)
+  return {k for k in fa if fa[k] != fb[k]} - {"name", "init_from"}
+
+
+def test_every_method_starts_from_its_seeds_shared_runs_with_one_rl_budget():
+  cfgs = {n: _config(n) for n in reproduce.METHODS}
   assert all(c.seed == 2 for c in cfgs.values())
-  reported = [m for m, *_ in plan if m is not None]
-  assert sorted(reported) == sorted(["base_model", *reproduce.METHODS])
+  assert cfgs["base"].init_from is None and cfgs["base"].sft.steps == 0 and cfgs["base"].base.steps > 0
+  assert cfgs["sft"].init_from == "runs/r/seed2/base" and cfgs["sft"].base.steps == 0
+  assert cfgs["sft"].sft.steps == 300 and cfgs["sft"].sft.num_items == 2000
+  assert cfgs["realm_zero"].init_from == "runs/r/seed2/base"
+  from_sft = set(reproduce.METHODS) - {"base", "sft", "realm_zero"}
+  for n in from_sft:
+    assert cfgs[n].init_from == "runs/r/seed2/sft", n
+  rl = [n for n in reproduce.METHODS if cfgs[n].rl.steps > 0]
+  assert sorted(rl) == sorted(from_sft - {"more_sft", "rft"} | {"realm_zero"})
+  for n in rl:  # one sample budget: 40 steps x 16 prompts x 8 samples
+    r = cfgs[n].rl
+    assert (r.steps, r.batch_prompts, r.group_size) == (40, 16, 8), n
+    assert cfgs[n].sft.steps == 0 and cfgs[n].base.steps == 0, n
+  assert cfgs["more_sft"].sft.steps == 40 and cfgs["more_sft"].rl.steps == 0
+  rft = cfgs["rft"].rft
+  assert rft.rounds * rft.questions * rft.samples_per_question == 40 * 16 * 8
+  assert rft.rounds * rft.steps_per_round == 40
+  # every run of a seed reads the same data, so its test questions are the same
+  assert len({cfgs[n].data for n in reproduce.METHODS}) == 1
 
 
-def test_sft_is_a_helper_run_when_not_reported():
-  plan, _ = _configs(["realm_r1", "ablation_no_fading"])
-  assert [(m, wd) for m, _, wd, _ in plan][:2] == [("base_model", "runs/r/seed2/base_model"),
-                                                    (None, "runs/r/seed2/sft")]
-  assert [m for m, *_ in plan[2:]] == ["realm_r1", "ablation_no_fading"]
+def test_each_variant_differs_from_realm_r1_in_its_named_setting_only():
+  r1 = _config("realm_r1")
+  assert (r1.rl.routes, r1.rl.mrpv.contrast_coef, r1.rl.mrpv.w_ver, r1.rl.negatives) == (
+      "eaai", 0.1, 0.5, True)
+  assert _changed(_config("no_negatives"), r1) == {"rl.negatives"}
+  assert _changed(_config("no_fading"), r1) == {"rl.routes"}
+  assert _config("no_fading").rl.routes == "always"
+  assert _changed(_config("no_verification"), r1) == {"rl.mrpv.w_ver"}
+  assert _changed(_config("no_contrast"), r1) == {"rl.mrpv.contrast_coef"}
+  assert _changed(_config("grpo"), r1) == {"rl.routes", "rl.mrpv.contrast_coef"}
+  assert _config("grpo").rl.routes == "never"
+  cot = _config("cot_synth")
+  assert (cot.rl.routes, cot.rl.mrpv.w_ver, cot.rl.mrpv.contrast_coef) == ("always", 0.0, 0.0)
+  assert _changed(_config("realm_zero"), r1) == set()  # same RL, another start
 
 
-def test_mean_ci_is_the_t_interval():
-  m, h = reproduce.mean_ci([0.1, 0.2, 0.3])  # sd 0.1, t(0.975, 2) = 4.303
-  assert math.isclose(m, 0.2) and math.isclose(h, 4.303 * 0.1 / math.sqrt(3))
-  assert reproduce.mean_ci([0.5]) == (0.5, 0.0)
+def test_eval_commands_cover_both_levels_and_resume_marker():
+  train, ev0, ev1 = reproduce.commands("grpo", 0, "R", SCHED)
+  assert train[:4] == ["train", "evidence_rl", "--workdir", os.path.join("R", "seed0", "grpo")]
+  assert "eval.k=4" in ev0 and not any(a.startswith("eval.difficulty") for a in ev0)
+  assert "eval.difficulty=1" in ev1 and "eval.k=1" in ev1
+  assert reproduce.with_starts(["realm_r1", "realm_zero"]) == ["base", "sft", "realm_r1", "realm_zero"]
+
+
+def test_scheduler_orders_by_start_bounds_jobs_and_fails_only_dependents():
+  starts = {"base": None, "sft": "base", "a": "sft", "b": "sft", "c": "base", "d": "a"}
+  lock, live, peak, order = threading.Lock(), [0], [0], []
+
+  def work(t):
+    with lock:
+      live[0] += 1
+      peak[0] = max(peak[0], live[0])
+      order.append(t[1])
+    time.sleep(0.05)
+    with lock:
+      live[0] -= 1
+    if t[1] == "a":
+      raise RuntimeError("boom")
+
+  status = reproduce.schedule_runs([(0, n) for n in starts],
+                                   lambda t: (0, starts[t[1]]) if starts[t[1]] else None, 2, work)
+  assert peak[0] == 2
+  for n, s in starts.items():
+    if s is not None and n in order:
+      assert order.index(s) < order.index(n)
+  assert status[(0, "a")] == "RuntimeError: boom"
+  assert status[(0, "d")] == "not run: a (seed 0) failed" and "d" not in order
+  assert all(status[(0, n)] == "ok" for n in ("base", "sft", "b", "c"))
+
+
+def _eval(path, correct, with_routes, digest="q", baselines=None, k=None):
+  res = {"without routes": {"accuracy": float(np.mean(correct)), "correct": correct},
+         "with routes": {"accuracy": float(np.mean(with_routes)), "correct": with_routes,
+                         "verification_accuracy": 0.5}}
+  if k:
+    res["without routes"].update(k)
+  with open(path, "w") as f:
+    json.dump({"results": {"final (rl)": res}, "questions_sha256": digest,
+               "baselines": baselines or {"without routes": {"constant": 0.25}}}, f)
+
+
+def _write_runs(out, data):
+  for (seed, name), (l0, l1) in data.items():
+    wd = reproduce.result_dir(str(out), seed, name)
+    os.makedirs(wd)
+    _eval(os.path.join(wd, "eval.json"), l0, l0, k={"pass@4": 0.5, "maj@4": 0.25})
+    _eval(os.path.join(wd, "eval_d1.json"), l1, l1, digest="q1")
+
+
+def test_report_pairs_methods_question_by_question(tmp_path):
+  # seed 0: grpo 2/4 right, r1 gains question 1 -> +0.25; seed 1: r1 loses question 0 -> -0.25
+  _write_runs(tmp_path, {
+      (0, "grpo"): ([1, 0, 1, 0], [0, 0, 0, 0]), (0, "realm_r1"): ([1, 1, 1, 0], [1, 1, 1, 1]),
+      (1, "grpo"): ([1, 1, 0, 0], [0, 0, 0, 0]), (1, "realm_r1"): ([0, 1, 0, 0], [1, 1, 1, 1])})
+  info = {"command": "c", "commit": "x", "started": "now"}
+  r = reproduce_report.write(str(tmp_path), 2, ["grpo", "realm_r1"], SCHED, info)
+  row = r["summary"]["realm_r1"]
+  assert row["seeds"] == 2 and row["l0 without routes"] == pytest.approx((0.75 + 0.25) / 2)
+  assert row["l0 - grpo"]["diff"] == pytest.approx(0.0)  # (+0.25 - 0.25) / 2
+  # level 1: +1 on every question of both seeds: no spread at all
+  assert (row["l1 - grpo"]["diff"], row["l1 - grpo"]["ci_low"], row["l1 - grpo"]["ci_high"]) == (1, 1, 1)
+  assert row["pass@4"] == 0.5 and row["route verdicts"] == 0.5
+  assert r["baselines"]["l0 without routes"] == {"constant": 0.25}
+  md = (tmp_path / "table.md").read_text()
+  assert "**+1.000 (+1.000 .. +1.000)**" in md and "baseline: constant" in md
+  assert (tmp_path / "paired.png").stat().st_size > 0
+
+
+def test_report_refuses_to_pair_different_questions(tmp_path):
+  _write_runs(tmp_path, {(0, "grpo"): ([1, 0], [0, 0]), (0, "realm_r1"): ([1, 1], [1, 1])})
+  _eval(os.path.join(reproduce.result_dir(str(tmp_path), 0, "realm_r1"), "eval.json"), [1, 1],
+        [1, 1], digest="other")
+  with pytest.raises(ValueError, match="realm_r1/eval.json.*different questions"):
+    reproduce_report.write(str(tmp_path), 1, ["grpo", "realm_r1"], SCHED,
+                           {"command": "c", "commit": "x", "started": "now"})
+
+
+def test_routes_shown_counts_each_step_once(tmp_path):
+  rows = [{"phase": "rl", "step": 0, "p_routes": 1.0, "num_routes": 2},
+          {"phase": "rl", "step": 1, "p_routes": 0.5, "num_routes": 2},
+          {"phase": "rl", "step": 1, "p_routes": 0.5, "num_routes": 2},  # resumed: once
+          {"phase": "sft", "step": 3, "loss": 1.0}]
+  (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+  (tmp_path / "run.json").write_text(json.dumps({"config": {"rl": {"batch_prompts": 16}}}))
+  assert reproduce_report.routes_shown(str(tmp_path)) == 16 * 2 + 8 * 2
+
+
+def test_a_tiny_reproduction_runs_resumes_and_reports(tmp_path, capsys):
+  """The real CLI (in this process) on a tiny schedule: base -> sft -> grpo and more_sft;
+  the report pairs them on the same questions; a rerun trains nothing."""
+  from realm_jax.cli import main as cli_main
+  calls = []
+
+  def run_cli(args):
+    calls.append(args[0])
+    cli_main.main(args)
+
+  tiny = ["data.num_train=48", "data.num_valid=8", "data.num_eval=8", "eval.num_questions=8",
+          "eval.max_new_tokens=12", "eval.batch_size=8", "base.steps=2", "base.num_items=16",
+          "sft.num_items=32", "rl.batch_prompts=2", "rl.group_size=2", "rl.max_new_tokens=12",
+          "checkpoint_every=1000", "mesh=1,1,1"]
+  argv = ["--out", str(tmp_path / "out"), "--runs", str(tmp_path / "runs"), "--seeds", "1",
+          "--jobs", "1", "--methods", "grpo,more_sft", "--sft-steps", "3", "--rl-steps", "2", *tiny]
+  assert reproduce.main(argv, run_cli=run_cli) == 0
+  assert calls == ["train", "eval", "eval"] * 4  # base, sft, grpo, more_sft
+  r = json.loads((tmp_path / "out" / "results.json").read_text())
+  assert set(r["summary"]) == {"base", "sft", "grpo", "more_sft"}
+  d = r["summary"]["more_sft"]["l0 - grpo"]
+  grpo = json.loads((tmp_path / "runs" / "seed0" / "grpo" / "eval.json").read_text())
+  more = json.loads((tmp_path / "runs" / "seed0" / "more_sft" / "eval.json").read_text())
+  assert grpo["questions_sha256"] == more["questions_sha256"]
+  fin = lambda e: next(v for k, v in e["results"].items() if k.startswith("final"))
+  want = np.mean(np.subtract(fin(more)["without routes"]["correct"], fin(grpo)["without routes"]["correct"]))
+  assert d["diff"] == pytest.approx(want) and d["questions"] == 8
+  assert r["command"].startswith("python -m experiments.reproduce --out")
+  assert set(r["seed_wall"]) == {"0"} and r["seed_wall"]["0"]["run_minutes"] > 0
+  kept = tmp_path / "out" / "runs" / "seed0" / "grpo"
+  assert json.loads((kept / "eval.json").read_text()) == grpo
+  curve = json.loads((kept / "run_summary.json").read_text())["validation"]
+  assert [(row[0], row[1]) for row in curve] == [("rl", 0), ("rl", 1)]  # validated every step
+  calls.clear()
+  assert reproduce.main(argv, run_cli=run_cli) == 0 and calls == []  # all kept: nothing runs
+  # A new machine (no run directories) missing one result: its starts are trained again and
+  # must answer as the kept ones did; the kept grpo result is not touched.
+  import shutil
+  shutil.rmtree(tmp_path / "runs")
+  shutil.rmtree(tmp_path / "out" / "runs" / "seed0" / "more_sft")
+  assert reproduce.main(argv, run_cli=run_cli) == 0
+  assert calls == ["train", "eval", "eval"] * 3  # base, sft, more_sft
+  assert json.loads((kept / "eval.json").read_text()) == grpo

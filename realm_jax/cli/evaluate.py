@@ -12,6 +12,7 @@ before any data is built or model loaded."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 
@@ -74,6 +75,8 @@ def _run(workdir: str, run_info: dict, cfg, ctx, out_name: str = "eval") -> dict
     with open(os.path.join(workdir, f"{out_name}.json"), "w") as f:
       json.dump({"experiment": run_info.get("experiment"),
                  "difficulty": ctx.data.report.get("eval_difficulty", cfg.data.difficulty),
+                 # which questions, in order: runs compared question by question must agree
+                 "questions_sha256": questions_digest(ctx.data.eval[:cfg.eval.num_questions]),
                  "results": results,
                  "baselines": trivial,
                  "paired": {k: dataclasses.asdict(v) for k, v in compared.items()}}, f, indent=2)
@@ -83,6 +86,10 @@ def _run(workdir: str, run_info: dict, cfg, ctx, out_name: str = "eval") -> dict
       plots.plot_training(workdir)
   print(table)
   return results
+
+
+def questions_digest(examples) -> str:
+  return hashlib.sha256("\n\x1e".join(ex.question for ex in examples).encode()).hexdigest()
 
 
 def paired_results(results: dict) -> dict[str, paired.PairedResult]:

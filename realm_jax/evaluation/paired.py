@@ -75,3 +75,44 @@ def paired_compare(correct_a: Sequence[bool], correct_b: Sequence[bool],
   return PairedResult(n=n, acc_a=float(a.mean()), acc_b=float(b.mean()), a_only=a_only,
                       b_only=b_only, diff=diff, ci_low=diff - z * se, ci_high=diff + z * se,
                       p_value=mcnemar_exact(a_only, b_only))
+
+
+@dataclasses.dataclass(frozen=True)
+class BootstrapResult:
+  """Mean over seeds of the per-seed mean paired difference, with its percentile interval."""
+  diff: float
+  ci_low: float
+  ci_high: float
+  seeds: int
+  questions: int  # in all seeds together
+
+
+def bootstrap_over_seeds(diffs: Sequence[Sequence[float]], n_boot: int = 10000,
+                         seed: int = 0, level: float = 0.95) -> BootstrapResult:
+  """Two-level bootstrap of a paired difference measured on several seeds.
+
+  `diffs[s][i]` is the difference of two methods on question i of seed s (for
+  correctness: -1, 0 or +1). The statistic is the mean over seeds of each seed's
+  mean difference. Each replicate draws the seeds with replacement, then, within
+  every drawn seed, its questions with replacement, so the interval carries both
+  the seed-to-seed spread (training noise) and the question sampling. With one seed
+  only the questions are resampled.
+  """
+  arrays = [np.asarray(d, np.float64) for d in diffs]
+  if not arrays or any(a.ndim != 1 or a.size == 0 for a in arrays):
+    raise ValueError("bootstrap_over_seeds needs at least one seed, each a non-empty 1-D "
+                     f"vector of per-question differences; got shapes {[a.shape for a in arrays]}")
+  rng = np.random.default_rng(seed)
+  n_seeds = len(arrays)
+  stat = float(np.mean([a.mean() for a in arrays]))
+  # means[s, j, r]: seed s's mean over an independent question resample, for slot j of
+  # replicate r (a seed drawn twice in one replicate gets two independent resamples).
+  means = np.stack([np.stack([a[rng.integers(0, a.size, (n_boot, a.size))].mean(axis=1)
+                              for _ in range(n_seeds)]) for a in arrays])
+  picked = (rng.integers(0, n_seeds, (n_boot, n_seeds)) if n_seeds > 1
+            else np.zeros((n_boot, 1), int))
+  reps = means[picked, np.arange(n_seeds)[None, :], np.arange(n_boot)[:, None]].mean(axis=1)
+  tail = (1.0 - level) / 2
+  lo, hi = np.quantile(reps, [tail, 1.0 - tail])
+  return BootstrapResult(diff=stat, ci_low=float(lo), ci_high=float(hi), seeds=n_seeds,
+                         questions=int(sum(a.size for a in arrays)))
