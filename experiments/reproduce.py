@@ -34,6 +34,7 @@ import concurrent.futures as futures
 import dataclasses
 import json
 import os
+import queue
 import shutil
 import subprocess
 import sys
@@ -186,9 +187,11 @@ def keep_results(name: str, seed: int, runs: str, out: str, sched: Schedule, tim
     json.dump(summary, f, indent=1)
 
 
-def execute(name: str, seed: int, runs: str, sched: Schedule, cache: str, run_cli=None) -> tuple:
+def execute(name: str, seed: int, runs: str, sched: Schedule, cache: str, run_cli=None,
+            cpus: set[int] | None = None) -> tuple:
   """Runs one method's commands, each a subprocess logged to the workdir's reproduce.log
-  (or `run_cli(args)` in this process); returns its start and end times."""
+  and pinned to `cpus` when given (or `run_cli(args)` in this process); returns its start
+  and end times."""
   wd = run_dir(runs, seed, name)
   os.makedirs(wd, exist_ok=True)
   env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=cache,
@@ -202,8 +205,20 @@ def execute(name: str, seed: int, runs: str, sched: Schedule, cache: str, run_cl
       cmd = [sys.executable, "-m", "realm_jax", *args]
       log.write(f"$ {' '.join(cmd)}\n")
       log.flush()
-      subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, check=True, env=env)
+      pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
+      subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, check=True, env=env,
+                     preexec_fn=pin)
   return t0, time.time()
+
+
+def cpu_slots(jobs: int) -> list[set[int]]:
+  """This process's CPUs dealt into `jobs` disjoint sets, one per concurrent run: XLA's
+  thread pools of two unpinned runs on the same cores slow both far more than 2x. One job
+  (or fewer CPUs than jobs): no pinning."""
+  cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+  if jobs <= 1 or len(cpus) < jobs:
+    return []
+  return [set(cpus[i::jobs]) for i in range(jobs)]
 
 
 def schedule_runs(tasks: list[tuple[int, str]], start_of, jobs: int, work, on_done=None
@@ -262,11 +277,20 @@ def main(argv: list[str] | None = None, run_cli=None) -> int:
   cache = os.path.abspath(os.path.join(args.runs, "xla_cache"))
   tasks = to_run(names, args.seeds, args.out, args.runs, sched)
   t0 = time.time()
+  slots, pinned = queue.Queue(), cpu_slots(args.jobs) if run_cli is None else []
+  for cpus in pinned:
+    slots.put(cpus)
 
   def work(task):
     seed, name = task
-    print(f"[reproduce] seed {seed} {name}: started ({(time.time() - t0) / 60:.1f} min)", flush=True)
-    times = execute(name, seed, args.runs, sched, cache, run_cli)
+    cpus = slots.get() if pinned else None  # at most `jobs` runs hold one: never waits
+    print(f"[reproduce] seed {seed} {name}: started ({(time.time() - t0) / 60:.1f} min)"
+          + (f" on CPUs {sorted(cpus)}" if cpus else ""), flush=True)
+    try:
+      times = execute(name, seed, args.runs, sched, cache, run_cli, cpus)
+    finally:
+      if cpus:
+        slots.put(cpus)
     keep_results(name, seed, args.runs, args.out, sched, times, info["commit"])
 
   def on_done(task, status):

@@ -212,3 +212,20 @@ def test_a_tiny_reproduction_runs_resumes_and_reports(tmp_path, capsys):
   assert reproduce.main(argv, run_cli=run_cli) == 0
   assert calls == ["train", "eval", "eval"] * 3  # base, sft, more_sft
   assert json.loads((kept / "eval.json").read_text()) == grpo
+
+
+def test_concurrent_runs_get_disjoint_cpus_and_their_processes_are_pinned(monkeypatch, tmp_path):
+  monkeypatch.setattr(reproduce.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+  assert reproduce.cpu_slots(2) == [{0, 2}, {1, 3}]
+  assert reproduce.cpu_slots(1) == [] and reproduce.cpu_slots(5) == []
+  monkeypatch.undo()
+  seen = {}
+  monkeypatch.setattr(reproduce, "commands", lambda *a: [["noop"]])
+  monkeypatch.setattr(reproduce.subprocess, "run", lambda cmd, **kw: seen.update(kw))
+  cpu = min(os.sched_getaffinity(0))
+  reproduce.execute("grpo", 0, str(tmp_path), SCHED, "cache", cpus={cpu})
+  pid = os.fork()
+  if pid == 0:  # the child does what the run's process does before it starts
+    seen["preexec_fn"]()
+    os._exit(0 if os.sched_getaffinity(0) == {cpu} else 1)
+  assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
