@@ -1,8 +1,9 @@
 """`make reproduce`: every method of docs/method.md §6 in the evidence setting, paired, on
 several seeds; `make reproduce-quick` runs one seed of the same schedule.
 
-    python -m experiments.reproduce --seeds 3 --jobs 2      # make reproduce
-    python -m experiments.reproduce --seeds 1 --jobs 2      # make reproduce-quick
+    python -m experiments.reproduce --seeds 3                # make reproduce
+    python -m experiments.reproduce --seeds 1 --methods more_sft,grpo,realm_r1
+                                                             # make reproduce-quick
 
 Per seed s, under RUNS/seed{s}/ (`experiments/evidence.py`: the tiny model from
 scratch on tariff level 0, 2,000 teacher CoTs, 10,000 RL questions with gold
@@ -21,10 +22,13 @@ Every run is then evaluated on its seed's test questions at the training level
 trained. `experiments/reproduce_report.py` pairs the methods question by question
 and writes the table, the plot and the wall times to OUT.
 
-Runs are subprocesses of the CLI, `--jobs` at a time. A finished run (its
-eval_d1.json present) is skipped, an interrupted one resumes from its last
-checkpoint, and a failed one fails only the runs that start from it: rerunning the
-command resumes the reproduction. The report is rewritten after every run.
+Runs are subprocesses of the CLI, `--jobs` at a time. A finished run's eval files
+and summary are kept under OUT/runs/seed{s}/NAME (small; committed), so a rerun,
+in this session or a later one on a machine without the run directories, runs
+only what is missing: an interrupted run resumes from its last checkpoint, and a
+finished start whose params are gone is trained again and must answer exactly as
+its kept results say. A failed run fails only the runs that start from it. The
+report is rewritten after every run.
 """
 
 from __future__ import annotations
@@ -256,7 +260,8 @@ def main(argv: list[str] | None = None, run_cli=None) -> int:
   p.add_argument("--out", default="experiments/results/reproduce")
   p.add_argument("--runs", default="runs/reproduce")
   p.add_argument("--seeds", type=int, default=3)
-  p.add_argument("--jobs", type=int, default=2, help="runs at once (default 2: this CPU's cores)")
+  p.add_argument("--jobs", type=int, default=1,
+                 help="runs at once, each pinned to its share of the CPUs (default 1)")
   p.add_argument("--methods", default=",".join(METHODS),
                  help="comma-separated; the runs they start from are added")
   p.add_argument("--sft-steps", type=int, default=Schedule.sft_steps)
