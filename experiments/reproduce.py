@@ -85,10 +85,12 @@ CONTROL = "grpo"
 @dataclasses.dataclass(frozen=True)
 class Schedule:
   """The sizes every seed shares. RL methods take `rl_steps` steps of 16 prompts x 8
-  samples; the control SFT -> more SFT takes `rl_steps` SFT updates; RFT draws the same
-  samples (2 rounds of rl_steps * 8 questions x 8) for as many updates."""
+  samples, validating every `rl_steps // 10` and keeping their best params (no early stop:
+  it would cut EAAI's fade short, since validation shows no routes); the control
+  SFT -> more SFT takes as many SFT updates, validated alike; RFT draws the same samples
+  (2 rounds of rl_steps * 8 questions x 8) for as many updates."""
   sft_steps: int = 1500
-  rl_steps: int = 40
+  rl_steps: int = 60
   rl_lr: float = 1e-4
   k: int = 4  # pass@k and maj@k at the training level
   harder_level: int = 1
@@ -101,14 +103,14 @@ class Schedule:
              # the control's updates: as many as RL's, at RL's learning rate and validation
              "more_sft": [f"sft.steps={self.rl_steps}", f"sft.lr={self.rl_lr}",
                           f"sft.warmup={max(1, self.rl_steps // 8)}",
-                          f"sft.eval_every={max(1, self.rl_steps // 6)}"],
+                          f"sft.eval_every={max(1, self.rl_steps // 10)}"],
              "rft": ["rft.rounds=2", f"rft.questions={self.rl_steps * 8}",
                      "rft.samples_per_question=8", f"rft.steps_per_round={self.rl_steps // 2}",
                      "rft.batch_size=16", "rft.lr=1e-4", "rft.warmup=5"]}.get(name, [])
     if m.experiment == "evidence_rl" and name != "rft":
       sized = [f"rl.steps={self.rl_steps}", f"rl.lr={self.rl_lr}",
                f"rl.warmup={max(1, self.rl_steps // 8)}",
-               f"rl.eval_every={max(1, self.rl_steps // 6)}"]
+               f"rl.eval_every={max(1, self.rl_steps // 10)}"]
     return [*sized, *self.extra, *m.overrides]
 
 
