@@ -96,15 +96,15 @@ def routes_shown(workdir: str) -> int:
 
 
 def teacher_cots(name: str) -> str:
+  """The teacher CoTs a method consumed through its starts: the base warm-up reads 400 of
+  the 2,000 that SFT distils (SFT also shows a quarter of them with their route pools)."""
   from experiments import evidence, reproduce
   chain, n = [], name
   while n is not None:
     chain.append(n)
     n = reproduce.METHODS[n].start
   cfg = evidence.get_config()
-  cots = cfg.sft.num_items if "sft" in chain else cfg.base.num_items
-  routes = " + the route pools of the SFT items shown with routes" if "sft" in chain else ""
-  return f"{cots:,} (base: {cfg.base.num_items} of them){routes}" if "sft" in chain else f"{cots:,}"
+  return f"{cfg.sft.num_items:,}" if "sft" in chain else f"{cfg.base.num_items:,}"
 
 
 def check_same_questions(a: dict, b: dict) -> None:
@@ -150,6 +150,33 @@ def summarize(per: dict[str, list[dict | None]], k: int, controls: tuple[str, ..
         row[f"{level} - {control}"] = None if d is None else d.__dict__
     out[name] = row
   return out
+
+
+def against(per: dict[str, list[dict | None]], ref: str = "realm_r1") -> dict:
+  """Each other method minus `ref`, paired, per (level, setting): how ReaLM-R1 compares with
+  each ablation, with CoT-synthesizer style (with routes, the paper's claim) and with GRPO."""
+  out = {}
+  if ref not in per:
+    return out
+  for name, runs in per.items():
+    if name in (ref, "base", "realm_zero"):
+      continue
+    row = {}
+    for level, setting in SETTINGS:
+      d = difference(per[ref], runs, level, setting)
+      row[f"{level} {setting}"] = None if d is None else d.__dict__
+    if any(row.values()):
+      out[name] = row
+  return out
+
+
+def against_table(rows: dict, levels: tuple[int, int]) -> str:
+  l0, l1 = levels
+  lines = [f"| method − ReaLM-R1 | L{l0} no routes | L{l0} with routes | L{l1} no routes |",
+           "|---|---|---|---|"]
+  for name, r in rows.items():
+    lines.append(f"| {name} | " + " | ".join(_ci(r[f"{lv} {st}"]) for lv, st in SETTINGS) + " |")
+  return "\n".join(lines) + "\n"
 
 
 def baselines(per: dict[str, list[dict | None]]) -> dict[str, dict[str, float]]:
@@ -261,15 +288,23 @@ def write(out: str, seeds: int, names: list[str], sched, info: dict) -> dict:
         f"{sched.rl_steps} steps of 16 x 8 at lr {sched.rl_lr:g}.\n\n"
         f"Accuracy: greedy, mean over the seeds finished. Differences: paired, question by "
         f"question within a seed, mean over seeds, 95% two-level bootstrap interval (seeds, "
-        f"then questions); bold when it excludes 0.\n\n"
+        f"then questions); bold when it excludes 0. Teacher CoTs: those a method's starts "
+        f"distilled (the base warm-up reads 400 of SFT's 2,000; SFT shows a quarter of its "
+        f"items with their route pools and gold verdicts). Routes shown in RL: prompts with "
+        f"routes x routes each, summed over steps.\n\n"
         + table(summary, base, sched.k, levels, about, budgets))
+  vs_r1 = against(per)
+  if vs_r1:
+    md += ("\nEvery other method against ReaLM-R1, paired as above (negative: ReaLM-R1 is "
+           "better):\n\n" + against_table(vs_r1, levels))
   os.makedirs(out, exist_ok=True)
   with open(os.path.join(out, "table.md"), "w") as f:
     f.write(md)
   result = {**info, "seeds": seeds, "schedule": {"sft_steps": sched.sft_steps,
                                                  "rl_steps": sched.rl_steps, "rl_lr": sched.rl_lr,
                                                  "k": sched.k, "levels": list(levels)},
-            "seed_wall": seed_wall, "summary": summary, "baselines": base,
+            "seed_wall": seed_wall, "summary": summary, "against_realm_r1": vs_r1,
+            "baselines": base,
             "teacher_budget": budgets}
   with open(os.path.join(out, "results.json"), "w") as f:
     json.dump(result, f, indent=2)

@@ -147,6 +147,11 @@ def test_report_pairs_methods_question_by_question(tmp_path):
   assert r["baselines"]["l0 without routes"] == {"constant": 0.25}
   md = (tmp_path / "table.md").read_text()
   assert "**+1.000 (+1.000 .. +1.000)**" in md and "baseline: constant" in md
+  # and the other way round, against ReaLM-R1: grpo - r1 = 0 at level 0, -1 at level 1
+  vs = r["against_realm_r1"]["grpo"]
+  assert vs["l0 without routes"]["diff"] == pytest.approx(0.0)
+  assert vs["l1 without routes"]["diff"] == -1 and vs["l0 with routes"]["diff"] == pytest.approx(0.0)
+  assert "| grpo | " in md.split("against ReaLM-R1")[1]
   assert (tmp_path / "paired.png").stat().st_size > 0
 
 
