@@ -84,8 +84,10 @@ def routes_shown(workdir: str) -> int:
   if not os.path.exists(path):
     return 0
   per_step = {}
-  run = json.load(open(os.path.join(workdir, "run.json"))) if os.path.exists(
-      os.path.join(workdir, "run.json")) else {}
+  run = {}
+  if os.path.exists(os.path.join(workdir, "run.json")):
+    with open(os.path.join(workdir, "run.json")) as f:
+      run = json.load(f)
   prompts = run.get("config", {}).get("rl", {}).get("batch_prompts", 16)
   with open(path) as f:
     for line in f:
