@@ -7,7 +7,7 @@ WORKDIR ?= runs/demo
 PYTEST_ARGS ?=
 SWEEP ?= experiments/sweeps/tiny_lr.py
 
-.PHONY: install test test-fast demo evidence reproduce reproduce-quick bench bench-peers gpu-check sweep clean
+.PHONY: install test test-fast demo evidence reproduce reproduce-quick evidence-smollm2 bench bench-peers gpu-check sweep clean
 
 install: $(STAMP)
 
@@ -53,6 +53,12 @@ reproduce: install
 reproduce-quick: install
 	$(PY) -m experiments.reproduce --seeds 1 --jobs $(REPRO_JOBS) --methods more_sft,grpo,realm_r1 \
 	  $(REPRO_ARGS)
+
+# SmolLM2-135M-Instruct (the packaged GGUF, LoRA) on tariff level 0: SFT from the model as
+# loaded, then GRPO and ReaLM-R1 from the SFT run, each evaluated on 320 paired test questions
+# (experiments/results/smollm2/). Each run is about 1-2 h on a 2-core CPU; kept runs are skipped.
+evidence-smollm2: install
+	$(PY) -m experiments.smollm2
 
 # MODEL=smollm2: SmolLM2-135M's shape (3 sampler calls, 2 GRPO steps); SHAPE=smollm2 runs the
 # peers on the same shape and counts.

@@ -208,3 +208,60 @@ def test_process_defaults_to_jax():
   assert (jax.process_index(), jax.process_count()) == (0, 1)
   a = _ids(_take(data.rl_batches(RECORDS, 4, seed=1), 3))
   assert a == _ids(_take(data.rl_batches(RECORDS, 4, seed=1, process_index=0, process_count=1), 3))
+
+
+# ------------------------------------------------------------ grouped by bucket
+def test_bucket_groups_hand_checked():
+  items = [([1] * n, [2]) for n in (3, 4, 5, 10, 12, 30)]  # lengths 4, 5, 6, 11, 13, 31
+  groups = data.bucket_groups(items, (8, 16, 32), min_size=2)
+  assert [[len(p) + len(c) for p, c in g] for g in groups] == [[4, 5, 6], [11, 13, 31]]
+  # a small group joins the next larger bucket's; everything in one group when all are small
+  groups = data.bucket_groups(items, (8, 16, 32), min_size=4)
+  assert [[len(p) + len(c) for p, c in g] for g in groups] == [[4, 5, 6, 11, 13, 31]]
+  assert data.bucket_groups(items[:3], (8, 16, 32), min_size=1) == [items[:3]]
+
+
+def _two_lengths(n_short=30, n_long=10):
+  """Short pairs ('a'-words, 4-7 tokens with BOS and EOS) and long ones ('z', 20-26)."""
+  return ([('a' * (1 + i % 3), 'a' * (1 + i % 2)) for i in range(n_short)]
+          + [('z' * (10 + i % 5), 'z' * (8 + i % 2)) for i in range(n_long)])
+
+
+def test_grouped_batches_hold_one_bucket_in_proportion_and_every_item():
+  recs, tok = _two_lengths(), CharTokenizer()
+  it = data.sft_batches(recs, tok, 5, (8, 32), seed=3, process_index=0, process_count=1,
+                        group_by_bucket=True)
+  batches = _take(it, 400)
+  kinds = []
+  for b in batches:
+    real = b['tokens'][b['mask'].astype(bool)]
+    letters = set(real[(real >= 1) & (real <= 26)].tolist())
+    assert letters in ({1}, {26})  # never a short and a long item in one batch
+    kinds.append(26 in letters)
+    assert b['tokens'].shape[1] == (32 if 26 in letters else 8)
+  # 10 long items of 40: a quarter of the batches, within 3 sigma of 400 draws
+  assert abs(np.mean(kinds) - 0.25) < 3 * np.sqrt(0.25 * 0.75 / 400)
+  # the first 6 short batches are one epoch of the 30 short items, each once
+  short = [b for b, k in zip(batches, kinds) if not k][:6]
+  seen = sorted(tuple(row[m.astype(bool)]) for b in short for row, m in zip(b['tokens'], b['mask']))
+  want = sorted(tuple(tok.encode(p, add_bos=True) + tok.encode(c) + [31]) for p, c in recs[:30])
+  assert seen == want
+
+
+def test_grouped_batches_resume_and_split_over_processes():
+  recs, tok = _two_lengths(), CharTokenizer()
+  kw = dict(buckets=(8, 32), seed=4, group_by_bucket=True)
+  it = data.sft_batches(recs, tok, 4, process_index=0, process_count=1, **kw)
+  _take(it, 7)
+  state = json.loads(json.dumps(data.get_state(it)))
+  expected = [b['tokens'].tolist() for b in _take(it, 9)]
+  fresh = data.sft_batches(recs, tok, 4, process_index=0, process_count=1, **kw)
+  data.restore(fresh, state)
+  assert [b['tokens'].tolist() for b in _take(fresh, 9)] == expected
+  whole = _take(data.sft_batches(recs, tok, 4, process_index=0, process_count=1, **kw), 8)
+  parts = [_take(data.sft_batches(recs, tok, 2, process_index=i, process_count=2, **kw), 8)
+           for i in range(2)]
+  for w, p0, p1 in zip(whole, *parts):
+    np.testing.assert_array_equal(np.concatenate([p0['tokens'], p1['tokens']]), w['tokens'])
+  with pytest.raises(ValueError, match='group_by_bucket .* needs repeat=True'):
+    data.sft_batches(recs, tok, 4, repeat=False, process_index=0, process_count=1, **kw)

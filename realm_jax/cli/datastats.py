@@ -62,9 +62,17 @@ def stats_table(examples: list[Example], tokenizer=None, reference: list[Example
   return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
 
 
+def stats_tokenizer(name: str):
+  """A tokenizer file or folder, or a model's own ('smollm2', a .gguf file)."""
+  path = model_path(name)
+  if str(path).endswith(".gguf"):
+    return pretrained.load_pretrained_tokenizer(path)
+  return load_tokenizer(path)
+
+
 def print_stats(source: str, tokenizer: str | None = None, n: int = 200, seed: int = 0,
                 difficulty: int = 0) -> None:
-  tok = load_tokenizer(tokenizer) if tokenizer else None
+  tok = stats_tokenizer(tokenizer) if tokenizer else None
   examples = examples_with_routes(source, n, seed, difficulty)
   reference = None  # the mode comes from another sample of the source where there is one
   if not source.startswith("routes:"):

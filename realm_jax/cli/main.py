@@ -110,7 +110,7 @@ def _parser() -> argparse.ArgumentParser:
   dsub = d.add_subparsers(dest="data_command", required=True)
   ds = dsub.add_parser("stats", help="print a table of a source's statistics")
   ds.add_argument("source", help="domain:NAME | gym:TASK | gsm8k:FILE | routes:FILE")
-  ds.add_argument("--tokenizer", default=None, help="tokenizer file/folder for token lengths")
+  ds.add_argument("--tokenizer", default=None, help="tokenizer file/folder, .gguf or smollm2, for token lengths")
   ds.add_argument("--n", type=int, default=200)
   ds.add_argument("--seed", type=int, default=0)
   ds.add_argument("--difficulty", type=int, default=0)

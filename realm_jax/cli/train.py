@@ -34,19 +34,18 @@ from typing import Any
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 
 from realm_jax import configs, errors, model
 from realm_jax.cli.generate import model_path
+from realm_jax.cli.run_files import (PHASES, final_params_path, finished, finished_phases,
+                                     load_params,
+                                     load_run_info, params_path, run_final_params, save_params)
 from realm_jax.evaluation import accuracy
 from realm_jax.model import lora, pretrained, tokenizer as tokenizer_lib
 from realm_jax.rl import corpus, rft, stage as rl_stage
 from realm_jax.train import distributed, loop, metrics as metrics_lib, preemption
 from realm_jax.train import sft as distill
 from realm_jax.train import sharding, workdir as workdir_lib
-
-PHASES = ("base", "sft", "rft", "rl")
-
 
 @dataclasses.dataclass
 class Context:
@@ -57,14 +56,6 @@ class Context:
   chat: bool
   pretrained_params: Any = None
   mesh: Any = None
-
-
-def load_run_info(workdir: str) -> dict:
-  path = os.path.join(workdir, "run.json")
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"{path} not found: is {workdir} a realm-jax run directory?")
-  with open(path) as f:
-    return json.load(f)
 
 
 def load_config(workdir: str, extra_overrides: list[str] | None = None) -> configs.ExperimentConfig:
@@ -101,50 +92,6 @@ def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
     return [d for k in sorted(old.keys() & new.keys())
             for d in _differences(old[k], new[k], f"{prefix}{k}.")]
   return [] if old == new else [f"{prefix[:-1]}: {old!r} -> {new!r}"]
-
-
-# ---------------------------------------------------------------------------
-# Params on disk.
-
-
-def params_path(workdir: str, phase: str) -> str:
-  return os.path.abspath(os.path.join(workdir, "params", phase))
-
-
-def save_params(workdir: str, phase: str, params: Any) -> None:
-  """A finished stage's trainable params (with LoRA the adapters only: the base is the
-  run's input, rebuilt by `base_params`)."""
-  path = params_path(workdir, phase)
-  if os.path.exists(path):
-    shutil.rmtree(path)
-  with ocp.StandardCheckpointer() as ckptr:
-    ckptr.save(path, lora.split(params)[0])
-
-
-def load_params(path: str, model_cfg: model.ModelConfig, base: Any = None) -> Any:
-  """Params saved by `save_params`. A LoRA config (`model_cfg.lora`) reads adapters and
-  merges them into `base` (required then); otherwise the whole model."""
-  abstract = jax.eval_shape(lambda: model.init_params(model_cfg, jax.random.key(0)))
-  adapters = model_cfg.lora is not None
-  if adapters and base is None:
-    raise ValueError(f"{path}: LoRA adapters need their base params")
-  with ocp.StandardCheckpointer() as ckptr:
-    try:
-      saved = ckptr.restore(os.path.abspath(path), lora.split(abstract)[0])
-    except (ValueError, KeyError) as e:
-      what = "LoRA adapters" if adapters else "a whole model"
-      raise errors.UserError(f"{path}: does not hold {what} of this run's model "
-                             f"(model.lora_rank={getattr(model_cfg.lora, 'rank', 0)}): "
-                             f"{str(e).splitlines()[0][:200]}") from None
-  return lora.merge(saved, base) if adapters else saved
-
-
-def _finished(workdir: str, phase: str) -> bool:
-  return os.path.exists(params_path(workdir, phase))
-
-
-def finished_phases(workdir: str) -> list[str]:
-  return [p for p in PHASES if _finished(workdir, p)]
 
 
 # ---------------------------------------------------------------------------
@@ -207,22 +154,13 @@ def prepare(cfg: configs.ExperimentConfig, workdir: str, mesh=None, create: bool
                  mesh=mesh if mesh is not None else make_mesh(cfg.mesh))
 
 
-def final_params_path(run_dir: str) -> str:
-  """The params of the last finished stage of another run."""
-  for phase in reversed(PHASES):
-    if _finished(run_dir, phase):
-      return params_path(run_dir, phase)
-  raise FileNotFoundError(f"{run_dir!r} has no finished stage under {os.path.join(run_dir, 'params')}")
-
-
 def base_params(ctx: Context) -> tuple[Any, str]:
   """(params, source) before this run's first stage, without LoRA adapters, by the
   documented precedence."""
   cfg = ctx.cfg
   if cfg.init_from:
     path = final_params_path(cfg.init_from)
-    plain = dataclasses.replace(ctx.model_cfg, lora=None)
-    return load_params(path, plain), f"{cfg.init_from}:{os.path.basename(path)}"
+    return run_final_params(ctx, cfg.init_from), f"{cfg.init_from}:{os.path.basename(path)}"
   if ctx.pretrained_params is not None:
     return ctx.pretrained_params, f"pretrained:{cfg.model.pretrained}"
   params = model.init_params(ctx.model_cfg, jax.random.key(cfg.seed))
@@ -254,7 +192,9 @@ def stage_params(ctx: Context, workdir: str) -> dict[str, Any]:
   if len(done) >= 2:
     out[f"start ({done[-2]})"] = run_params(ctx, params_path(workdir, done[-2]), base)
   elif ctx.cfg.init_from:
-    out["start (init_from)"] = base_params(ctx)[0]
+    out["start (init_from)"] = base if base is not None else base_params(ctx)[0]
+  elif ctx.pretrained_params is not None:  # one stage on a pretrained model: the model as loaded
+    out["start (pretrained)"] = ctx.pretrained_params
   out[f"final ({done[-1]})"] = run_params(ctx, params_path(workdir, done[-1]), base)
   return out
 
@@ -377,7 +317,7 @@ def _run(cfg: configs.ExperimentConfig, experiment: str, workdir: str, ctx: Cont
     for phase, enabled, train_stage in stages:
       if not enabled:
         continue
-      if _finished(workdir, phase):  # a finished stage is never redone
+      if finished(workdir, phase):  # a finished stage is never redone
         params = load_params(params_path(workdir, phase), ctx.model_cfg, base)
       else:
         params = train_stage(params)

@@ -154,6 +154,28 @@ def collate_sft(items: Sequence[tuple[list[int], list[int]]], *, buckets: Sequen
   return {'tokens': tokens, 'mask': mask, 'loss_mask': loss_mask}
 
 
+def bucket_groups(items: Sequence[tuple[list[int], list[int]]], buckets: Sequence[int],
+                  min_size: int) -> list[list]:
+  """`items` by the smallest bucket that holds each, in bucket order; a group of fewer than
+  `min_size` items joins the next larger one (the largest, the one before it)."""
+  by: dict[int, list] = {}
+  for it in items:
+    by.setdefault(bucket_length(len(it[0]) + len(it[1]), buckets), []).append(it)
+  groups: list[list] = []
+  carry: list = []
+  for b in sorted(by):
+    carry = carry + by[b]
+    if len(carry) >= min_size:
+      groups.append(carry)
+      carry = []
+  if carry:
+    if groups:
+      groups[-1] = groups[-1] + carry
+    else:
+      groups.append(carry)
+  return groups
+
+
 class SFTBatches:
   """Iterator of SFT batch dicts that also carries the pipeline's counts.
 
@@ -181,10 +203,14 @@ def sft_batches(records: Sequence, tokenizer: Tokenizer, batch_size: int,
                 buckets: Sequence[int], seed: int, *, add_bos: bool = True,
                 shuffle: bool = True, repeat: bool = True, drop_remainder: bool = True,
                 process_index: int | None = None, process_count: int | None = None,
-                num_threads: int = 1) -> SFTBatches:
+                num_threads: int = 1, group_by_bucket: bool = False) -> SFTBatches:
   """Checkpointable iterator of `{'tokens', 'mask', 'loss_mask'}` int32[B, T]
   batches for SFT on (prompt, completion) records; see the module docstring
-  for bucketing and sharding. Tokenization is eager (host, once)."""
+  for bucketing and sharding. Tokenization is eager (host, once).
+
+  `group_by_bucket` (with `repeat`): each batch draws from one bucket's items only (a
+  bucket with fewer than a batch of items joins the next larger one), the buckets mixed in
+  proportion to their items, so a few long items no longer pad every batch to their length."""
   if batch_size <= 0:
     raise ValueError(f'batch_size must be positive, got {batch_size}')
   _check_buckets(buckets)
@@ -194,11 +220,20 @@ def sft_batches(records: Sequence, tokenizer: Tokenizer, batch_size: int,
   if not items or (drop_remainder and not repeat and len(items) < global_batch):
     raise ValueError(f'{len(items)} SFT examples fit the largest bucket {buckets[-1]} '
                      f'({too_long} too long), fewer than one global batch of {global_batch}')
-  ds = record_dataset(items, seed=seed, shuffle=shuffle, repeat=repeat,
-                      process_index=0, process_count=1)
   collate = functools.partial(collate_sft, buckets=tuple(buckets), pad_id=tokenizer.pad_id,
                               rows=slice(i * batch_size, (i + 1) * batch_size))
-  ds = ds.batch(global_batch, drop_remainder=drop_remainder, batch_fn=collate)
+  if group_by_bucket:
+    if not repeat:
+      raise ValueError('group_by_bucket mixes repeated per-bucket streams: it needs repeat=True')
+    groups = bucket_groups(items, buckets, global_batch)
+    ds = grain.MapDataset.mix(
+        [record_dataset(g, seed=seed + j, shuffle=shuffle, process_index=0, process_count=1)
+         .batch(global_batch, drop_remainder=True, batch_fn=collate)
+         for j, g in enumerate(groups)], weights=[len(g) for g in groups])
+  else:
+    ds = record_dataset(items, seed=seed, shuffle=shuffle, repeat=repeat,
+                        process_index=0, process_count=1)
+    ds = ds.batch(global_batch, drop_remainder=drop_remainder, batch_fn=collate)
   return SFTBatches(iter(ds.to_iter_dataset(_read_options(num_threads))), len(items), too_long)
 
 

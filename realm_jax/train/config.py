@@ -30,6 +30,9 @@ class SFTConfig:
   kd_temperature: float = 1.0
   kd_teacher: str | None = None  # a run directory (its final params) sharing model and tokenizer
   microbatches: int = 1  # gradient accumulation inside the step (same loss, less memory)
+  # each batch from one length bucket (`data.pipeline.sft_batches`): with route_share > 0 a few
+  # items with routes no longer pad every batch to their length
+  group_by_bucket: bool = False
   # Convergence (`check_convergence`): validate every N steps (0: never), stop after `patience`
   # validations without a `min_delta` gain (0: never), end with the best or the last params.
   eval_every: int = 0

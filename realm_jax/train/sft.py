@@ -122,7 +122,7 @@ def run_sft(phase: str, ctx: SFTContext, params: Any, pairs: Sequence[tuple[str,
   if ctx.chat:
     pairs = [(generation.chat_prompt(ctx.tokenizer, p), c) for p, c in pairs]
   batches = data.sft_batches(list(pairs), ctx.tokenizer, cfg.batch_size // jax.process_count(),
-                             ctx.buckets, ctx.seed)
+                             ctx.buckets, ctx.seed, group_by_bucket=cfg.group_by_bucket)
   step_fn = train_step.make_sft_step(ctx.model_cfg, optimizer, cfg.kd_alpha, cfg.kd_temperature,
                                      shardings, microbatches=cfg.microbatches)
   metrics_lib.report_memory(phase, step_fn, (abstract_state, _abstract_batch(cfg, ctx, shardings)),

@@ -1,0 +1,128 @@
+"""SmolLM2-135M-Instruct in the evidence setting (`experiments/evidence_smollm2.py`) and its
+driver (`experiments/smollm2.py`): the config, its buckets against the real tokenizer, the
+runs' commands, and the report's paired numbers against hand counts."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from experiments import smollm2
+from realm_jax import configs
+from realm_jax.model import gguf as gguf_import, pretrained
+from realm_jax.rl import corpus
+
+
+def test_config_is_lora_smollm2_on_tariff_level_0_with_enough_test_questions():
+  cfg = configs.load_experiment("evidence_smollm2")
+  assert cfg.model.pretrained == "smollm2" and cfg.model.lora_rank > 0
+  assert (cfg.data.source, cfg.data.difficulty) == ("domain:tariff", 0)
+  assert cfg.eval.num_questions >= 300 and cfg.data.num_eval >= cfg.eval.num_questions
+  assert cfg.data.num_valid > 0 and cfg.sft.eval_every > 0 and cfg.rl.eval_every > 0
+  assert cfg.sft.steps > 0 and cfg.sft.group_by_bucket and 0 < cfg.sft.route_share < 1
+  # GRPO and ReaLM-R1 share one RL budget and differ only in routes and the contrast term
+  grpo = configs.load_experiment("evidence_smollm2", list(smollm2.RUNS["grpo"][1]))
+  r1 = configs.load_experiment("evidence_smollm2", list(smollm2.RUNS["realm_r1"][1]))
+  for c in (grpo, r1):
+    assert c.sft.steps == 0 and c.rl.steps == smollm2.RL_STEPS > 0
+  assert (grpo.rl.routes, r1.rl.routes) == ("never", "eaai")
+  assert grpo.rl.mrpv.contrast_coef == 0 < r1.rl.mrpv.contrast_coef
+  assert r1.rl.mrpv.w_ver > 0
+  same = lambda c: (c.rl.batch_prompts, c.rl.group_size, c.rl.lr, c.rl.max_new_tokens)
+  assert same(grpo) == same(r1)
+
+
+def _chat_len(tok, prompt: str) -> int:
+  return len(tok.encode(tok.apply_chat_template([{"role": "user", "content": prompt}]),
+                        add_bos=True))
+
+
+def test_buckets_and_completion_budget_hold_tariff_under_the_smollm2_tokenizer():
+  cfg = configs.load_experiment("evidence_smollm2", ["data.num_train=200", "data.num_eval=100",
+                                                     "data.num_valid=8"])
+  tok = pretrained.load_pretrained_tokenizer(gguf_import.smollm2_gguf_path())
+  data = corpus.build_run_data(cfg.data)
+  m, K = cfg.rl.mrpv, cfg.rl.mrpv.num_routes
+  rng = np.random.default_rng(0)
+  for ex in data.train + data.eval:
+    plain = _chat_len(tok, m.without_routes_template.format(question=ex.question))
+    assert plain <= cfg.data.prompt_buckets[0], ex.id  # RL and eval prompts without routes
+    prompt, labels, texts = corpus.route_prompt(ex, rng, m, K)
+    assert _chat_len(tok, prompt) <= cfg.data.prompt_buckets[-1], ex.id
+    # the teacher's completions (EOS included), without and with the verdicts, fit the
+    # sampling budget, and distillation items the SFT buckets
+    bare, verified = (len(tok.encode(corpus.format_completion(ex.cot, ex.answer, lab))) + 1
+                      for lab in (None, labels))
+    assert max(bare, verified) <= cfg.rl.max_new_tokens == cfg.eval.max_new_tokens, ex.id
+    assert plain + bare <= cfg.data.sft_buckets[1], ex.id
+    assert _chat_len(tok, prompt) + verified <= cfg.data.sft_buckets[-1], ex.id
+    for t in texts:  # route-contrast rows: question, then the route
+      assert len(tok.encode(ex.question + "\n", add_bos=True) + tok.encode(t)) \
+          <= cfg.data.sft_buckets[-1], ex.id
+
+
+def test_commands_chain_the_runs_from_the_sft_run():
+  sft, grpo = smollm2.commands("sft", "R"), smollm2.commands("grpo", "R", ("seed=1",))
+  assert sft[0][:4] == ["train", "evidence_smollm2", "--workdir", "R/sft"]
+  assert not any(a.startswith("init_from") for a in sft[0])
+  assert sft[1] == ["eval", "--workdir", "R/sft"]  # pairs the model as loaded with SFT
+  assert "init_from=R/sft" in grpo[0] and grpo[0][-1] == "seed=1"
+  assert grpo[1] == ["eval", "--workdir", "R/grpo", "eval.final_only=true", "seed=1"]
+
+
+def _eval_file(path, stages: dict[str, list[int]], digest="q"):
+  res = {stage: {s: {"n": len(c), "accuracy": float(np.mean(c)), "correct": c,
+                     "accuracy_ci_low": 0.0, "accuracy_ci_high": 1.0,
+                     **({"verification_accuracy": 0.5} if s == "with routes" else {})}
+                 for s in smollm2.SETTINGS} for stage, c in stages.items()}
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, "w") as f:
+    json.dump({"questions_sha256": digest, "results": res,
+               "baselines": {"without routes": {"zone cap": 0.25}}}, f)
+
+
+def test_report_pairs_every_stage_against_hand_counts(tmp_path):
+  out = str(tmp_path)
+  _eval_file(f"{out}/sft/eval.json", {"start (pretrained)": [0, 0, 0, 0],
+                                      "final (sft)": [1, 1, 0, 0]})
+  _eval_file(f"{out}/grpo/eval.json", {"final (rl)": [1, 1, 1, 0]})
+  _eval_file(f"{out}/realm_r1/eval.json", {"final (rl)": [1, 0, 1, 1]})
+  r = smollm2.report(out, "cmd", "abc")
+  d = r["differences"]
+  one = d["sft - pretrained (without routes)"]
+  assert (one["diff"], one["b_only"], one["a_only"], one["n"]) == (0.5, 2, 0, 4)
+  assert one["p_value"] == pytest.approx(0.5)  # exact McNemar: 2 x P(Bin(2, 1/2) = 0)
+  assert d["grpo - sft (with routes)"]["diff"] == 0.25
+  both = d["realm_r1 - grpo (without routes)"]  # one question each way
+  assert (both["diff"], both["b_only"], both["a_only"]) == (0.0, 1, 1)
+  assert r["accuracy"]["pretrained"]["without routes"] == 0.0
+  table = open(f"{out}/table.md").read()
+  assert "| baseline: zone cap | 0.250 |" in table
+  # se = sqrt(2 - 2^2 / 4) / 4 = 0.25: 0.5 -+ 1.96 x 0.25, bold as it excludes 0
+  assert "| sft − pretrained | without routes | **+0.500 (+0.010 .. +0.990)** | 0.5 | 2 / 0 | 4 |" \
+      in table
+  _eval_file(f"{out}/grpo/eval.json", {"final (rl)": [1, 1, 1, 0]}, digest="other")
+  with pytest.raises(ValueError, match="evaluated different questions"):
+    smollm2.report(out, "cmd", "abc")
+
+
+def test_main_skips_kept_runs_and_refuses_a_run_without_its_start(tmp_path, capsys):
+  out, runs = str(tmp_path / "out"), str(tmp_path / "runs")
+  _eval_file(f"{out}/sft/eval.json", {"start (pretrained)": [0, 1], "final (sft)": [1, 1]})
+  called = []
+  assert smollm2.main(["--out", out, "--runs", runs, "--runs-only", "sft"], called.append) == 0
+  assert called == [] and "sft: kept" in capsys.readouterr().out
+  assert smollm2.main(["--out", out, "--runs", runs, "--runs-only", "grpo"], called.append) == 1
+  assert called == [] and "its start" in capsys.readouterr().out
+  with pytest.raises(SystemExit):
+    smollm2.main(["--runs-only", "nope"])
+
+
+def test_data_stats_counts_tokens_with_the_smollm2_tokenizer(capsys):
+  from realm_jax.cli import datastats, main as cli_main
+  cli_main.main(["data", "stats", "domain:tariff", "--n", "12", "--tokenizer", "smollm2"])
+  row = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("question tokens"))
+  tok = pretrained.load_pretrained_tokenizer(gguf_import.smollm2_gguf_path())
+  lens = [len(tok.encode(ex.question)) for ex in datastats.examples_with_routes("domain:tariff", 12, 0, 0)]
+  assert row.split()[-1] == f"{min(lens)}/{int(np.median(lens))}/{max(lens)}"
