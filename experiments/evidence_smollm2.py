@@ -46,7 +46,7 @@ def get_config() -> configs.ExperimentConfig:
                             select="best", group_by_bucket=True),
       rl=configs.RLConfig(
           steps=0, batch_prompts=8, group_size=8, lr=1e-4, warmup=4, max_new_tokens=144,
-          microbatches=2, temperature=1.0, routes="never", eval_every=5, select="best",
+          microbatches=8, temperature=1.0, routes="never", eval_every=5, select="best",
           loss=losses.LossConfig(kl_coef=0.04), mrpv=MRPV,
           eaai=eaai.EAAIConfig(shape="linear", fade_length=0.6)),
       eval=configs.EvalConfig(num_questions=320, k=1, max_new_tokens=144, batch_size=64),

@@ -3,7 +3,8 @@
 on the same 320 held-out questions, paired.
 
     python -m experiments.smollm2                       # every run not yet kept
-    python -m experiments.smollm2 --runs-only sft       # one run (its start must be kept)
+    python -m experiments.smollm2 --runs-only sft       # one run (an RL run needs the SFT
+                                                        # run's params on this machine)
 
 Runs, in order, each a background-sized job (~1-2 h on two CPU cores):
 
@@ -115,6 +116,7 @@ def report(out: str, command: str, commit: str) -> dict:
     cells = [f"{res[s]['accuracy']:.3f} ({res[s]['accuracy_ci_low']:.3f} .. "
              f"{res[s]['accuracy_ci_high']:.3f})" for s in SETTINGS]
     ver = res["with routes"].get("verification_accuracy")
+    ver = None if ver is None or ver != ver else ver  # NaN: no verdicts to score
     wall = summaries.get(name, {}).get("wall_seconds")
     about = "SmolLM2-135M-Instruct as loaded" if name == "pretrained" else RUNS[name][2]
     rows.append(f"| {name}: {about} | {' | '.join(cells)} | "
@@ -181,6 +183,7 @@ def main(argv: list[str] | None = None, run_cli=None) -> int:
   p.add_argument("--runs-only", default=",".join(RUNS), help="comma-separated run names")
   p.add_argument("overrides", nargs="*", help="for every run, e.g. eval.num_questions=64")
   args = p.parse_args(argv)
+  args.runs = os.path.abspath(args.runs)  # recorded as init_from in the RL runs' run.json
   names = [n for n in args.runs_only.split(",") if n]
   unknown = [n for n in names if n not in RUNS]
   if unknown:

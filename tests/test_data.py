@@ -1,6 +1,7 @@
 """Input pipeline tests: padding and buckets by hand, determinism, resume,
 process sharding."""
 
+import collections
 import json
 
 import numpy as np
@@ -231,7 +232,7 @@ def test_grouped_batches_hold_one_bucket_in_proportion_and_every_item():
   recs, tok = _two_lengths(), CharTokenizer()
   it = data.sft_batches(recs, tok, 5, (8, 32), seed=3, process_index=0, process_count=1,
                         group_by_bucket=True)
-  batches = _take(it, 400)
+  batches = _take(it, 1600)
   kinds = []
   for b in batches:
     real = b['tokens'][b['mask'].astype(bool)]
@@ -239,13 +240,24 @@ def test_grouped_batches_hold_one_bucket_in_proportion_and_every_item():
     assert letters in ({1}, {26})  # never a short and a long item in one batch
     kinds.append(26 in letters)
     assert b['tokens'].shape[1] == (32 if 26 in letters else 8)
-  # 10 long items of 40: a quarter of the batches, within 3 sigma of 400 draws
-  assert abs(np.mean(kinds) - 0.25) < 3 * np.sqrt(0.25 * 0.75 / 400)
-  # the first 6 short batches are one epoch of the 30 short items, each once
-  short = [b for b, k in zip(batches, kinds) if not k][:6]
-  seen = sorted(tuple(row[m.astype(bool)]) for b in short for row, m in zip(b['tokens'], b['mask']))
-  want = sorted(tuple(tok.encode(p, add_bos=True) + tok.encode(c) + [31]) for p, c in recs[:30])
-  assert seen == want
+  # 10 long items of 40: a quarter of the batches, exactly so over whole windows of the
+  # shuffle (25 of 64 batches) that cover whole periods of the mix (4 of 400)
+  assert np.mean(kinds) == 0.25
+  # the order is shuffled: not one periodic pattern in every window, nor the same across seeds
+  assert len({tuple(kinds[i:i + 64]) for i in range(0, 1600, 64)}) > 12
+  other = _take(data.sft_batches(recs, tok, 5, (8, 32), seed=4, process_index=0,
+                                 process_count=1, group_by_bucket=True), 64)
+  assert [b['tokens'].shape[1] == 32 for b in other] != kinds[:64]
+  # whole windows hold a prefix of each bucket's stream of epochs: every item of a bucket
+  # comes e or e + 1 times, and nothing else comes (a text that m items share: m e .. m (e + 1))
+  seqs = [tuple(tok.encode(p, add_bos=True) + tok.encode(c) + [31]) for p, c in recs]
+  counts = collections.Counter(tuple(row[m.astype(bool)].tolist()) for b in batches
+                               for row, m in zip(b['tokens'], b['mask']))
+  assert set(counts) <= set(seqs)
+  for group in (seqs[:30], seqs[30:]):
+    mult = collections.Counter(group)
+    e = min(counts[q] // m for q, m in mult.items())
+    assert e > 0 and all(m * e <= counts[q] <= m * (e + 1) for q, m in mult.items())
 
 
 def test_grouped_batches_resume_and_split_over_processes():

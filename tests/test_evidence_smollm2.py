@@ -126,3 +126,39 @@ def test_data_stats_counts_tokens_with_the_smollm2_tokenizer(capsys):
   tok = pretrained.load_pretrained_tokenizer(gguf_import.smollm2_gguf_path())
   lens = [len(tok.encode(ex.question)) for ex in datastats.examples_with_routes("domain:tariff", 12, 0, 0)]
   assert row.split()[-1] == f"{min(lens)}/{int(np.median(lens))}/{max(lens)}"
+
+
+def test_main_runs_the_chain_keeps_results_and_reports(tmp_path):
+  out, runs = str(tmp_path / "out"), str(tmp_path / "runs")
+  correct = {"sft": [1, 1, 0, 0], "grpo": [1, 1, 1, 0], "realm_r1": [1, 0, 1, 1]}
+  calls = []
+
+  def fake_cli(args):  # stands in for the CLI: what train and eval leave in the workdir
+    calls.append(args)
+    wd = args[args.index("--workdir") + 1]
+    name = os.path.basename(wd)
+    if args[0] == "train":
+      open(os.path.join(wd, "DONE"), "w").close()
+      with open(os.path.join(wd, "metrics.jsonl"), "w") as f:
+        for step, row in ((0, {"reward": 0.5}), (4, {"valid_accuracy": 0.25}),
+                          (4, {"valid_accuracy": 0.5})):  # a resumed step: the last one counts
+          f.write(json.dumps({"phase": "rl", "step": step, **row}) + "\n")
+    else:
+      stages = {"final (x)": correct[name]}
+      if name == "sft":
+        stages = {"start (pretrained)": [0, 0, 0, 0], **stages}
+      _eval_file(os.path.join(wd, "eval.json"), stages)
+
+  assert smollm2.main(["--out", out, "--runs", runs], fake_cli) == 0
+  assert [(c[0], os.path.basename(c[c.index("--workdir") + 1])) for c in calls] == [
+      ("train", "sft"), ("eval", "sft"), ("train", "grpo"), ("eval", "grpo"),
+      ("train", "realm_r1"), ("eval", "realm_r1")]
+  assert f"init_from={os.path.abspath(runs)}/sft" in calls[4]
+  summary = json.load(open(f"{out}/realm_r1/run_summary.json"))
+  assert summary["valid_accuracy"] == [["rl", 4, 0.5]] and summary["reward"] == [["rl", 0, 0.5]]
+  assert summary["wall_seconds"] >= 0 and len(summary["commit"]) == 40
+  result = json.load(open(f"{out}/results.json"))
+  assert result["differences"]["realm_r1 - sft (without routes)"]["diff"] == 0.25
+  assert os.path.exists(f"{out}/curves.png")
+  calls.clear()
+  assert smollm2.main(["--out", out, "--runs", runs], fake_cli) == 0 and calls == []  # all kept

@@ -180,9 +180,14 @@ def test_compiled_memory_estimate_golden_and_check_fits():
   assert sh.check_fits(est, device_memory=10 * per_device) is True
   with pytest.raises(MemoryError, match=r"exceeds 100% of the device memory 0.00 GiB"):
     sh.check_fits(est, device_memory=per_device)
-  # CPU devices report no memory limit: the check is skipped, not failed.
-  assert sh.device_memory_bytes() is None
-  assert sh.check_fits(est) is False
+  # CPU devices report no memory limit: they share the host's (MemTotal), 8 fake devices here
+  with open("/proc/meminfo") as f:
+    total = next(int(l.split()[1]) * 1024 for l in f if l.startswith("MemTotal:"))
+  assert sh.device_memory_bytes() == min(total, sh.host_memory_bytes()) // 8
+  assert sh.host_memory_bytes() <= total
+  assert sh.check_fits(est) is True
+  with pytest.raises(MemoryError, match=r"raise the stage's microbatches, enable model.remat"):
+    sh.check_fits(dict(est, total_bytes=total))
 
 
 @pytest.mark.parametrize("shape", [(8, 1, 1), (2, 2, 2)])

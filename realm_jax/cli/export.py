@@ -56,6 +56,10 @@ def run(workdir: str, out: str, phase: str | None = None, peft: bool = False) ->
                            f"(finished: {', '.join(done)})")
   if peft and ctx.model_cfg.lora is None:
     raise errors.UserError(f"--peft: {workdir} trained no LoRA adapters (model.lora_rank=0)")
+  if peft and cfg.init_from:
+    raise errors.UserError(f"--peft: {workdir} started from init_from={cfg.init_from}, so its "
+                           f"adapters adapt that run's params, not model.pretrained; export "
+                           f"the merged folder (without --peft)")
   params = train.run_params(ctx, train.params_path(workdir, phase))
   plain = dataclasses.replace(ctx.model_cfg, lora=None)
   folder = Path(out)

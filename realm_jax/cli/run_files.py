@@ -12,7 +12,7 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
-from realm_jax import errors, model
+from realm_jax import configs, errors, model
 from realm_jax.model import lora
 
 PHASES = ("base", "sft", "rft", "rl")
@@ -74,14 +74,24 @@ def final_params_path(run_dir: str) -> str:
   raise FileNotFoundError(f"{run_dir!r} has no finished stage under {os.path.join(run_dir, 'params')}")
 
 
+def _config_record(run_dir: str) -> dict:
+  """A run's resolved config as run.json records it (resolved again from its experiment and
+  overrides for a record without one); {} for a directory of params only."""
+  if not os.path.exists(os.path.join(run_dir, "run.json")):
+    return {}
+  info = load_run_info(run_dir)
+  if "config" in info:
+    return info["config"]
+  return dataclasses.asdict(configs.load_experiment(info["experiment"], info["overrides"]))
+
+
 def run_final_params(ctx, run_dir: str) -> Any:
   """Another run's final params as a whole model of the shape of `ctx` (a `train.Context`):
   a LoRA run's adapters folded into its own base (its `init_from`, recursively; the same
   pretrained model; or its random init), as its run.json records them."""
   path = final_params_path(run_dir)
   plain = dataclasses.replace(ctx.model_cfg, lora=None)
-  info = os.path.join(run_dir, "run.json")
-  rec = load_run_info(run_dir).get("config", {}) if os.path.exists(info) else {}
+  rec = _config_record(run_dir)
   spec = rec.get("model", {})
   if not spec.get("lora_rank"):
     return load_params(path, plain)

@@ -266,8 +266,7 @@ def _supervised(phase: str, scfg, ctx: Context, sft_ctx: distill.SFTContext, par
   if scfg.kd_alpha > 0:
     if not scfg.kd_teacher:
       raise ValueError(f"{phase}.kd_alpha={scfg.kd_alpha} needs {phase}.kd_teacher=RUN_DIR")
-    teacher = load_params(final_params_path(scfg.kd_teacher),
-                          dataclasses.replace(ctx.model_cfg, lora=None))
+    teacher = run_final_params(ctx, scfg.kd_teacher)
   return distill.run_sft(phase, sft_ctx, params, pairs, scfg, teacher,
                          _validator(ctx, phase, scfg.eval_every))
 

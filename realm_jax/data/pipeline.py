@@ -154,6 +154,9 @@ def collate_sft(items: Sequence[tuple[list[int], list[int]]], *, buckets: Sequen
   return {'tokens': tokens, 'mask': mask, 'loss_mask': loss_mask}
 
 
+GROUP_WINDOW = 64  # batches: the order of the buckets is shuffled within each window
+
+
 def bucket_groups(items: Sequence[tuple[list[int], list[int]]], buckets: Sequence[int],
                   min_size: int) -> list[list]:
   """`items` by the smallest bucket that holds each, in bucket order; a group of fewer than
@@ -210,7 +213,8 @@ def sft_batches(records: Sequence, tokenizer: Tokenizer, batch_size: int,
 
   `group_by_bucket` (with `repeat`): each batch draws from one bucket's items only (a
   bucket with fewer than a batch of items joins the next larger one), the buckets mixed in
-  proportion to their items, so a few long items no longer pad every batch to their length."""
+  proportion to their items (their order shuffled within windows of `GROUP_WINDOW`
+  batches), so a few long items no longer pad every batch to their length."""
   if batch_size <= 0:
     raise ValueError(f'batch_size must be positive, got {batch_size}')
   _check_buckets(buckets)
@@ -226,10 +230,14 @@ def sft_batches(records: Sequence, tokenizer: Tokenizer, batch_size: int,
     if not repeat:
       raise ValueError('group_by_bucket mixes repeated per-bucket streams: it needs repeat=True')
     groups = bucket_groups(items, buckets, global_batch)
+    seeds = np.random.SeedSequence([seed, len(groups)]).generate_state(len(groups) + 1)
     ds = grain.MapDataset.mix(
-        [record_dataset(g, seed=seed + j, shuffle=shuffle, process_index=0, process_count=1)
+        [record_dataset(g, seed=int(s), shuffle=shuffle, process_index=0, process_count=1)
          .batch(global_batch, drop_remainder=True, batch_fn=collate)
-         for j, g in enumerate(groups)], weights=[len(g) for g in groups])
+         for g, s in zip(groups, seeds)], weights=[len(g) for g in groups])
+    if shuffle:  # mix interleaves in a fixed pattern: shuffle it within windows of batches
+      ds = grain.experimental.WindowShuffleMapDataset(ds, window_size=GROUP_WINDOW,
+                                                      seed=int(seeds[-1]))
   else:
     ds = record_dataset(items, seed=seed, shuffle=shuffle, repeat=repeat,
                         process_index=0, process_count=1)

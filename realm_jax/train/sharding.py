@@ -30,6 +30,7 @@ import contextlib
 import dataclasses
 import logging
 import math
+import os
 from typing import Any, Iterator, Sequence
 
 import flax.linen as nn
@@ -247,10 +248,33 @@ def compiled_memory_estimate(jitted_fn: Any, *args: Any, **kwargs: Any) -> dict[
 
 
 def device_memory_bytes(device: jax.Device | None = None) -> int | None:
-  """The device's memory limit from `memory_stats()`, or None when it is not reported."""
+  """The device's memory limit from `memory_stats()`; for CPU devices, which report none,
+  the host's memory (its cgroup limit when lower) shared by the local CPU devices; None when
+  neither is known."""
   device = jax.local_devices()[0] if device is None else device
   stats = device.memory_stats() if hasattr(device, "memory_stats") else None
-  return int(stats["bytes_limit"]) if stats and "bytes_limit" in stats else None
+  if stats and "bytes_limit" in stats:
+    return int(stats["bytes_limit"])
+  if device.platform == "cpu":
+    host = host_memory_bytes()
+    return None if host is None else host // len(jax.local_devices(backend="cpu"))
+  return None
+
+
+def host_memory_bytes() -> int | None:
+  """Physical memory, or the cgroup's memory.max when that is lower (None when unknown)."""
+  try:
+    limits = [os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")]
+  except (ValueError, OSError, AttributeError):
+    limits = []
+  try:
+    with open("/sys/fs/cgroup/memory.max") as f:
+      value = f.read().strip()
+    if value.isdigit():
+      limits.append(int(value))
+  except OSError:
+    pass
+  return min(limits) if limits else None
 
 
 def _gib(n: float) -> str:
@@ -275,8 +299,8 @@ def check_fits(estimate: dict[str, int], device_memory: int | None = None,
         f"estimated {_gib(estimate['total_bytes'])} per device (arguments "
         f"{_gib(estimate['argument_bytes'])}, outputs {_gib(estimate['output_bytes'])}, temps "
         f"{_gib(estimate['temp_bytes'])}, donated {_gib(estimate['alias_bytes'])}) exceeds "
-        f"{fraction:.0%} of the device memory {_gib(limit)}; shrink the batch, enable "
-        f"model.remat, donate buffers, or shard more (fsdp/tensor)")
+        f"{fraction:.0%} of the device memory {_gib(limit)}; shrink the batch, raise the stage's "
+        f"microbatches, enable model.remat, or shard more (fsdp/tensor)")
   return True
 
 
