@@ -26,6 +26,7 @@ def test_config_is_lora_smollm2_on_tariff_level_0_with_enough_test_questions():
   r1 = configs.load_experiment("evidence_smollm2", list(smollm2.RUNS["realm_r1"][1]))
   for c in (grpo, r1):
     assert c.sft.steps == 0 and c.rl.steps == smollm2.RL_STEPS > 0
+    assert c.model.remat and c.rl.microbatches > 1  # the R1 update's memory (see smollm2.RL)
   assert (grpo.rl.routes, r1.rl.routes) == ("never", "eaai")
   assert grpo.rl.mrpv.contrast_coef == 0 < r1.rl.mrpv.contrast_coef
   assert r1.rl.mrpv.w_ver > 0
