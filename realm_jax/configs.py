@@ -58,7 +58,7 @@ class ExperimentConfig:
   keep_checkpoints: int = 2
   log_every: int = 1
   max_memory_fraction: float = 0.9
-  device_memory_bytes: int | None = None  # None: ask the device (CPUs report none: no check)
+  device_memory_bytes: int | None = None  # None: ask the device (CPU: the host's memory)
 
   def __post_init__(self):
     if len(self.mesh) != 3 or any(s == 0 or s < -1 for s in self.mesh) or self.mesh.count(-1) > 1:
