@@ -180,14 +180,15 @@ def test_compiled_memory_estimate_golden_and_check_fits():
   assert sh.check_fits(est, device_memory=10 * per_device) is True
   with pytest.raises(MemoryError, match=r"exceeds 100% of the device memory 0.00 GiB"):
     sh.check_fits(est, device_memory=per_device)
-  # CPU devices report no memory limit: they share the host's (MemTotal), 8 fake devices here
+  # CPU devices report no memory limit: the host's (MemTotal, or a lower cgroup limit) is
+  # the most any of them can use
   with open("/proc/meminfo") as f:
     total = next(int(l.split()[1]) * 1024 for l in f if l.startswith("MemTotal:"))
-  assert sh.device_memory_bytes() == min(total, sh.host_memory_bytes()) // 8
-  assert sh.host_memory_bytes() <= total
+  assert sh.device_memory_bytes() == sh.host_memory_bytes() <= total
+  assert sh.host_memory_bytes() > total // 2  # no cgroup limit below half the host here
   assert sh.check_fits(est) is True
   with pytest.raises(MemoryError, match=r"raise the stage's microbatches, enable model.remat"):
-    sh.check_fits(dict(est, total_bytes=total))
+    sh.check_fits(dict(est, total_bytes=total + 1))
 
 
 @pytest.mark.parametrize("shape", [(8, 1, 1), (2, 2, 2)])

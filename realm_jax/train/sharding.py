@@ -249,15 +249,14 @@ def compiled_memory_estimate(jitted_fn: Any, *args: Any, **kwargs: Any) -> dict[
 
 def device_memory_bytes(device: jax.Device | None = None) -> int | None:
   """The device's memory limit from `memory_stats()`; for CPU devices, which report none,
-  the host's memory (its cgroup limit when lower) shared by the local CPU devices; None when
-  neither is known."""
+  the host's memory (its cgroup limit when lower), the most one CPU device can use (fake
+  CPU devices share it: a mesh over several is checked leniently); None when unknown."""
   device = jax.local_devices()[0] if device is None else device
   stats = device.memory_stats() if hasattr(device, "memory_stats") else None
   if stats and "bytes_limit" in stats:
     return int(stats["bytes_limit"])
   if device.platform == "cpu":
-    host = host_memory_bytes()
-    return None if host is None else host // len(jax.local_devices(backend="cpu"))
+    return host_memory_bytes()
   return None
 
 
