@@ -38,8 +38,8 @@ import numpy as np
 from realm_jax import configs, errors, model
 from realm_jax.cli.generate import model_path
 from realm_jax.cli.run_files import (PHASES, final_params_path, finished, finished_phases,
-                                     load_params,
-                                     load_run_info, params_path, run_final_params, save_params)
+                                     load_params, load_run_info, params_path, run_final_params,
+                                     save_params)
 from realm_jax.evaluation import accuracy
 from realm_jax.model import lora, pretrained, tokenizer as tokenizer_lib
 from realm_jax.rl import corpus, rft, stage as rl_stage
