@@ -45,7 +45,8 @@ EVAL_HELP = """Evaluates a finished run (its --workdir) at two points: its start
 params of the stage before the last one, or init_from's params, or a pretrained
 model as loaded when the run has one stage; skipped with eval.final_only=true) and
 its final params. Each is measured on the first eval.num_questions held-out
-questions, without routes and with routes (rl.mrpv.num_routes routes from each question's pool in the prompt):
+questions, without routes and with routes (rl.mrpv.num_routes routes from each
+question's pool in the prompt):
   greedy accuracy (temperature 0) with a Wilson 95% confidence interval,
   pass@k and maj@k over eval.k samples at eval.temperature,
   with routes also the accuracy of the model's route verdicts.
