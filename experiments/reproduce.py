@@ -124,9 +124,11 @@ def commands(name: str, seed: int, runs: str, sched: Schedule) -> list[list[str]
   start = [f"init_from={run_dir(runs, seed, m.start)}"] if m.start else []
   train = ["train", m.experiment, "--workdir", wd, f"seed={seed}", *start, *sched.overrides(name)]
   extra = list(sched.extra)
+  # only what the report reads: pass@k and maj@k without routes, the harder level without
   return [train,
-          ["eval", "--workdir", wd, "eval.final_only=true", f"eval.k={sched.k}", *extra],
-          ["eval", "--workdir", wd, "eval.final_only=true", "eval.k=1",
+          ["eval", "--workdir", wd, "eval.final_only=true", f"eval.k={sched.k}",
+           "eval.sample_routes=without", *extra],
+          ["eval", "--workdir", wd, "eval.final_only=true", "eval.k=1", "eval.routes=without",
            f"eval.difficulty={sched.harder_level}", *extra]]
 
 

@@ -313,6 +313,29 @@ def test_eval_at_a_harder_level_tests_unseen_questions_of_that_level(micro_base,
   assert len(final["without routes"]["correct"]) == 3
 
 
+def test_eval_route_settings_drop_work_without_changing_what_is_kept(micro_base, tmp_path):
+  import shutil
+  wd = str(tmp_path / "copy")
+  shutil.copytree(micro_base, wd)
+  full = evaluate.run(wd, ["eval.final_only=true"])
+  final = next(k for k in full if k.startswith("final"))
+  assert {"pass@2", "maj@2"} <= full[final]["with routes"].keys()
+  # pass@k sampled without routes only: the with-routes greedy numbers are the same
+  part = evaluate.run(wd, ["eval.final_only=true", "eval.sample_routes=without"])[final]
+  assert "pass@2" not in part["with routes"] and "maj@2" not in part["with routes"]
+  assert part["without routes"] == full[final]["without routes"]
+  assert part["with routes"]["correct"] == full[final]["with routes"]["correct"]
+  assert (part["with routes"]["verification_accuracy"]
+          == full[final]["with routes"]["verification_accuracy"])
+  # one setting only: the other is neither measured nor given baselines
+  only = evaluate.run(wd, ["eval.final_only=true", "eval.routes=without"])
+  assert only[final] == {"without routes": full[final]["without routes"]}
+  with open(os.path.join(wd, "eval.json")) as f:
+    assert set(json.load(f)["baselines"]) == {"without routes"}
+  with pytest.raises(ValueError, match="eval.routes='sometimes' must be one of both, without, with"):
+    train.load_config(wd, ["eval.routes=sometimes"])
+
+
 def test_a_record_from_an_older_realm_jax_still_resumes(micro_base, tmp_path):
   """Fields added since a run was recorded are not differences; a version-1 record (rl.eaai as
   set, the schedule filled in at use) is read the way those runs used it."""

@@ -21,8 +21,10 @@ import jax
 from realm_jax.cli import plots, train
 from realm_jax.train import sharding
 from realm_jax.evaluation import baselines, paired, report
-from realm_jax.evaluation.accuracy import evaluate_params, results_table
+from realm_jax.evaluation.accuracy import ROUTE_SETTINGS, evaluate_params, results_table
 from realm_jax.rl import corpus
+
+SETTING_NAMES = {False: "without routes", True: "with routes"}
 
 
 def run(workdir: str, overrides: list[str] | None = None) -> dict:
@@ -62,10 +64,11 @@ def _run(workdir: str, run_info: dict, cfg, ctx, out_name: str = "eval") -> dict
     stages = {k: v for k, v in stages.items() if k.startswith("final")}
   for stage, params in stages.items():
     results[stage] = {}
-    for with_routes, name in ((False, "without routes"), (True, "with routes")):
-      results[stage][name] = evaluate_params(
+    for with_routes in ROUTE_SETTINGS[cfg.eval.routes]:
+      results[stage][SETTING_NAMES[with_routes]] = evaluate_params(
           params, ctx.model_cfg, ctx.tokenizer, ctx.data.eval[:cfg.eval.num_questions], cfg.eval,
-          cfg.rl.mrpv, with_routes=with_routes, seed=cfg.seed, chat=ctx.chat)
+          cfg.rl.mrpv, with_routes=with_routes, seed=cfg.seed, chat=ctx.chat,
+          sample=with_routes in ROUTE_SETTINGS[cfg.eval.sample_routes])
   trivial = _baselines(cfg, ctx)
   table = results_table(results, cfg.eval.k, trivial)
   compared = paired_results(results)
@@ -114,7 +117,10 @@ def _baselines(cfg, ctx) -> dict[str, dict[str, float]]:
   """Trivial baselines on the evaluated questions, the mode taken on the train questions; with
   routes, "copy a shown route" reads the routes `evaluate_params` shows."""
   examples, doms = ctx.data.eval[:cfg.eval.num_questions], baselines.source_domains(cfg.data.source)
-  return {"without routes": baselines.trivial_baselines(examples, ctx.data.train, doms,
-                                                        routes=False),
-          "with routes": baselines.trivial_baselines(examples, ctx.data.train, doms, cfg.rl.mrpv,
-                                                     cfg.seed)}
+  out = {}
+  for with_routes in ROUTE_SETTINGS[cfg.eval.routes]:
+    out[SETTING_NAMES[with_routes]] = (
+        baselines.trivial_baselines(examples, ctx.data.train, doms, cfg.rl.mrpv, cfg.seed)
+        if with_routes else baselines.trivial_baselines(examples, ctx.data.train, doms,
+                                                        routes=False))
+  return out

@@ -50,6 +50,8 @@ question's pool in the prompt):
   greedy accuracy (temperature 0) with a Wilson 95% confidence interval,
   pass@k and maj@k over eval.k samples at eval.temperature,
   with routes also the accuracy of the model's route verdicts.
+eval.routes=without|with keeps one setting; eval.sample_routes=without|with samples
+pass@k and maj@k in that one only (sampling k completions is the costliest part).
 Writes eval.json (all numbers), eval.md (the table) and PNG plots into the workdir.
 Overrides (KEY=VALUE, e.g. eval.num_questions=64 eval.k=8) change the config it reads.
 """

@@ -23,6 +23,10 @@ from realm_jax.data.records import Example
 from realm_jax.train import generation
 
 
+# eval.routes / eval.sample_routes -> the with_routes values evaluated
+ROUTE_SETTINGS = {"both": (False, True), "without": (False,), "with": (True,)}
+
+
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:
   num_questions: int = 128
@@ -34,8 +38,16 @@ class EvalConfig:
   # Test questions at another difficulty level than the run trained on (built-in and user
   # domains; None: the run's own level). `realm-jax eval` then writes eval_d{N}.json / .md.
   difficulty: int | None = None
+  # Which test settings to run ("both", "without" or "with" routes shown), and in which of
+  # them to also sample k completions for pass@k / maj@k (the costliest part at k > 1)
+  routes: str = "both"
+  sample_routes: str = "both"
 
   def __post_init__(self):
+    for name in ("routes", "sample_routes"):
+      if getattr(self, name) not in ROUTE_SETTINGS:
+        raise ValueError(f"eval.{name}={getattr(self, name)!r} must be one of "
+                         f"{', '.join(ROUTE_SETTINGS)}")
     for name in ("num_questions", "k", "max_new_tokens", "batch_size"):
       if getattr(self, name) <= 0:
         raise ValueError(f"eval.{name}={getattr(self, name)} must be > 0")
@@ -92,7 +104,9 @@ def eval_prompts(examples: Sequence[Example], mrpv_cfg: mrpv.MRPVConfig, with_ro
 
 def evaluate_params(params: Any, model_cfg, tok, examples: Sequence[Example], cfg: EvalConfig,
                     mrpv_cfg: mrpv.MRPVConfig, *, with_routes: bool, seed: int = 0,
-                    chat: bool = False) -> dict[str, float]:
+                    chat: bool = False, sample: bool = True) -> dict[str, float]:
+  """Greedy accuracy (per question too) on `examples`; route verdicts when routes are shown;
+  with `sample` and k > 1, pass@k and maj@k over k sampled completions."""
   prompts, labels, _ = eval_prompts(examples, mrpv_cfg, with_routes, seed)
   golds = [ex.answer for ex in examples]
   n = len(examples)
@@ -111,7 +125,7 @@ def evaluate_params(params: Any, model_cfg, tok, examples: Sequence[Example], cf
     v = mrpv.parse_verdicts_batch(greedy_texts, K)
     hits = [np.mean([v[i, k] == int(l) for k, l in enumerate(lab)]) for i, lab in enumerate(labels) if lab]
     res["verification_accuracy"] = float(np.mean(hits)) if hits else float("nan")
-  if cfg.k > 1:
+  if sample and cfg.k > 1:
     bs = max(1, cfg.batch_size // cfg.k)
     samples = generation.generate_texts(params, model_cfg, tok, prompts,
                             sampling.SamplingConfig(max_new_tokens=cfg.max_new_tokens,
