@@ -101,10 +101,22 @@ def load(out: str) -> dict[str, dict]:
   return got
 
 
+def validation(summary: dict) -> str:
+  """The validation curve in brief: first -> best (its step) -> last, so a reader sees
+  whether the stage was still climbing when it stopped."""
+  pts = sorted((step, v) for _, step, v in summary.get("valid_accuracy", []))
+  if not pts:
+    return ""
+  (s0, v0), (sl, vl) = pts[0], pts[-1]
+  sb, vb = max(pts, key=lambda p: (p[1], -p[0]))  # the earliest best, as the run keeps it
+  return f"{v0:.2f} (step {s0}) → best {vb:.2f} (step {sb}) → {vl:.2f} (step {sl})"
+
+
 def report(out: str, command: str, commit: str) -> dict:
   got = load(out)
   rows = ["| model | " + " | ".join(f"accuracy {s} (95% CI)" for s in SETTINGS)
-          + " | route verdicts | questions | wall (min) |", "|---|---|---|---|---|---|"]
+          + " | route verdicts | questions | validation | wall (min) |",
+          "|---|---|---|---|---|---|---|"]
   summaries = {}
   for name in RUNS:
     p = os.path.join(out, name, "run_summary.json")
@@ -123,11 +135,12 @@ def report(out: str, command: str, commit: str) -> dict:
     about = "SmolLM2-135M-Instruct as loaded" if name == "pretrained" else RUNS[name][2]
     rows.append(f"| {name}: {about} | {' | '.join(cells)} | "
                 f"{'' if ver is None else f'{ver:.3f}'} | {res['without routes']['n']} | "
+                f"{validation(summaries.get(name, {}))} | "
                 f"{'' if wall is None else f'{wall / 60:.0f}'} |")
   base = next(iter(got.values()))["baselines"] if got else {}
   for b in dict.fromkeys(k for setting in SETTINGS for k in base.get(setting, {})):
     cells = [f"{base[s][b]:.3f}" if b in base.get(s, {}) else "" for s in SETTINGS]
-    rows.append(f"| baseline: {b} | {' | '.join(cells)} | | | |")
+    rows.append(f"| baseline: {b} | {' | '.join(cells)} | | | | |")
   diffs = {}
   lines = ["| difference | setting | B − A (95% CI) | McNemar p | only B / only A right | n |",
            "|---|---|---|---|---|---|"]

@@ -161,5 +161,14 @@ def test_main_runs_the_chain_keeps_results_and_reports(tmp_path):
   result = json.load(open(f"{out}/results.json"))
   assert result["differences"]["realm_r1 - sft (without routes)"]["diff"] == 0.25
   assert os.path.exists(f"{out}/curves.png")
+  assert "| 0.50 (step 4) → best 0.50 (step 4) → 0.50 (step 4) |" in open(f"{out}/table.md").read()
   calls.clear()
   assert smollm2.main(["--out", out, "--runs", runs], fake_cli) == 0 and calls == []  # all kept
+
+
+def test_validation_summary_names_first_best_and_last():
+  # the earliest of two equal bests is the one a run keeps (a later tie is no improvement)
+  curve = {"valid_accuracy": [["sft", 50, 0.3], ["sft", 25, 0.0], ["sft", 100, 0.5],
+                              ["sft", 75, 0.5], ["sft", 150, 0.4]]}
+  assert smollm2.validation(curve) == "0.00 (step 25) → best 0.50 (step 75) → 0.40 (step 150)"
+  assert smollm2.validation({}) == ""
