@@ -209,14 +209,24 @@ def execute(name: str, seed: int, runs: str, sched: Schedule, cache: str, run_cl
     for args in commands(name, seed, runs, sched):
       if run_cli is not None:
         run_cli(args)
-        continue
-      cmd = [sys.executable, "-m", "realm_jax", *args]
-      log.write(f"$ {' '.join(cmd)}\n")
-      log.flush()
-      pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
-      subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, check=True, env=env,
-                     preexec_fn=pin)
+      else:
+        cmd = [sys.executable, "-m", "realm_jax", *args]
+        log.write(f"$ {' '.join(cmd)}\n")
+        log.flush()
+        pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
+        subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, check=True, env=env,
+                       preexec_fn=pin)
+      if args[0] == "train":
+        require_done(wd)
   return t0, time.time()
+
+
+def require_done(workdir: str) -> None:
+  """A train call that returns without DONE was stopped (SIGTERM saves and exits 0): its
+  eval would measure an unfinished run, so the run stops here and a rerun resumes it."""
+  if not os.path.exists(os.path.join(workdir, "DONE")):
+    raise RuntimeError(f"{workdir}: training stopped before its last step (no DONE); "
+                       "rerun the same command to resume it")
 
 
 def cpu_slots(jobs: int) -> list[set[int]]:

@@ -222,11 +222,15 @@ def main(argv: list[str] | None = None, run_cli=None) -> int:
       for cli_args in commands(name, args.runs, tuple(args.overrides)):
         if run_cli is not None:
           run_cli(cli_args)
-          continue
-        log.write(f"$ realm-jax {' '.join(cli_args)}\n")
-        log.flush()
-        subprocess.run([sys.executable, "-m", "realm_jax", *cli_args], stdout=log,
-                       stderr=subprocess.STDOUT, check=True)
+        else:
+          log.write(f"$ realm-jax {' '.join(cli_args)}\n")
+          log.flush()
+          subprocess.run([sys.executable, "-m", "realm_jax", *cli_args], stdout=log,
+                         stderr=subprocess.STDOUT, check=True)
+        if cli_args[0] == "train" and not os.path.exists(os.path.join(wd, "DONE")):
+          print(f"[smollm2] {name}: training stopped before its last step (no DONE in {wd}); "
+                "rerun the same command to resume it", flush=True)
+          return 1
     keep(name, args.runs, args.out, (t0, time.time()), commit)
     report(args.out, command, commit)
     print(f"[smollm2] {name}: done in {(time.time() - t0) / 60:.1f} min", flush=True)

@@ -172,3 +172,12 @@ def test_validation_summary_names_first_best_and_last():
                               ["sft", 75, 0.5], ["sft", 150, 0.4]]}
   assert smollm2.validation(curve) == "0.00 (step 25) → best 0.50 (step 75) → 0.40 (step 150)"
   assert smollm2.validation({}) == ""
+
+
+def test_a_run_stopped_before_its_end_is_not_evaluated(tmp_path, capsys):
+  # SIGTERM makes `train` save and exit 0 without DONE: the driver must not go on to eval
+  out, runs, calls = str(tmp_path / "out"), str(tmp_path / "runs"), []
+  assert smollm2.main(["--out", out, "--runs", runs, "--runs-only", "sft"], calls.append) == 1
+  assert [c[0] for c in calls] == ["train"]
+  assert "training stopped before its last step" in capsys.readouterr().out
+  assert not os.path.exists(f"{out}/sft")

@@ -243,3 +243,11 @@ def test_concurrent_runs_get_disjoint_cpus_and_their_processes_are_pinned(monkey
   out = subprocess.run([sys.executable, "-c", "import os; print(sorted(os.sched_getaffinity(0)))"],
                        preexec_fn=seen["preexec_fn"], capture_output=True, text=True, check=True)
   assert out.stdout.strip() == f"[{cpu}]"
+
+
+def test_a_run_stopped_before_its_end_is_not_evaluated(tmp_path):
+  # SIGTERM makes `train` save and exit 0 without DONE: the run's evals must not follow
+  calls = []
+  with pytest.raises(RuntimeError, match="training stopped before its last step"):
+    reproduce.execute("grpo", 0, str(tmp_path), SCHED, "cache", run_cli=calls.append)
+  assert [c[0] for c in calls] == ["train"]
