@@ -323,6 +323,9 @@ def test_eval_route_settings_drop_work_without_changing_what_is_kept(micro_base,
   # pass@k sampled without routes only: the with-routes greedy numbers are the same
   part = evaluate.run(wd, ["eval.final_only=true", "eval.sample_routes=without"])[final]
   assert "pass@2" not in part["with routes"] and "maj@2" not in part["with routes"]
+  rows = [l for l in open(os.path.join(wd, "eval.md")) if l.startswith(f"| {final} |")]
+  cells = [[c.strip() for c in l.split("|")[4:7]] for l in rows]  # pass@2, maj@2, verdicts
+  assert cells[1][:2] == ["", ""] and all(cells[0][:2]) and cells[0][2] == "" and cells[1][2]
   assert part["without routes"] == full[final]["without routes"]
   assert part["with routes"]["correct"] == full[final]["with routes"]["correct"]
   assert (part["with routes"]["verification_accuracy"]

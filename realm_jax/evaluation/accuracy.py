@@ -152,7 +152,7 @@ def results_table(results: dict[str, dict[str, dict[str, float]]], k: int,
       ver = r.get("verification_accuracy")
       rows.append([stage, setting, f"{r['accuracy']:.3f} ({r['accuracy_ci_low']:.3f}-"
                    f"{r['accuracy_ci_high']:.3f})",
-                   *[f"{r.get(name, float('nan')):.3f}" for name in sampled],
+                   *[f"{r[name]:.3f}" if name in r else "" for name in sampled],  # not sampled
                    "" if ver is None else f"{ver:.3f}"])
   rows += report.baseline_rows(baselines or {}, len(header))
   return report.markdown_table(header, rows)
