@@ -117,16 +117,19 @@ def check_same_questions(a: dict, b: dict) -> None:
 
 def difference(runs_a: list[dict | None], runs_b: list[dict | None], level: str,
                setting: str) -> paired.BootstrapResult | None:
-  """B - A, per seed question by question, over the seeds both finished."""
-  diffs = []
+  """B - A, per seed question by question, over the seeds both finished. Seeds tested on
+  the same questions (equal digests) share each bootstrap replicate's question resample."""
+  diffs, digests = [], set()
   for a, b in zip(runs_a, runs_b):
     if a is None or b is None:
       continue
     check_same_questions(a[level], b[level])
+    digests.add(a[level]["questions"])
     ca = np.asarray(a[level]["results"][setting]["correct"], float)
     cb = np.asarray(b[level]["results"][setting]["correct"], float)
     diffs.append(cb - ca)
-  return paired.bootstrap_over_seeds(diffs) if diffs else None
+  return (paired.bootstrap_over_seeds(diffs, shared_questions=len(digests) == 1)
+          if diffs else None)
 
 
 def summarize(per: dict[str, list[dict | None]], k: int, controls: tuple[str, ...]) -> dict:

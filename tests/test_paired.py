@@ -94,6 +94,38 @@ def test_bootstrap_matches_the_exact_two_level_distribution():
   assert r.ci_high == values[int(np.searchsorted(cum, 0.975 - 1e-9))]
 
 
+def test_shared_questions_bootstrap_matches_its_exact_distribution():
+  # The same two questions on both seeds: a replicate draws two seeds, then ONE question
+  # resample that both drawn seeds use; enumerate all 4 x 4 replicates.
+  import itertools
+  seeds = [[0.0, 1.0], [-1.0, 1.0]]
+  exact = {}
+  for picks in itertools.product(range(2), repeat=2):
+    for q in itertools.product(range(2), repeat=2):
+      m = np.mean([np.mean([seeds[p][i] for i in q]) for p in picks])
+      exact[m] = exact.get(m, 0) + 1 / 16
+  r = paired.bootstrap_over_seeds(seeds, n_boot=40000, seed=3, shared_questions=True)
+  values = sorted(exact)
+  cum = np.cumsum([exact[v] for v in values])
+  assert r.ci_low == values[int(np.searchsorted(cum, 0.025 - 1e-9))]
+  assert r.ci_high == values[int(np.searchsorted(cum, 0.975 - 1e-9))]
+  with pytest.raises(ValueError, match="same questions; got \\[2, 3\\]"):
+    paired.bootstrap_over_seeds([[0.0, 1.0], [1.0, 1.0, 0.0]], shared_questions=True)
+
+
+def test_seeds_sharing_questions_do_not_shrink_the_question_sampling():
+  # Three seeds that answered identically on the same 600 questions carry the information
+  # of one: shared resampling gives the one-seed interval (1.96 sd / sqrt(600) each side);
+  # resampling each seed's questions on its own would wrongly narrow it by sqrt(3).
+  rng = np.random.default_rng(1)
+  d = rng.choice([-1.0, 0.0, 1.0], 600, p=[0.2, 0.5, 0.3])
+  half = 1.96 * d.std() / np.sqrt(d.size)
+  shared = paired.bootstrap_over_seeds([d] * 3, n_boot=20000, shared_questions=True)
+  own = paired.bootstrap_over_seeds([d] * 3, n_boot=20000)
+  assert (shared.ci_high - shared.ci_low) / 2 == pytest.approx(half, rel=0.05)
+  assert (own.ci_high - own.ci_low) / 2 == pytest.approx(half / np.sqrt(3), rel=0.05)
+
+
 def test_bootstrap_with_one_seed_approaches_the_paired_normal_interval():
   rng = np.random.default_rng(0)
   a = rng.random(600) < 0.6

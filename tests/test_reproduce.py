@@ -14,6 +14,7 @@ import pytest
 
 from experiments import reproduce, reproduce_report
 from realm_jax import configs
+from realm_jax.evaluation import paired
 
 SCHED = reproduce.Schedule(sft_steps=300, rl_steps=40)
 
@@ -159,6 +160,20 @@ def test_report_pairs_methods_question_by_question(tmp_path):
   assert vs["l1 without routes"]["diff"] == -1 and vs["l0 with routes"]["diff"] == pytest.approx(0.0)
   assert "| grpo | " in md.split("against ReaLM-R1")[1]
   assert (tmp_path / "paired.png").stat().st_size > 0
+
+
+def test_seeds_on_the_same_questions_share_the_question_resample():
+  # two seeds, one method pair: +1 on question 0 and 0 elsewhere, on both seeds
+  run = lambda digest, c: {"l0": {"questions": digest, "path": "p",
+                                  "results": {"without routes": {"correct": c}}}}
+  a = [run("q", [0, 0, 0, 0]), run("q", [0, 0, 0, 0])]
+  b = [run("q", [1, 0, 0, 0]), run("q", [1, 0, 0, 0])]
+  d = [[1.0, 0.0, 0.0, 0.0]] * 2
+  got = reproduce_report.difference(a, b, "l0", "without routes")
+  assert got == paired.bootstrap_over_seeds(d, shared_questions=True)
+  # each seed on its own questions: independent resamples
+  a2, b2 = [a[0], run("r", [0, 0, 0, 0])], [b[0], run("r", [1, 0, 0, 0])]
+  assert reproduce_report.difference(a2, b2, "l0", "without routes") == paired.bootstrap_over_seeds(d)
 
 
 def test_report_refuses_to_pair_different_questions(tmp_path):

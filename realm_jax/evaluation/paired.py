@@ -88,27 +88,40 @@ class BootstrapResult:
 
 
 def bootstrap_over_seeds(diffs: Sequence[Sequence[float]], n_boot: int = 10000,
-                         seed: int = 0, level: float = 0.95) -> BootstrapResult:
+                         seed: int = 0, level: float = 0.95,
+                         shared_questions: bool = False) -> BootstrapResult:
   """Two-level bootstrap of a paired difference measured on several seeds.
 
   `diffs[s][i]` is the difference of two methods on question i of seed s (for
   correctness: -1, 0 or +1). The statistic is the mean over seeds of each seed's
-  mean difference. Each replicate draws the seeds with replacement, then, within
-  every drawn seed, its questions with replacement, so the interval carries both
-  the seed-to-seed spread (training noise) and the question sampling. With one seed
-  only the questions are resampled.
+  mean difference. Each replicate draws the seeds with replacement, and questions
+  with replacement, so the interval carries both the seed-to-seed spread (training
+  noise) and the question sampling. With one seed only the questions are resampled.
+
+  Questions are drawn per seed (each drawn seed its own resample) when every seed was
+  tested on its own questions; with `shared_questions` (every seed tested on the same
+  questions, in the same order) one question resample serves all seeds of a replicate:
+  the seeds do not average the question sampling away, since they share it.
   """
   arrays = [np.asarray(d, np.float64) for d in diffs]
   if not arrays or any(a.ndim != 1 or a.size == 0 for a in arrays):
     raise ValueError("bootstrap_over_seeds needs at least one seed, each a non-empty 1-D "
                      f"vector of per-question differences; got shapes {[a.shape for a in arrays]}")
+  if shared_questions and len({a.size for a in arrays}) > 1:
+    raise ValueError("bootstrap_over_seeds(shared_questions=True) needs every seed tested on "
+                     f"the same questions; got {[a.size for a in arrays]} questions per seed")
   rng = np.random.default_rng(seed)
   n_seeds = len(arrays)
   stat = float(np.mean([a.mean() for a in arrays]))
-  # means[s, j, r]: seed s's mean over an independent question resample, for slot j of
-  # replicate r (a seed drawn twice in one replicate gets two independent resamples).
-  means = np.stack([np.stack([a[rng.integers(0, a.size, (n_boot, a.size))].mean(axis=1)
-                              for _ in range(n_seeds)]) for a in arrays])
+  if shared_questions:
+    idx = rng.integers(0, arrays[0].size, (n_boot, arrays[0].size))
+    means = np.stack([a[idx].mean(axis=1) for a in arrays])  # [seed, replicate]
+    means = np.broadcast_to(means[:, None, :], (n_seeds, n_seeds, n_boot))
+  else:
+    # means[s, j, r]: seed s's mean over an independent question resample, for slot j of
+    # replicate r (a seed drawn twice in one replicate gets two independent resamples).
+    means = np.stack([np.stack([a[rng.integers(0, a.size, (n_boot, a.size))].mean(axis=1)
+                                for _ in range(n_seeds)]) for a in arrays])
   picked = (rng.integers(0, n_seeds, (n_boot, n_seeds)) if n_seeds > 1
             else np.zeros((n_boot, 1), int))
   reps = means[picked, np.arange(n_seeds)[None, :], np.arange(n_boot)[:, None]].mean(axis=1)
