@@ -7,7 +7,8 @@ several seeds; `make reproduce-quick` runs one seed of the same schedule.
 
 Per seed s, under RUNS/seed{s}/ (`experiments/evidence.py`: the tiny model from
 scratch on tariff level 0, 2,000 teacher CoTs, 10,000 RL questions with gold
-answers, 256 validation and 512 test questions, all drawn from seed s):
+answers, 256 validation and 512 test questions, drawn once (`data.seed`) and shared
+by every seed; the seed sets the initialisation, the data order and the sampling):
 
     base        the format warm-up from scratch (80 steps on 400 of the CoTs)
     sft         guided distillation from `base` on the 2,000 CoTs, validated and kept at
@@ -17,9 +18,9 @@ answers, 256 validation and 512 test questions, all drawn from seed s):
     rft, cot_synth, realm_r1 and its ablations     from `sft`, the same RL sample budget
     realm_zero  MRPV + EAAI from `base` (the "no distillation" ablation)
 
-Every run is then evaluated on its seed's test questions at the training level
-(with and without routes, pass@k and maj@k) and at level 1, harder than anything
-trained. `experiments/reproduce_report.py` pairs the methods question by question
+Every run is then evaluated on the test questions at the training level (with and
+without routes, pass@k and maj@k without) and at level 1 without routes, harder than
+anything trained. `experiments/reproduce_report.py` pairs the methods question by question
 and writes the table, the plot and the wall times to OUT.
 
 Runs are subprocesses of the CLI, `--jobs` at a time. A finished run's eval files
