@@ -11,13 +11,15 @@ background job of at most ~2 h (`experiments/smollm2.py` runs them in order):
     sft       guided distillation on the teacher CoTs (a quarter shown with their routes
               and gold verdicts), validated, best kept; evaluated against the model as
               loaded
-    grpo      from `sft` (init_from: its adapters folded into the base, which is also
-              the reference), fresh adapters, GRPO without routes
-    realm_r1  from `sft` the same way, MRPV + EAAI with the route-contrast term
+    sft_more  from `sft` (init_from: its adapters folded into the base), fresh adapters,
+              150 more distillation steps at half the learning rate
+    grpo      from `sft_more` the same way (the folded base is also the reference),
+              GRPO without routes
+    realm_r1  from `sft_more` the same way, MRPV + EAAI with the route-contrast term
 
     realm-jax train evidence_smollm2 --workdir runs/smollm2/sft
     realm-jax train evidence_smollm2 --workdir runs/smollm2/grpo sft.steps=0 \\
-        rl.steps=30 rl.routes=never init_from=runs/smollm2/sft
+        rl.steps=30 rl.routes=never init_from=runs/smollm2/sft_more
 
 Lengths under the SmolLM2 tokenizer (chat-wrapped, BOS included) are checked
 against the buckets by `tests/test_evidence_smollm2.py`.

@@ -2,6 +2,7 @@
 driver (`experiments/smollm2.py`): the config, its buckets against the real tokenizer, the
 runs' commands, and the report's paired numbers against hand counts."""
 
+import dataclasses
 import json
 import os
 
@@ -68,8 +69,15 @@ def test_commands_chain_the_runs_from_the_sft_run():
   assert sft[0][:4] == ["train", "evidence_smollm2", "--workdir", "R/sft"]
   assert not any(a.startswith("init_from") for a in sft[0])
   assert sft[1] == ["eval", "--workdir", "R/sft"]  # pairs the model as loaded with SFT
-  assert "init_from=R/sft" in grpo[0] and grpo[0][-1] == "seed=1"
+  assert "init_from=R/sft_more" in grpo[0] and grpo[0][-1] == "seed=1"
   assert grpo[1] == ["eval", "--workdir", "R/grpo", "eval.final_only=true", "seed=1"]
+  # more distillation from `sft`: the same stage at half the learning rate, no RL
+  more = smollm2.commands("sft_more", "R")
+  assert "init_from=R/sft" in more[0] and more[1][-1] == "eval.final_only=true"
+  a = configs.load_experiment("evidence_smollm2", list(smollm2.RUNS["sft"][1]))
+  b = configs.load_experiment("evidence_smollm2", list(smollm2.SFT_MORE))
+  assert (b.sft.lr, b.sft.warmup, b.rl.steps) == (a.sft.lr / 2, 10, 0)
+  assert dataclasses.replace(b.sft, lr=a.sft.lr, warmup=a.sft.warmup) == a.sft
 
 
 def _eval_file(path, stages: dict[str, list[int]], digest="q"):
@@ -87,6 +95,7 @@ def test_report_pairs_every_stage_against_hand_counts(tmp_path):
   out = str(tmp_path)
   _eval_file(f"{out}/sft/eval.json", {"start (pretrained)": [0, 0, 0, 0],
                                       "final (sft)": [1, 1, 0, 0]})
+  _eval_file(f"{out}/sft_more/eval.json", {"final (sft)": [1, 1, 0, 0]})
   _eval_file(f"{out}/grpo/eval.json", {"final (rl)": [1, 1, 1, 0]})
   _eval_file(f"{out}/realm_r1/eval.json", {"final (rl)": [1, 0, 1, 1]})
   r = smollm2.report(out, "cmd", "abc")
@@ -94,7 +103,8 @@ def test_report_pairs_every_stage_against_hand_counts(tmp_path):
   one = d["sft - pretrained (without routes)"]
   assert (one["diff"], one["b_only"], one["a_only"], one["n"]) == (0.5, 2, 0, 4)
   assert one["p_value"] == pytest.approx(0.5)  # exact McNemar: 2 x P(Bin(2, 1/2) = 0)
-  assert d["grpo - sft (with routes)"]["diff"] == 0.25
+  assert d["grpo - sft_more (with routes)"]["diff"] == 0.25
+  assert d["sft_more - sft (without routes)"]["diff"] == 0.0
   both = d["realm_r1 - grpo (without routes)"]  # one question each way
   assert (both["diff"], both["b_only"], both["a_only"]) == (0.0, 1, 1)
   assert r["accuracy"]["pretrained"]["without routes"] == 0.0
@@ -131,7 +141,8 @@ def test_data_stats_counts_tokens_with_the_smollm2_tokenizer(capsys):
 
 def test_main_runs_the_chain_keeps_results_and_reports(tmp_path):
   out, runs = str(tmp_path / "out"), str(tmp_path / "runs")
-  correct = {"sft": [1, 1, 0, 0], "grpo": [1, 1, 1, 0], "realm_r1": [1, 0, 1, 1]}
+  correct = {"sft": [1, 1, 0, 0], "sft_more": [1, 1, 0, 1], "grpo": [1, 1, 1, 0],
+             "realm_r1": [1, 0, 1, 1]}
   calls = []
 
   def fake_cli(args):  # stands in for the CLI: what train and eval leave in the workdir
@@ -152,14 +163,16 @@ def test_main_runs_the_chain_keeps_results_and_reports(tmp_path):
 
   assert smollm2.main(["--out", out, "--runs", runs], fake_cli) == 0
   assert [(c[0], os.path.basename(c[c.index("--workdir") + 1])) for c in calls] == [
-      ("train", "sft"), ("eval", "sft"), ("train", "grpo"), ("eval", "grpo"),
-      ("train", "realm_r1"), ("eval", "realm_r1")]
-  assert f"init_from={os.path.abspath(runs)}/sft" in calls[4]
+      ("train", "sft"), ("eval", "sft"), ("train", "sft_more"), ("eval", "sft_more"),
+      ("train", "grpo"), ("eval", "grpo"), ("train", "realm_r1"), ("eval", "realm_r1")]
+  assert f"init_from={os.path.abspath(runs)}/sft" in calls[2]
+  assert f"init_from={os.path.abspath(runs)}/sft_more" in calls[6]
   summary = json.load(open(f"{out}/realm_r1/run_summary.json"))
   assert summary["valid_accuracy"] == [["rl", 4, 0.5]] and summary["reward"] == [["rl", 0, 0.5]]
   assert summary["wall_seconds"] >= 0 and len(summary["commit"]) == 40
   result = json.load(open(f"{out}/results.json"))
-  assert result["differences"]["realm_r1 - sft (without routes)"]["diff"] == 0.25
+  assert result["differences"]["realm_r1 - sft_more (without routes)"]["diff"] == 0.0
+  assert result["differences"]["sft_more - sft (without routes)"]["diff"] == 0.25
   assert os.path.exists(f"{out}/curves.png")
   assert "| 0.50 (step 4) → best 0.50 (step 4) → 0.50 (step 4) |" in open(f"{out}/table.md").read()
   calls.clear()
