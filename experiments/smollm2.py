@@ -193,7 +193,8 @@ def plot(summaries: dict[str, dict], path: str) -> None:
   axes[0].set(title="validation accuracy (greedy, no routes)", xlabel="step of the run's stage")
   axes[1].set(title="RL reward (batch mean)", xlabel="RL step")
   for ax in axes:
-    ax.legend()
+    if ax.get_legend_handles_labels()[0]:  # no RL run yet: no reward curve to label
+      ax.legend()
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
