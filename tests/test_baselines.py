@@ -122,8 +122,9 @@ def test_eval_table_prints_baseline_rows_for_both_settings():
   train_ex = get_domain("dosing").generate(1, 50, 0)
   eval_ex = corpus._with_routes(get_domain("dosing").generate(2, 20, 0), "domain:dosing",
                                 DataConfig(), 2)
-  cfg = SimpleNamespace(eval=SimpleNamespace(num_questions=10), seed=3, rl=SimpleNamespace(
-      mrpv=mrpv.MRPVConfig(num_routes=2)), data=SimpleNamespace(source="domain:dosing"))
+  cfg = SimpleNamespace(eval=SimpleNamespace(num_questions=10, routes="both"), seed=3,
+                        rl=SimpleNamespace(mrpv=mrpv.MRPVConfig(num_routes=2)),
+                        data=SimpleNamespace(source="domain:dosing"))
   ctx = SimpleNamespace(data=SimpleNamespace(train=train_ex, eval=eval_ex))
   base = evaluate._baselines(cfg, ctx)
   assert base["with routes"] == baselines.trivial_baselines(
