@@ -55,7 +55,7 @@ reproduce-quick: install
 	  $(REPRO_ARGS)
 
 # SmolLM2-135M-Instruct (the packaged GGUF, LoRA) on tariff level 0: SFT from the model as
-# loaded, then GRPO and ReaLM-R1 from the SFT run, each evaluated on 320 paired test questions
+# loaded, 150 more SFT steps (sft_more), then GRPO and ReaLM-R1 from sft_more, each evaluated on 320 paired test questions
 # (experiments/results/smollm2/). Each run is about 1-2 h on a 2-core CPU; kept runs are skipped.
 evidence-smollm2: install
 	$(PY) -m experiments.smollm2

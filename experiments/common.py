@@ -1,6 +1,6 @@
 """Shared pieces of the tiny-model experiments (not an experiment itself).
 
-The tiny setting: a ~2M-parameter Llama-style model trained from scratch on a
+The tiny setting: a ~0.85M-parameter Llama-style model trained from scratch on a
 built-in domain at difficulty 0, SentencePiece tokenizer (512 pieces, digits
 split) trained on the run's corpus. Short MRPV templates keep prompts small.
 The `base` stage is a brief format warm-up on a few hundred teacher CoTs: our

@@ -19,7 +19,7 @@ background job of at most ~2 h (`experiments/smollm2.py` runs them in order):
 
     realm-jax train evidence_smollm2 --workdir runs/smollm2/sft
     realm-jax train evidence_smollm2 --workdir runs/smollm2/grpo sft.steps=0 \\
-        rl.steps=30 rl.routes=never init_from=runs/smollm2/sft_more
+        rl.steps=30 rl.routes=never model.remat=true init_from=runs/smollm2/sft_more
 
 Lengths under the SmolLM2 tokenizer (chat-wrapped, BOS included) are checked
 against the buckets by `tests/test_evidence_smollm2.py`.

@@ -40,7 +40,7 @@ R1 = ("rl.routes=eaai", "rl.mrpv.contrast_coef=0.1")
 # RL updates rematerialise: without, ReaLM-R1's update on 8 x 8 rollouts after 384-token
 # prompts needs ~25 GB even in 8 microbatches (7 GB with); SFT fits in 10 GB without
 RL = ("sft.steps=0", f"rl.steps={RL_STEPS}", "model.remat=true")
-# 150 steps left validation still climbing (0.42 -> 0.53 over the last 25); `sft_more`
+# 150 steps left validation still climbing (0.42 -> 0.53 -> 0.56 over the last 50); `sft_more`
 # continues from there, fresh adapters on the folded ones, until validation flattens
 SFT_MORE = ("rl.steps=0", "sft.lr=2.5e-4", "sft.warmup=10")
 RUNS: dict[str, tuple[str | None, tuple[str, ...], str]] = {
