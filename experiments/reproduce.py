@@ -170,8 +170,8 @@ def to_run(names: list[str], seeds: int, out: str, runs: str, sched: Schedule) -
   return tasks
 
 
-def keep_results(name: str, seed: int, runs: str, out: str, sched: Schedule, times: tuple,
-                 commit: str) -> None:
+def keep_results(name: str, seed: int, runs: str, out: str, sched: Schedule, commit: str
+                 ) -> None:
   """Copies a run's eval files and a summary (wall time, routes shown, validation curve)
   into `result_dir`. A run trained again only as a start must reproduce its kept answers."""
   from experiments import reproduce_report
@@ -187,9 +187,7 @@ def keep_results(name: str, seed: int, runs: str, out: str, sched: Schedule, tim
   os.makedirs(rd, exist_ok=True)
   for f in evals:
     shutil.copyfile(os.path.join(wd, f), os.path.join(rd, f))
-  stamp = lambda t: time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t))
-  summary = {"wall_seconds": round(times[1] - times[0], 1), "started": stamp(times[0]),
-             "finished": stamp(times[1]), "commit": commit,
+  summary = {**reproduce_report.wall_summary(wd), "commit": commit,
              "routes_shown": reproduce_report.routes_shown(wd),
              "validation": reproduce_report.validation_curve(wd)}
   with open(os.path.join(rd, "run_summary.json"), "w") as f:
@@ -200,13 +198,14 @@ def execute(name: str, seed: int, runs: str, sched: Schedule, cache: str, run_cl
             cpus: set[int] | None = None) -> tuple:
   """Runs one method's commands, each a subprocess logged to the workdir's reproduce.log
   and pinned to `cpus` when given (or `run_cli(args)` in this process); returns its start
-  and end times."""
+  and end times. Each call's time is added to the run's wall.jsonl, stopped or not."""
+  from experiments import reproduce_report
   wd = run_dir(runs, seed, name)
   os.makedirs(wd, exist_ok=True)
   env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=cache,
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5")
   t0 = time.time()
-  with open(os.path.join(wd, "reproduce.log"), "a") as log:
+  with reproduce_report.timed(wd), open(os.path.join(wd, "reproduce.log"), "a") as log:
     for args in commands(name, seed, runs, sched):
       if run_cli is not None:
         run_cli(args)
@@ -307,11 +306,11 @@ def main(argv: list[str] | None = None, run_cli=None) -> int:
     print(f"[reproduce] seed {seed} {name}: started ({(time.time() - t0) / 60:.1f} min)"
           + (f" on CPUs {sorted(cpus)}" if cpus else ""), flush=True)
     try:
-      times = execute(name, seed, args.runs, sched, cache, run_cli, cpus)
+      execute(name, seed, args.runs, sched, cache, run_cli, cpus)
     finally:
       if cpus:
         slots.put(cpus)
-    keep_results(name, seed, args.runs, args.out, sched, times, info["commit"])
+    keep_results(name, seed, args.runs, args.out, sched, info["commit"])
 
   def on_done(task, status):
     print(f"[reproduce] seed {task[0]} {task[1]}: {status} ({(time.time() - t0) / 60:.1f} min)",

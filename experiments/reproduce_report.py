@@ -18,6 +18,7 @@ eval.json names its questions' digest, and a mismatch is an error naming both ru
 from __future__ import annotations
 
 import calendar
+import contextlib
 import datetime
 import json
 import os
@@ -75,6 +76,31 @@ def load_run(workdir: str, harder_level: int) -> dict | None:
   l0 = _final(os.path.join(workdir, "eval.json"))
   l1 = _final(os.path.join(workdir, f"eval_d{harder_level}.json"))
   return None if l0 is None or l1 is None else {"l0": l0, "l1": l1}
+
+
+WALL = "wall.jsonl"
+
+
+@contextlib.contextmanager
+def timed(workdir: str):
+  """Appends this segment's [start, end] to WORKDIR/wall.jsonl when it ends, stopped or
+  not, so a run resumed across sessions reports the time of all its segments."""
+  t0 = time.time()
+  try:
+    yield
+  finally:
+    with open(os.path.join(workdir, WALL), "a") as f:
+      f.write(json.dumps([round(t0, 1), round(time.time(), 1)]) + "\n")
+
+
+def wall_summary(workdir: str) -> dict:
+  """started (first segment), finished (last), wall_seconds (summed over the segments,
+  the gaps between sessions left out) and segments, from WORKDIR/wall.jsonl."""
+  with open(os.path.join(workdir, WALL)) as f:
+    segs = [json.loads(line) for line in f if line.strip()]
+  stamp = lambda t: time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t))
+  return {"wall_seconds": round(sum(b - a for a, b in segs), 1), "started": stamp(segs[0][0]),
+          "finished": stamp(segs[-1][1]), "segments": len(segs)}
 
 
 def routes_shown(workdir: str) -> int:

@@ -81,14 +81,12 @@ def curves(workdir: str) -> dict[str, list[list[float]]]:
   return {k: [[p, s, v] for (p, s), v in rows.items()] for k, rows in out.items()}
 
 
-def keep(name: str, runs: str, out: str, times: tuple[float, float], commit: str) -> None:
+def keep(name: str, runs: str, out: str, commit: str) -> None:
   wd, rd = os.path.join(runs, name), os.path.join(out, name)
   os.makedirs(rd, exist_ok=True)
   shutil.copyfile(os.path.join(wd, "eval.json"), os.path.join(rd, "eval.json"))
-  stamp = lambda t: time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t))
   with open(os.path.join(rd, "run_summary.json"), "w") as f:
-    json.dump({"wall_seconds": round(times[1] - times[0], 1), "started": stamp(times[0]),
-               "finished": stamp(times[1]), "commit": commit,
+    json.dump({**reproduce_report.wall_summary(wd), "commit": commit,
                "routes_shown": reproduce_report.routes_shown(wd), **curves(wd)}, f, indent=1)
 
 
@@ -227,7 +225,7 @@ def main(argv: list[str] | None = None, run_cli=None) -> int:
     print(f"[smollm2] {name}: started", flush=True)
     wd = os.path.join(args.runs, name)
     os.makedirs(wd, exist_ok=True)
-    with open(os.path.join(wd, "smollm2.log"), "a") as log:
+    with reproduce_report.timed(wd), open(os.path.join(wd, "smollm2.log"), "a") as log:
       for cli_args in commands(name, args.runs, tuple(args.overrides)):
         if run_cli is not None:
           run_cli(cli_args)
@@ -240,7 +238,7 @@ def main(argv: list[str] | None = None, run_cli=None) -> int:
           print(f"[smollm2] {name}: training stopped before its last step (no DONE in {wd}); "
                 "rerun the same command to resume it", flush=True)
           return 1
-    keep(name, args.runs, args.out, (t0, time.time()), commit)
+    keep(name, args.runs, args.out, commit)
     report(args.out, command, commit)
     print(f"[smollm2] {name}: done in {(time.time() - t0) / 60:.1f} min", flush=True)
   report(args.out, command, commit)

@@ -194,3 +194,12 @@ def test_a_run_stopped_before_its_end_is_not_evaluated(tmp_path, capsys):
   assert [c[0] for c in calls] == ["train"]
   assert "training stopped before its last step" in capsys.readouterr().out
   assert not os.path.exists(f"{out}/sft")
+
+  def finish(args):  # the resumed run ends: its summary counts both segments
+    wd = args[args.index("--workdir") + 1]
+    if args[0] == "train":
+      open(os.path.join(wd, "DONE"), "w").close()
+    else:
+      _eval_file(os.path.join(wd, "eval.json"), {"start (pretrained)": [0], "final (sft)": [1]})
+  assert smollm2.main(["--out", out, "--runs", runs, "--runs-only", "sft"], finish) == 0
+  assert json.load(open(f"{out}/sft/run_summary.json"))["segments"] == 2

@@ -266,3 +266,18 @@ def test_a_run_stopped_before_its_end_is_not_evaluated(tmp_path):
   with pytest.raises(RuntimeError, match="training stopped before its last step"):
     reproduce.execute("grpo", 0, str(tmp_path), SCHED, "cache", run_cli=calls.append)
   assert [c[0] for c in calls] == ["train"]
+
+
+def test_wall_time_sums_the_segments_of_a_resumed_run(tmp_path):
+  # a segment stopped by an exception is recorded too; the gap between sessions is not counted
+  wd = str(tmp_path)
+  with pytest.raises(KeyboardInterrupt), reproduce_report.timed(wd):
+    raise KeyboardInterrupt
+  with open(os.path.join(wd, "wall.jsonl")) as f:
+    (a, b), = [json.loads(line) for line in f]
+  assert 0 <= b - a < 5
+  with open(os.path.join(wd, "wall.jsonl"), "w") as f:  # 10 min, a 2 h gap, then 25 min
+    f.write("[1000.0, 1600.0]\n[8800.0, 10300.0]\n")
+  assert reproduce_report.wall_summary(wd) == {
+      "wall_seconds": 2100.0, "started": "1970-01-01 00:16:40 UTC",
+      "finished": "1970-01-01 02:51:40 UTC", "segments": 2}
