@@ -25,8 +25,10 @@ def test_lr_schedule_boundaries(warmup):
   assert float(s(warmup)) == pytest.approx(2.0)                      # peak at end of warm-up
   assert float(s(20)) == pytest.approx(0.2)                          # lr/10 at the last step
   assert float(s(20 + warmup)) == pytest.approx(0.2)                 # and stays there
-  mid = warmup + (20 - warmup) // 2
-  assert float(s(mid)) == pytest.approx(0.2 + 1.8 * 0.5, rel=0.15)   # cosine midpoint ~ 1.1
+  D = 20 - warmup  # cosine: 0.2 + 1.8 (1 + cos(pi x)) / 2 at the fraction x of the decay
+  assert float(s(warmup + D // 2)) == pytest.approx(1.1, rel=1e-6)   # x = 1/2 (linear: 1.1 too)
+  assert float(s(warmup + D // 4)) == pytest.approx(0.2 + 0.9 * (1 + np.cos(np.pi / 4)),
+                                                    rel=1e-6)        # x = 1/4: 1.736 (linear 1.55)
 
 
 def _batch(rng, B=4, T=10):
@@ -255,3 +257,44 @@ def test_microbatches_over_unrolled_layers_equal_one_pass():
   for a, b in zip(jax.tree.leaves(d4), jax.tree.leaves(d1)):
     np.testing.assert_allclose(a, b, atol=2e-6)
   assert float(m4["loss"]) == pytest.approx(float(m1["loss"]), abs=1e-6)
+
+
+def test_gradient_clipping_by_global_norm_against_adam_by_hand():
+  """Two Adam steps (b1 0.9, b2 0.95) on gradients 10u then u, |u| = 1. Clipped at norm 1
+  both are u, so the second update is exactly -lr_1 sign(u); unclipped it is
+  -lr_1 (m2 / 0.19) / sqrt(v2 / 0.0975) with m2 = u, v2 = 4.8 u^2: 0.750 of that."""
+  u = jnp.array([0.6, -0.8])
+  lr1 = 1e-2 * (0.1 + 0.9 * (1 + np.cos(np.pi / 10)) / 2)  # the schedule at t = 1 of 10
+  for clip, ratio in ((1.0, 1.0), (1e30, (1 / 0.19) / np.sqrt(4.8 / 0.0975))):
+    opt = train_step.make_optimizer(1e-2, 0, 10, 0.0, clip)
+    state = opt.init(jnp.zeros(2))
+    _, state = opt.update(10 * u, state, jnp.zeros(2))
+    update, _ = opt.update(u, state, jnp.zeros(2))
+    np.testing.assert_allclose(update, -lr1 * ratio * np.sign(u), rtol=1e-5)
+
+
+def test_sft_step_mixes_cross_entropy_and_distillation_by_alpha():
+  """loss = (1 - a) CE + a T^2 KL(teacher_T || student_T) over the loss mask, computed here
+  in numpy from the logits, with teacher logits far from the student's."""
+  params = model.init_params(CFG, jax.random.key(4))
+  rng = np.random.default_rng(4)
+  tokens, mask, cmask = _batch(rng)
+  t_logits = jnp.asarray(rng.normal(0, 3, (4, 9, CFG.vocab_size)), jnp.float32)
+  s_logits = np.asarray(model.apply(params, CFG, tokens, mask)[0][:, :-1], np.float64)
+  lsm = lambda z: z - np.log(np.exp(z - z.max(-1, keepdims=True)).sum(-1, keepdims=True)) \
+      - z.max(-1, keepdims=True)
+  m = np.asarray(cmask[:, 1:], bool)
+  tgt = np.asarray(tokens[:, 1:])
+  ce = -np.take_along_axis(lsm(s_logits), tgt[..., None], -1)[..., 0][m].mean()
+  T = 2.0
+  lp_t, lp_s = lsm(np.asarray(t_logits, np.float64) / T), lsm(s_logits / T)
+  kl = (np.exp(lp_t) * (lp_t - lp_s)).sum(-1)[m].mean()
+  for alpha in (0.25, 0.5):
+    step = train_step.make_sft_step(CFG, optax.sgd(0.0), kd_alpha=alpha, kd_temperature=T)
+    _, metrics = step(train_step.init_state(jax.tree.map(jnp.copy, params), optax.sgd(0.0)),
+                      {"tokens": tokens, "mask": mask, "loss_mask": cmask,
+                       "teacher_logits": t_logits})
+    assert kl > 0.5  # teacher and student differ: the KD term is not trivially 0
+    assert float(metrics["kd_kl"]) == pytest.approx(kl, rel=1e-4)
+    assert float(metrics["loss"]) == pytest.approx((1 - alpha) * ce + alpha * T * T * kl,
+                                                   rel=1e-4)
