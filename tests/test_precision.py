@@ -135,7 +135,8 @@ def test_bf16_sft_step_on_a_mesh_updates_fp32_masters():
   assert np.isfinite(float(metrics["loss"])) and float(metrics["grad_norm"]) > 0
   assert {x.dtype for x in jax.tree.leaves(state.params)} == {jnp.dtype(jnp.bfloat16)}
   moved = jax.tree.map(lambda a, b: np.abs(np.asarray(a) - b).max(), state.opt_state.master, old)
-  assert all(0 < m < 2e-3 for m in jax.tree.leaves(moved))  # one AdamW step of lr 1e-3
+  # Adam's first step moves each master by lr * g / (|g| + eps): lr 1e-3 where |g| >> eps
+  np.testing.assert_allclose(jax.tree.leaves(moved), 1e-3, rtol=1e-4)
   jax.tree.map(lambda p, m: np.testing.assert_array_equal(
       np.asarray(p), np.asarray(m.astype(jnp.bfloat16))), state.params, state.opt_state.master)
 
