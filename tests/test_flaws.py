@@ -158,6 +158,26 @@ def test_sft_default_route_share_shows_the_question_only():
     assert "<verify>" not in completion
 
 
+def test_sft_route_share_shows_routes_with_their_gold_verdicts():
+  """route_share=1: every item is shown K routes, and its target's <verify> block calls each
+  shown route correct exactly when it is one of the item's positive routes (read off the
+  prompt text). route_share=0.5: about half the items, a binomial share."""
+  d = domains.get_domain("tariff")
+  exs = domain_teacher(d, d.generate(0, 400, 1), np.random.default_rng(0), 3)
+  cfg = mrpv.MRPVConfig(num_routes=2)
+  pairs = corpus.sft_pairs(exs[:40], np.random.default_rng(1), cfg, 1.0, 2)
+  for (prompt, completion), ex in zip(pairs, exs):
+    shown = [r for r in ex.routes if f"\n{r.text}\n" in prompt + "\n"]
+    order = sorted(shown, key=lambda r: prompt.index(r.text))
+    assert len(order) == 2 and "Route B" in prompt and "Route C" not in prompt
+    want = "; ".join(f"{letter}: {'correct' if r.positive else 'wrong'}"
+                     for letter, r in zip("AB", order))
+    assert completion == f"<verify>{want}</verify><think>{ex.cot}</think><answer>{ex.answer}</answer>"
+  half = corpus.sft_pairs(exs, np.random.default_rng(2), cfg, 0.5, 2)
+  routed = np.mean([c.startswith("<verify>") for _, c in half])
+  assert abs(routed - 0.5) < 4 * math.sqrt(0.25 / len(exs))  # 4 standard deviations
+
+
 # -- 6. route sets: all four label patterns when the pool allows them ----------------------------
 
 def test_sample_routes_label_patterns_on_two_positives_and_three_negatives():
