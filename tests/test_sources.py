@@ -274,3 +274,29 @@ def test_spec_errors_are_config_errors():
   for spec in ("tariff", "domain:shipping", "gym:sudoku"):
     with pytest.raises(ConfigError):
       load_source(spec, 3, 0)
+
+
+def test_data_route_file_adds_the_file_routes_to_the_training_questions():
+  """data.route_file through `build_run_data`: each training question keeps its own perturbed
+  routes and gains the file's, as hand-labelled above; eval questions gain none; with
+  max_route_chars below every route's length, all are refused."""
+  from realm_jax.data.config import DataConfig
+  from realm_jax.rl import corpus
+  file_routes = {  # id -> (positive, answer) of the file's routes, from routes_small.jsonl
+      "gsm8k_small-1": [(True, "31"), (False, "41")], "gsm8k_small-2": [(True, "6"), (False, None)],
+      "gsm8k_small-3": [(True, "2,000"), (False, "950")], "gsm8k_small-4": [(True, "210 pages")],
+      "gsm8k_small-5": []}
+  spec = dict(source=f"gsm8k:{GSM}", num_train=4, num_eval=1, num_valid=0, seed=3)
+  plain = corpus.build_run_data(DataConfig(**spec))
+  with pytest.warns(DataWarning):  # the file names a question that is not in the data
+    withf = corpus.build_run_data(DataConfig(**spec, route_file=str(ROUTES)))
+  assert [e.id for e in withf.train] == [e.id for e in plain.train] and len(plain.train) == 4
+  assert withf.eval == plain.eval
+  for before, after in zip(plain.train, withf.train):
+    n = len(before.routes)
+    assert after.routes[:n] == before.routes
+    assert [(r.positive, r.answer) for r in after.routes[n:]] == file_routes[after.id]
+  assert sum(len(file_routes[e.id]) for e in withf.train) >= 5  # the file's routes landed
+  with pytest.warns(DataWarning):
+    none = corpus.build_run_data(DataConfig(**spec, route_file=str(ROUTES), max_route_chars=5))
+  assert [e.routes for e in none.train] == [e.routes for e in plain.train]
