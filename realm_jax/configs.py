@@ -56,7 +56,6 @@ class ExperimentConfig:
   mesh: tuple[int, int, int] = (-1, 1, 1)  # (data, fsdp, tensor); -1 = all remaining devices
   checkpoint_every: int = 50
   keep_checkpoints: int = 2
-  log_every: int = 1
   max_memory_fraction: float = 0.9
   device_memory_bytes: int | None = None  # None: ask the device (CPU: the host's memory)
 
@@ -65,7 +64,7 @@ class ExperimentConfig:
       raise ValueError(
           f"mesh={','.join(map(str, self.mesh))}: give three sizes data,fsdp,tensor, each >= 1 "
           f"or -1 (all remaining devices, at most one axis), e.g. mesh=-1,1,1")
-    for name, low in (("checkpoint_every", 0), ("keep_checkpoints", 1), ("log_every", 1)):
+    for name, low in (("checkpoint_every", 0), ("keep_checkpoints", 1)):
       if getattr(self, name) < low:
         raise ValueError(f"{name}={getattr(self, name)}: must be >= {low}")
     if not 0.0 < self.max_memory_fraction <= 1.0:
