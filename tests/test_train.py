@@ -214,7 +214,9 @@ def test_guided_distillation_with_token_level_kd(micro_base, tmp_path):
   wd = str(tmp_path / "kd")
   train.run("sft", wd, MICRO + ["sft.steps=2", "sft.batch_size=4", "sft.kd_alpha=0.5",
                                 f"sft.kd_teacher={micro_base}", f"init_from={micro_base}",
-                                "sft.warmup=1"])
+                                "sft.warmup=1", "sft.num_items=7"])
+  (teacher,) = metrics.read_metrics(wd, "sft_teacher")  # sft.num_items: the first 7 questions
+  assert teacher["teacher_examples"] + teacher["teacher_dropped"] == 7
   rows = [r for r in metrics.read_metrics(wd, "sft") if "loss" in r]
   assert rows[0]["kd_kl"] == pytest.approx(0.0, abs=1e-5)  # step 0: student == teacher
   assert rows[0]["kd_loss"] == pytest.approx(0.0, abs=1e-5)
