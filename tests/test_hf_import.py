@@ -24,11 +24,12 @@ ATOL = 1e-4  # fp32 logits policy
 TINY = dict(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
             num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-5,
             max_position_embeddings=128)
-LLAMA3_ROPE = {'rope_type': 'llama3', 'factor': 4.0, 'low_freq_factor': 1.0,
-               'high_freq_factor': 4.0, 'original_max_position_embeddings': 64}
+# Not the importer's defaults (1, 4), so a loader that ignored them would fail.
+LLAMA3_ROPE = {'rope_type': 'llama3', 'factor': 4.0, 'low_freq_factor': 2.0,
+               'high_freq_factor': 8.0, 'original_max_position_embeddings': 128}
 HF_CONFIGS = {
     'llama': (transformers.LlamaConfig, dict(TINY, rope_theta=10000.0)),
-    # head_dim 8: wavelengths 6.3, 63, 628, 6283 against 64/4..64 cover the
+    # head_dim 8: wavelengths 6.3, 63, 628, 6283 against 128/8..128/2 = 16..64 cover the
     # kept, smoothed and scaled bands of llama3 scaling.
     'llama3_rope': (transformers.LlamaConfig, dict(TINY, rope_theta=10000.0, rope_scaling=LLAMA3_ROPE)),
     'llama_tied': (transformers.LlamaConfig, dict(TINY, tie_word_embeddings=True)),
@@ -86,7 +87,9 @@ def test_config_fields(saved):
   assert cfg.rms_eps == pytest.approx(1e-5) and cfg.rope_theta == hf.rope_parameters['rope_theta']
   assert (cfg.rope_scaling is not None) == (name == 'llama3_rope')
   if cfg.rope_scaling is not None:
-    assert (cfg.rope_scaling.factor, cfg.rope_scaling.original_max_position_embeddings) == (4.0, 64)
+    rs = cfg.rope_scaling
+    assert (rs.factor, rs.low_freq_factor, rs.high_freq_factor,
+            rs.original_max_position_embeddings) == (4.0, 2.0, 8.0, 128)
   assert cfg.qkv_bias == (name == 'qwen2') and cfg.qk_norm == (name == 'qwen3')
   assert cfg.param_dtype == 'float32'
 
