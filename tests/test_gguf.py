@@ -9,6 +9,7 @@ here exactly as llama.cpp's converter does it.
 import json
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import tokenizers
@@ -133,6 +134,11 @@ def test_dtype_option(tmp_path):
   cfg, params = gguf_import.load_gguf(path, dtype='bfloat16')
   assert cfg.param_dtype == 'bfloat16'
   assert {str(x.dtype) for x in jax.tree.leaves(params)} == {'bfloat16'}
+  # the same weights, each rounded to bf16: bit for bit the fp32 load cast
+  _, fp32 = gguf_import.load_gguf(path)
+  jax.tree.map(lambda a, b: np.testing.assert_array_equal(
+      np.asarray(a).view(np.uint16), np.asarray(b.astype(jnp.bfloat16)).view(np.uint16)),
+      params, fp32)
 
 
 # ---------------------------------------------------------------- tokenizer
