@@ -7,6 +7,7 @@ import struct
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from realm_jax.cli import main as cli
@@ -19,10 +20,12 @@ def _run(*args, **kw):
 
 def test_data_stats_prints_route_pool_table(capsys):
   cli.main(["data", "stats", "domain:tax", "--n", "40"])
-  out = capsys.readouterr().out
-  assert "items" in out and "40" in out
-  assert "negative routes" in out and "positive routes" in out
-  assert "negatives: " in out  # a share per error type
+  rows = {line[:42].strip(): line[42:].strip() for line in capsys.readouterr().out.splitlines()}
+  # 40 items, each with its gold route and --negatives' default of 3 wrong ones
+  assert rows["items"] == "40" and rows["routes"] == "160"
+  assert rows["positive routes"] == "40 (25.0%)" and rows["negative routes"] == "120 (75.0%)"
+  shares = [float(v[:-1]) for k, v in rows.items() if k.startswith("negatives: ")]
+  assert len(shares) > 1 and sum(shares) == pytest.approx(100.0, abs=0.3)  # rounded to 0.1%
 
 
 def test_data_stats_token_lengths_with_a_tokenizer(tmp_path, capsys):
@@ -32,7 +35,12 @@ def test_data_stats_token_lengths_with_a_tokenizer(tmp_path, capsys):
                                 hard_vocab_limit=False)
   cli.main(["data", "stats", "domain:tariff", "--n", "20", "--tokenizer", str(tmp_path / "t.model")])
   out = capsys.readouterr().out
-  assert "question tokens min/median/max" in out and "route tokens min/median/max" in out
+  assert "route tokens min/median/max" in out
+  from realm_jax.cli import datastats
+  tok = tokenizer.load_tokenizer(str(tmp_path / "t.model"))
+  lens = [len(tok.encode(ex.question)) for ex in datastats.examples_with_routes("domain:tariff", 20, 0, 0)]
+  row = next(l for l in out.splitlines() if l.startswith("question tokens min/median/max"))
+  assert row.split()[-1] == f"{min(lens)}/{int(np.median(lens))}/{max(lens)}"
 
 
 def test_data_routes_writes_a_pool_that_reads_back(tmp_path, capsys):
@@ -125,9 +133,14 @@ def test_eval_help_says_what_it_evaluates(capsys):
     assert phrase in out, phrase
 
 
-def test_plot_schedule_writes_a_png(tmp_path):
+def test_plot_schedule_writes_a_png(tmp_path, monkeypatch):
+  from realm_jax.cli import plots
+  seen, plot = [], plots.plot_schedule
+  monkeypatch.setattr(plots, "plot_schedule", lambda cfg, path: seen.append(cfg) or plot(cfg, path))
   out = tmp_path / "s.png"
   cli.main(["plot-schedule", "realm_zero", "--out", str(out), "rl.steps=50", "rl.eaai.shape=cosine"])
+  (cfg,) = seen  # the overrides reach the schedule plotted
+  assert (cfg.total_steps, cfg.shape) == (50, "cosine")
   with open(out, "rb") as f:
     head = f.read(24)
   assert head[:8] == b"\x89PNG\r\n\x1a\n"
