@@ -236,3 +236,32 @@ def test_readme_question_ids_are_real_ids_of_the_builtin_domains(tmp_path):
   attached = [ex.id for ex in teachers.read_route_pool(tmp_path / "pool.jsonl")
               for rt in ex.routes if rt.source == "my-llm"]
   assert attached == [json.loads(line)["question_id"] for line in lines]
+
+
+def test_generate_temperature_and_seed_reach_the_sampler(capsys):
+  """--temperature and --seed: the CLI's text is the sampler's, run here on the same model,
+  prompt, SamplingConfig and key; two seeds at T = 1 give two different texts."""
+  import jax
+  import jax.numpy as jnp
+  from realm_jax.cli import generate as inference
+  from realm_jax.model import pretrained, sampling
+  path = inference.model_path("smollm2")
+  cfg, params = pretrained.load_pretrained(path)
+  tok = pretrained.load_pretrained_tokenizer(path)
+  ids = tok.encode("Once upon a time", add_bos=True)
+
+  def direct(temperature, seed):
+    scfg = sampling.SamplingConfig(max_new_tokens=10, temperature=temperature,
+                                   stop_ids=tuple(tok.stop_ids), num_samples=1, pad_id=tok.pad_id)
+    roll = sampling.generate(params, cfg, jnp.asarray([ids]), jnp.ones((1, len(ids)), bool),
+                             jax.random.key(seed), scfg)
+    out = [int(t) for t, m in zip(roll.tokens[0], roll.completion_mask[0]) if m]
+    return tok.decode([t for t in out if t not in tok.stop_ids])
+
+  texts = []
+  for seed in (1, 2):
+    cli.main(["generate", "--model", "smollm2", "--prompt", "Once upon a time",
+              "--max-new-tokens", "10", "--temperature", "1.0", "--seed", str(seed)])
+    texts.append(capsys.readouterr().out.rstrip("\n"))
+    assert texts[-1] == direct(1.0, seed)
+  assert texts[0] != texts[1]

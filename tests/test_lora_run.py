@@ -89,14 +89,22 @@ def test_eval_and_export_of_a_lora_run(lora_run, tmp_path, capsys):
   assert {"adapter_config.json", "adapter_model.safetensors"} <= set(os.listdir(out / "peft"))
   cfg = train.load_config(lora_run)
   ctx = train.prepare(cfg, lora_run, create=False)
-  params = train.run_params(ctx, train.params_path(lora_run, "rl"))
   mask = np.array([[1] * 8, [0] * 3 + [1] * 5], bool)
   tokens = np.random.default_rng(0).integers(3, ctx.model_cfg.vocab_size, mask.shape) * mask
-  ours = np.asarray(model.apply(params, ctx.model_cfg, tokens, mask)[0])
-  m = transformers.AutoModelForCausalLM.from_pretrained(out, attn_implementation="eager").eval()
-  with torch.no_grad():
-    theirs = m(input_ids=torch.tensor(tokens), attention_mask=torch.tensor(mask.astype(np.int64))
-               ).logits.numpy()
-  assert np.abs(theirs - ours)[mask].max() < 1e-4
+
+  def gap(folder, phase):  # transformers on the export against the stage's own params
+    params = train.run_params(ctx, train.params_path(lora_run, phase))
+    ours = np.asarray(model.apply(params, ctx.model_cfg, tokens, mask)[0])
+    m = transformers.AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager").eval()
+    with torch.no_grad():
+      theirs = m(input_ids=torch.tensor(tokens), attention_mask=torch.tensor(mask.astype(np.int64))
+                 ).logits.numpy()
+    return np.abs(theirs - ours)[mask].max()
+
+  assert gap(out, "rl") < 1e-4  # the default phase: the run's last
+  cli_main.main(["export", "--workdir", lora_run, "--out", str(tmp_path / "sft"), "--phase", "sft"])
+  assert "(sft params" in capsys.readouterr().out
+  assert gap(tmp_path / "sft", "sft") < 1e-4
+  assert gap(tmp_path / "sft", "rl") > 1e-3  # a different stage: the phase was honoured
   with pytest.raises(Exception, match="no finished stage 'rft'"):
     export.run(lora_run, str(tmp_path / "x"), phase="rft")
