@@ -233,3 +233,26 @@ def test_bf16_sft_step_moves_masters_alike_with_and_without_microbatches():
     assert rms(four - one) <= RMS_GRAD_GAP * rms(one)
     assert np.abs(four - one).max() <= MAX_GRAD_GAP * np.abs(one).max()
   jax.tree.map(check, moved(1), moved(4))
+
+
+def test_bf16_kv_cache_under_fp32_compute():
+  """model.cache_dtype=bfloat16 with fp32 params and compute: the cache holds bf16 K/V, so
+  the sampler's log-probs (read through it) differ from the fp32 trainer's by the rounding of
+  K and V alone, within the bf16 bounds; with the default fp32 cache they agree to fp32
+  rounding."""
+  cfg16 = dataclasses.replace(CFG, cache_dtype="bfloat16")
+  assert {x.dtype for x in jax.tree.leaves(model.init_cache(cfg16, 2, 8))} == {jnp.dtype(jnp.bfloat16)}
+  assert {x.dtype for x in jax.tree.leaves(model.init_cache(CFG, 2, 8))} == {jnp.dtype(jnp.float32)}
+  tokens, mask = _batch(T=12)
+  scfg = sampling.SamplingConfig(max_new_tokens=12, num_samples=2)
+  gaps = {}
+  for name, cfg in (("bf16", cfg16), ("fp32", CFG)):
+    roll = sampling.generate(P32, cfg, jnp.asarray(tokens), jnp.asarray(mask), jax.random.key(1),
+                             scfg)
+    trainer = np.asarray(train_step.token_logprobs(P32, CFG, roll.tokens, roll.mask))
+    comp = np.asarray(roll.completion_mask)[:, 1:]
+    gaps[name] = np.abs(np.asarray(roll.model_logprobs)[:, 1:] - trainer)[comp]
+  assert gaps["fp32"].max() < 1e-4
+  g = gaps["bf16"]
+  assert g.mean() < MEAN_LOGP_GAP and g.max() < MAX_LOGP_GAP, (g.mean(), g.max())
+  assert g.max() > 10 * gaps["fp32"].max()  # the bf16 cache really ran
