@@ -195,16 +195,15 @@ def keep_results(name: str, seed: int, runs: str, out: str, sched: Schedule, com
 
 
 def execute(name: str, seed: int, runs: str, sched: Schedule, cache: str, run_cli=None,
-            cpus: set[int] | None = None) -> tuple:
+            cpus: set[int] | None = None) -> None:
   """Runs one method's commands, each a subprocess logged to the workdir's reproduce.log
-  and pinned to `cpus` when given (or `run_cli(args)` in this process); returns its start
-  and end times. Each call's time is added to the run's wall.jsonl, stopped or not."""
+  and pinned to `cpus` when given (or `run_cli(args)` in this process). Each call's time is
+  added to the run's wall.jsonl, stopped or not (`reproduce_report.wall_summary`)."""
   from experiments import reproduce_report
   wd = run_dir(runs, seed, name)
   os.makedirs(wd, exist_ok=True)
   env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=cache,
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5")
-  t0 = time.time()
   with reproduce_report.timed(wd), open(os.path.join(wd, "reproduce.log"), "a") as log:
     for args in commands(name, seed, runs, sched):
       if run_cli is not None:
@@ -218,7 +217,6 @@ def execute(name: str, seed: int, runs: str, sched: Schedule, cache: str, run_cl
                        preexec_fn=pin)
       if args[0] == "train":
         require_done(wd)
-  return t0, time.time()
 
 
 def require_done(workdir: str) -> None:

@@ -183,12 +183,12 @@ def plot(summaries: dict[str, dict], path: str) -> None:
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   fig, axes = plt.subplots(1, 2, figsize=(12, 4))
-  for i, (name, s) in enumerate(summaries.items()):
+  for name, s in summaries.items():
     for ax, key in zip(axes, ("valid_accuracy", "reward")):
       pts = sorted((st, v) for _, st, v in s.get(key, []))
       if pts:  # one colour per run in both panels
         ax.plot(*zip(*pts), marker="o" if key == "valid_accuracy" else None, label=name,
-                color=f"C{list(RUNS).index(name) if name in RUNS else i}")
+                color=f"C{list(RUNS).index(name)}")
   axes[0].set(title="validation accuracy (greedy, no routes)", xlabel="step of the run's stage")
   axes[1].set(title="RL reward (batch mean)", xlabel="RL step")
   for ax in axes:
