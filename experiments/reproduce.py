@@ -182,7 +182,8 @@ def keep_results(name: str, seed: int, runs: str, out: str, sched: Schedule, com
       old, new = (reproduce_report.correctness(os.path.join(d, f)) for d in (rd, wd))
       if old != new:
         raise RuntimeError(f"{wd}/{f}: trained again, it answers differently from {rd}/{f}; "
-                           f"this machine does not reproduce seed {seed}: delete {rd}/.. and rerun it")
+                           f"this machine does not reproduce seed {seed}: delete {rd}/.. and rerun "
+                           f"it ({_cpu_note(wd, rd)})")
     return
   os.makedirs(rd, exist_ok=True)
   for f in evals:
@@ -192,6 +193,16 @@ def keep_results(name: str, seed: int, runs: str, out: str, sched: Schedule, com
              "validation": reproduce_report.validation_curve(wd)}
   with open(os.path.join(rd, "run_summary.json"), "w") as f:
     json.dump(summary, f, indent=1)
+
+
+def _cpu_note(wd: str, rd: str) -> str:
+  """The CPU counts of the kept run and the new one: XLA:CPU splits reductions by thread
+  count, so bit-for-bit reproduction needs the same count in every segment."""
+  from experiments import reproduce_report
+  with open(os.path.join(rd, "run_summary.json")) as f:
+    kept = json.load(f).get("cpus") or "unrecorded"
+  now = reproduce_report.wall_summary(wd)["cpus"]
+  return f"XLA:CPU's numbers depend on the CPU count: kept run {kept}, this one {now}"
 
 
 def execute(name: str, seed: int, runs: str, sched: Schedule, cache: str, run_cli=None,
@@ -204,7 +215,8 @@ def execute(name: str, seed: int, runs: str, sched: Schedule, cache: str, run_cl
   os.makedirs(wd, exist_ok=True)
   env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=cache,
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5")
-  with reproduce_report.timed(wd), open(os.path.join(wd, "reproduce.log"), "a") as log:
+  n_cpus = len(cpus) if cpus else len(os.sched_getaffinity(0))
+  with reproduce_report.timed(wd, n_cpus), open(os.path.join(wd, "reproduce.log"), "a") as log:
     for args in commands(name, seed, runs, sched):
       if run_cli is not None:
         run_cli(args)

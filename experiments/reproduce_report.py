@@ -82,25 +82,30 @@ WALL = "wall.jsonl"
 
 
 @contextlib.contextmanager
-def timed(workdir: str):
-  """Appends this segment's [start, end] to WORKDIR/wall.jsonl when it ends, stopped or
-  not, so a run resumed across sessions reports the time of all its segments."""
+def timed(workdir: str, cpus: int | None = None):
+  """Appends this segment's [start, end, CPUs] to WORKDIR/wall.jsonl when it ends, stopped
+  or not, so a run resumed across sessions reports the time of all its segments. CPUs:
+  those its processes may run on (default: this process's), since XLA:CPU's results
+  depend on how many threads split its reductions."""
   t0 = time.time()
+  cpus = cpus if cpus is not None else len(os.sched_getaffinity(0))
   try:
     yield
   finally:
     with open(os.path.join(workdir, WALL), "a") as f:
-      f.write(json.dumps([round(t0, 1), round(time.time(), 1)]) + "\n")
+      f.write(json.dumps([round(t0, 1), round(time.time(), 1), cpus]) + "\n")
 
 
 def wall_summary(workdir: str) -> dict:
   """started (first segment), finished (last), wall_seconds (summed over the segments,
-  the gaps between sessions left out) and segments, from WORKDIR/wall.jsonl."""
+  the gaps between sessions left out), segments, and cpus (the CPU counts the segments
+  ran on, where recorded), from WORKDIR/wall.jsonl."""
   with open(os.path.join(workdir, WALL)) as f:
     segs = [json.loads(line) for line in f if line.strip()]
   stamp = lambda t: time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t))
-  return {"wall_seconds": round(sum(b - a for a, b in segs), 1), "started": stamp(segs[0][0]),
-          "finished": stamp(segs[-1][1]), "segments": len(segs)}
+  return {"wall_seconds": round(sum(s[1] - s[0] for s in segs), 1), "started": stamp(segs[0][0]),
+          "finished": stamp(segs[-1][1]), "segments": len(segs),
+          "cpus": sorted({s[2] for s in segs if len(s) > 2})}
 
 
 def routes_shown(workdir: str) -> int:

@@ -218,10 +218,10 @@ def test_head_matmul_grads_equal_autodiff_of_the_plain_dot():
 
 
 @pytest.mark.parametrize("copy_transpose", [True, False])  # the CPU layout, the others'
-def test_head_weight_grad_layouts_equal_x_transpose_times_dlogits(copy_transpose):
+def test_weight_grad_layouts_equal_x_transpose_times_dlogits(copy_transpose):
   kx, kg = jax.random.split(jax.random.key(8), 2)
   x, g = jax.random.normal(kx, (24, 16)), jax.random.normal(kg, (24, 40))
-  got = jax.jit(model.layers.head_weight_grad, static_argnums=2)(x, g, copy_transpose)
+  got = jax.jit(model.layers.weight_grad, static_argnums=2)(x, g, copy_transpose)
   np.testing.assert_allclose(np.asarray(got), np.asarray(x).T @ np.asarray(g), atol=1e-4)
 
 

@@ -44,11 +44,13 @@ def test_auto_dtypes_resolve_by_backend():
   assert spec.resolve_dtype("auto", "cpu") == "float32"
   assert spec.resolve_dtype("auto", "gpu") == spec.resolve_dtype("auto", "tpu") == "bfloat16"
   assert spec.resolve_dtype("float16", "tpu") == "float16"  # explicit names win
-  assert spec.ModelSpec().model_dtypes("tpu") == {"param_dtype": "bfloat16", "dtype": "bfloat16"}
+  assert spec.ModelSpec().model_dtypes("tpu") == {"param_dtype": "bfloat16", "dtype": "bfloat16",
+                                                  "matmul_dtype": None}
   assert spec.ModelSpec(param_dtype="float32").model_dtypes("gpu") == {
-      "param_dtype": "float32", "dtype": "bfloat16"}
+      "param_dtype": "float32", "dtype": "bfloat16", "matmul_dtype": None}
   if jax.default_backend() == "cpu":
-    assert spec.ModelSpec().model_dtypes() == {"param_dtype": "float32", "dtype": "float32"}
+    assert spec.ModelSpec().model_dtypes() == {"param_dtype": "float32", "dtype": "float32",
+                                               "matmul_dtype": None}
   with pytest.raises(ValueError, match="model.dtype='fp8'"):
     spec.ModelSpec(dtype="fp8")
 

@@ -274,10 +274,29 @@ def test_wall_time_sums_the_segments_of_a_resumed_run(tmp_path):
   with pytest.raises(KeyboardInterrupt), reproduce_report.timed(wd):
     raise KeyboardInterrupt
   with open(os.path.join(wd, "wall.jsonl")) as f:
-    (a, b), = [json.loads(line) for line in f]
-  assert 0 <= b - a < 5
-  with open(os.path.join(wd, "wall.jsonl"), "w") as f:  # 10 min, a 2 h gap, then 25 min
-    f.write("[1000.0, 1600.0]\n[8800.0, 10300.0]\n")
+    (a, b, cpus), = [json.loads(line) for line in f]
+  assert 0 <= b - a < 5 and cpus == len(os.sched_getaffinity(0))
+  # 10 min (an older record, CPUs not recorded), a 2 h gap, then 25 min on 1 CPU
+  with open(os.path.join(wd, "wall.jsonl"), "w") as f:
+    f.write("[1000.0, 1600.0]\n[8800.0, 10300.0, 1]\n")
   assert reproduce_report.wall_summary(wd) == {
       "wall_seconds": 2100.0, "started": "1970-01-01 00:16:40 UTC",
-      "finished": "1970-01-01 02:51:40 UTC", "segments": 2}
+      "finished": "1970-01-01 02:51:40 UTC", "segments": 2, "cpus": [1]}
+
+
+def test_a_start_trained_again_that_answers_otherwise_names_both_cpu_counts(tmp_path):
+  """XLA:CPU's numbers depend on the CPU count (its reductions split by thread), so the
+  refusal says which counts the kept run and the new one ran on."""
+  out, runs = str(tmp_path / "out"), str(tmp_path / "runs")
+  rd, wd = reproduce.result_dir(out, 0, "sft"), reproduce.run_dir(runs, 0, "sft")
+  for d, correct in ((rd, [1, 0, 1]), (wd, [1, 1, 1])):
+    os.makedirs(d)
+    for f in reproduce.result_files(SCHED)[:2]:
+      with open(os.path.join(d, f), "w") as fh:
+        json.dump({"results": {"final (sft)": {"without routes": {"correct": correct}}}}, fh)
+  with open(os.path.join(rd, "run_summary.json"), "w") as fh:
+    json.dump({"cpus": [1, 2]}, fh)  # kept: one segment pinned to one CPU, another on two
+  with open(os.path.join(wd, "wall.jsonl"), "w") as fh:
+    fh.write("[0.0, 60.0, 2]\n")
+  with pytest.raises(RuntimeError, match=r"answers differently.*kept run \[1, 2\], this one \[2\]"):
+    reproduce.keep_results("sft", 0, runs, out, SCHED, "commit")

@@ -1,7 +1,7 @@
 """`realm-jax bench`: sampler and training-step throughput, and this machine's matmul peak.
 
   realm-jax bench [--model bench|smollm2] [--weights random|packaged] [--repeats N]
-                  [--grpo-steps N] [--json] [--out FILE]
+                  [--grpo-steps N] [--matmul-dtype float32|bfloat16] [--json] [--out FILE]
   realm-jax bench --memory CONFIG --mesh D,F,T [...]   (compiled memory: `bench_costs`)
 
 Workload (the same as the peer harnesses in the project's peers/ folder): a
@@ -21,14 +21,13 @@ the real GGUF, dequantized), and
   tokens; an RL rollout of the GRPO benchmark is 64 + 128 = 192 tokens, padded
   here to 256).
 - GRPO: one full step on the peers' work (`bench_grpo`), with its phases.
-- peak: jit'd fp32 square matmuls (1024, 2048), best of the repeats, measured
-  before the workloads and again after them; the best of both is the peak.
+- peak: jit'd square matmuls (1024, 2048) of the model's matmul operand dtype into
+  fp32, best of the repeats, before and after the workloads; the best is the peak.
 - memory: the process's peak, device `peak_bytes_in_use` on GPU/TPU, else the
   host's peak RSS (`getrusage`), read at the end.
 
-Compile time is excluded (one warm-up call, reported separately); timings
-are medians over `repeats` calls (smollm2: 3 sampler calls and 2 GRPO steps
-by default; a step takes tens of seconds on two cores).
+Compile time is excluded (one warm-up call, reported separately); timings are medians
+over `repeats` calls (smollm2 default: 3 sampler calls and 2 GRPO steps).
 
 FLOP counts, FLOP-limit times and the named model shapes: `bench_costs`.
 Fractions of peak are achieved FLOP/s over the best measured matmul FLOP/s.
@@ -69,8 +68,8 @@ class BenchShape:
   new_tokens: int = 128
   train_batch: int = 32
   train_len: int = 256
-  # Gradient accumulation inside the step (train_step.accumulate_grads); same loss and
-  # gradients for any count. 8 measured 1-4% faster than 4 and than 16 here (A/B, same sitting).
+  # Gradient accumulation in the step (same loss and grads for any count); 8 measured 1-4%
+  # faster than 4 and than 16 here (A/B, same sitting).
   train_microbatches: int = 8
   matmul_sizes: tuple[int, ...] = (1024, 2048)
 
@@ -115,7 +114,8 @@ def _timed(fn: Callable[[], object], repeats: int) -> tuple[float, list[float]]:
 
 
 def bench_matmul(sizes: tuple[int, ...], repeats: int, dtype=jnp.float32) -> dict:
-  mm = jax.jit(lambda a, b: a @ b)
+  """Square matmuls of `dtype` operands accumulated into fp32, as the model's matmuls are."""
+  mm = jax.jit(lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.float32))
   out = {}
   for n in sizes:
     ka, kb = jax.random.split(jax.random.key(n))
@@ -277,16 +277,18 @@ def run_bench(repeats: int = 5, *, model_cfg: model_lib.ModelConfig = BENCH_MODE
                 "matmul_params": matmul_params(model_cfg)},
       "repeats": repeats,
   }
-  before = bench_matmul(shape.matmul_sizes, repeats)
+  mm_dtype = jnp.dtype(model_cfg.matmul_dtype or model_cfg.dtype)  # the model's operands
+  before = bench_matmul(shape.matmul_sizes, repeats, mm_dtype)
   result["sampling"] = bench_sampling(model_cfg, params, shape, repeats, before["peak_gflops"])
   if train:
     result["train"] = bench_train(model_cfg, params, shape, repeats, before["peak_gflops"])
   # The yardstick is the best matmul rate seen before *and* after the workloads: a machine
   # whose speed drifts (shared hosts) cannot flatter the fractions with a slow peak reading.
-  after = bench_matmul(shape.matmul_sizes, repeats)
+  after = bench_matmul(shape.matmul_sizes, repeats, mm_dtype)
   result["matmul"] = {n: max(before[n], after[n], key=lambda v: v["gflops"])
                       for n in before if n != "peak_gflops"}
   result["matmul"]["peak_gflops"] = peak = max(before["peak_gflops"], after["peak_gflops"])
+  result["matmul"]["operand_dtype"] = mm_dtype.name
   result["matmul"]["before_after_gflops"] = [before["peak_gflops"], after["peak_gflops"]]
   for part in ("sampling", "train")[:1 + train]:
     result[part]["frac_of_peak"] = result[part]["gflops"] / peak
@@ -308,17 +310,19 @@ def _limits(part: dict) -> str:
 def format_report(r: dict) -> str:
   s, t, mm = r["sampling"], r.get("train"), r["matmul"]
   m = r["model"]
+  mt = f" ({m['matmul_dtype']} matmuls)" if m.get("matmul_dtype") else ""
   lim = s.get("flop_limit_s", {})
   split = (f"; prefill {lim['prefill']:.3f} s, decode {lim['decode']:.3f} s at peak"
            if "prefill" in lim else "")
   lines = [
       f"model: {m['family']} V={m['vocab_size']} L={m['num_layers']} D={m['d_model']} "
       f"N={m['num_heads']} K={m['num_kv_heads']} H={m['head_dim']} F={m['mlp_dim']} "
-      f"{'tied ' if m['tie_embeddings'] else ''}{m['dtype']}, {m['params'] / 1e6:.2f}M params "
+      f"{'tied ' if m['tie_embeddings'] else ''}{m['dtype']}{mt}, {m['params'] / 1e6:.2f}M params "
       f"({m['matmul_params'] / 1e6:.2f}M in matmuls), weights {r.get('weights', 'random')}",
       f"machine: {r['machine']['cpu_count']} CPUs, jax {r['machine']['jax']} "
       f"({r['machine']['backend']}), median of {r['repeats']}",
-      "matmul peak (best of before and after the workloads): "
+      f"matmul peak ({mm.get('operand_dtype', 'float32')} operands, best of before and after "
+      "the workloads): "
       + ", ".join(f"{n}^3 {v['gflops']:.0f}" for n, v in mm.items() if n.isdigit())
       + f" GFLOP/s -> {mm['peak_gflops']:.0f}"
       + (" (before {:.0f}, after {:.0f})".format(*mm["before_after_gflops"])
@@ -371,6 +375,8 @@ def main(argv: list[str] | None = None) -> dict:
   ap.add_argument("--grpo-steps", type=int, default=None,
                   help="timed GRPO steps after one warm-up; default --repeats, smollm2 2")
   ap.add_argument("--out", default=None, help="also write the JSON result to this file")
+  ap.add_argument("--matmul-dtype", default=None, choices=("float32", "bfloat16"),
+                  help="the model's matmul operands, fp32 accumulation (default: compute dtype)")
   args = ap.parse_args(argv)
   if args.model not in PRESETS:
     raise errors.ConfigError(f"--model {args.model!r}: use one of {', '.join(PRESETS)}")
@@ -384,7 +390,7 @@ def main(argv: list[str] | None = None) -> dict:
   repeats, grpo_steps, train = PRESETS[args.model]
   repeats = args.repeats or repeats
   grpo_steps = args.grpo_steps or (grpo_steps if args.model != "bench" else repeats)
-  cfg = bench_costs.MODELS[args.model]
+  cfg = dataclasses.replace(bench_costs.MODELS[args.model], matmul_dtype=args.matmul_dtype)
   params = load_packaged_smollm2() if args.weights == "packaged" else None
   result = run_bench(repeats, model_cfg=cfg, params=params, train=train,
                      extra_benchmarks=default_extra_benchmarks(cfg, grpo_steps, train, params))

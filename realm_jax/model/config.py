@@ -68,6 +68,10 @@ class ModelConfig:
   param_dtype: str = "float32"
   dtype: str = "float32"
   cache_dtype: str | None = None  # None: same as `dtype`
+  # Operand dtype of the projection and head matmuls, accumulated in fp32 (`layers.matmul`);
+  # None: the compute dtype. "bfloat16" with fp32 compute is mixed precision for CPUs with
+  # AMX / AVX512-BF16: fp32 norms, softmax and residual stream, bf16 x bf16 -> fp32 matmuls.
+  matmul_dtype: str | None = None
   remat: bool = False
   # Run the layers under `nn.scan` (compile time independent of depth) or as
   # an unrolled Python loop over the same stacked params (no stacked residual
@@ -112,7 +116,8 @@ class ModelConfig:
       if getattr(self, name) is not None and getattr(self, name) < 1:
         raise ValueError(f"ModelConfig.{name} must be positive or None (automatic), "
                          f"got {getattr(self, name)}")
-    for name in ("param_dtype", "dtype") + (("cache_dtype",) if self.cache_dtype else ()):
+    for name in ("param_dtype", "dtype") + tuple(
+        n for n in ("cache_dtype", "matmul_dtype") if getattr(self, n)):
       if getattr(self, name) not in ("float32", "bfloat16", "float16"):
         raise ValueError(f"ModelConfig.{name}={getattr(self, name)!r}; use float32, bfloat16 or float16")
 

@@ -116,7 +116,7 @@ class Linear(nn.Module):
     k = self.param("kernel", nn.with_logical_partitioning(init, self.axes),
                    (x.shape[-1], self.features), _dt(self.cfg.param_dtype))
     x_MI = x.reshape(-1, x.shape[-1])
-    y = jnp.dot(x_MI, k.astype(x.dtype))
+    y = project(x_MI, k, self.cfg.matmul_dtype)
     if self._adapted():
       y = y + self._lora(x_MI)
     y = y.reshape(*x.shape[:-1], self.features)
@@ -142,8 +142,8 @@ class Linear(nn.Module):
         (x_MI.shape[-1], lora.rank), dt)
     b_RO = self.param("lora_b", nn.with_logical_partitioning(
         nn.initializers.zeros, (None, self.axes[1])), (lora.rank, self.features), dt)
-    h_MR = jnp.dot(x_MI, a_IR.astype(x_MI.dtype))
-    return jnp.dot(h_MR * jnp.asarray(lora.scale, x_MI.dtype), b_RO.astype(x_MI.dtype))
+    h_MR = project(x_MI, a_IR, self.cfg.matmul_dtype)
+    return project(h_MR * jnp.asarray(lora.scale, x_MI.dtype), b_RO, self.cfg.matmul_dtype)
 
 
 class MLP(nn.Module):
@@ -158,38 +158,87 @@ class MLP(nn.Module):
     return Linear(c.d_model, ("mlp", "embed"), False, c, name="down_proj")(h_BTF)
 
 
-@jax.custom_vjp
-def head_matmul(x_MD, w_DV):
-  """fp32 logits x @ w. On CPU its weight gradient contracts over tokens from an
-  explicitly transposed x (a small copy): XLA:CPU runs that [D, M] x [M, V]
-  product much faster than the transposed-operand form autodiff gives.
-  Elsewhere dw is that one dot contracting tokens (`head_weight_grad`)."""
-  return jnp.dot(x_MD, w_DV, preferred_element_type=jnp.float32)
+def project(x_MI, w_IO, matmul_dtype: str | None):
+  """x @ w in x's dtype. `matmul_dtype` (`ModelConfig.matmul_dtype`) other than x's:
+  both operands rounded to it, fp32 accumulation (`matmul`); None: w cast to x's dtype."""
+  if matmul_dtype is None or jnp.dtype(matmul_dtype) == x_MI.dtype:
+    return jnp.dot(x_MI, w_IO.astype(x_MI.dtype))
+  return matmul(x_MI, w_IO, matmul_dtype, x_MI.dtype.name)
 
 
-def head_weight_grad(x_MD, dlogits_MV, copy_transpose: bool):
-  """dw = x^T dlogits [D, V] in fp32. `copy_transpose` (the CPU choice): x^T as a
-  real [D, M] copy (an optimization barrier keeps XLA from folding it back into
-  the dot); otherwise one dot contracting M, which GPU and TPU compilers lay out
-  themselves."""
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def matmul(x_MI, w, operand_dtype: str, out_dtype: str, w_transposed: bool = False):
+  """x @ w ([I, O]; `w_transposed`: w is [O, I] and x @ w^T is taken) with both operands
+  rounded to `operand_dtype`, accumulated in fp32, result in `out_dtype`. The backward
+  rounds the cotangent g the same way: dx = g w^T and dw = x^T g (a contraction over
+  tokens, `weight_grad`), both accumulated in fp32.
+
+  This is the mixed precision of accelerators (bf16 operands on the MXU / tensor
+  cores) made available to fp32 models: on a CPU with AMX or AVX512-BF16, XLA:CPU
+  runs bf16 x bf16 -> fp32 dots several times faster than fp32 ones, while norms,
+  softmax and the residual stream stay fp32. Its fast dots take row-major operands
+  and a weight in either orientation: a weight transposed before its rounding (a
+  tied head's embedding.T) is not one, and its dot would run in fp32, so such a
+  weight is passed as stored, with `w_transposed`."""
+  return _matmul_fwd(x_MI, w, operand_dtype, out_dtype, w_transposed)[0]
+
+
+_CONTRACT_LAST = (((1,), (1,)), ((), ()))  # a [M, K] x b [N, K] -> [M, N]
+
+
+def _matmul_fwd(x_MI, w, operand_dtype, out_dtype, w_transposed):
+  xl, wl = x_MI.astype(operand_dtype), w.astype(operand_dtype)
+  y = (jax.lax.dot_general(xl, wl, _CONTRACT_LAST, preferred_element_type=jnp.float32)
+       if w_transposed else jnp.dot(xl, wl, preferred_element_type=jnp.float32))
+  return y.astype(out_dtype), (x_MI, w)
+
+
+def _matmul_bwd(operand_dtype, out_dtype, w_transposed, res, g_MO):
+  x_MI, w = res
+  g, wl = g_MO.astype(operand_dtype), w.astype(operand_dtype)
+  dx_MI = (jnp.dot(g, wl, preferred_element_type=jnp.float32) if w_transposed else
+           jax.lax.dot_general(g, wl, _CONTRACT_LAST, preferred_element_type=jnp.float32))
+  dw_IO = weight_grad(x_MI.astype(operand_dtype), g,
+                      copy_transpose=jax.default_backend() == "cpu")
+  if w_transposed:  # kept apart: folded into the dot, XLA:CPU has no bf16 kernel for it
+    dw_IO = jax.lax.optimization_barrier(dw_IO).T
+  return dx_MI.astype(x_MI.dtype), dw_IO.astype(w.dtype)
+
+
+matmul.defvjp(_matmul_fwd, _matmul_bwd)
+
+
+def transposed_copy(x_MN: jax.Array) -> jax.Array:
+  """x^T laid out row-major in memory, not as a transposed view. The flat reshape fixes
+  the element order and the barrier keeps XLA from folding it back into the dot."""
+  M, N = x_MN.shape
+  return jax.lax.optimization_barrier(x_MN.T.reshape(-1)).reshape(N, M)
+
+
+def weight_grad(x_MD, g_MV, copy_transpose: bool):
+  """dw = x^T g [D, V] in fp32, contracting the token axis M. `copy_transpose` (the
+  CPU choice) multiplies an explicitly transposed copy of x instead: XLA:CPU runs a
+  [D, M] x [M, V] product much faster than the transposed-operand form autodiff
+  gives, and its fast low-precision dots take row-major operands only (otherwise
+  they are run in fp32). In fp32 an optimization barrier on x^T is enough to keep
+  the copy; lower precisions need the row-major layout forced (`transposed_copy`).
+  Elsewhere: one dot contracting M, which GPU and TPU compilers lay out themselves."""
   if not copy_transpose:
-    return jax.lax.dot_general(x_MD, dlogits_MV, (((0,), (0,)), ((), ())),
+    return jax.lax.dot_general(x_MD, g_MV, (((0,), (0,)), ((), ())),
                                preferred_element_type=jnp.float32)
-  x_DM = jax.lax.optimization_barrier(x_MD.T)
-  return jnp.dot(x_DM, dlogits_MV, preferred_element_type=jnp.float32)
+  if x_MD.dtype.itemsize >= 4:
+    x_DM = jax.lax.optimization_barrier(x_MD.T)
+  else:
+    x_DM = transposed_copy(x_MD)
+  return jnp.dot(x_DM, g_MV, preferred_element_type=jnp.float32)
 
 
-def _head_matmul_fwd(x_MD, w_DV):
-  return head_matmul(x_MD, w_DV), (x_MD, w_DV)
-
-
-def _head_matmul_bwd(res, dlogits_MV):
-  x_MD, w_DV = res
-  dlogits = dlogits_MV.astype(x_MD.dtype)
-  dx_MD = jax.lax.dot_general(dlogits, w_DV, (((1,), (1,)), ((), ())),
-                              preferred_element_type=jnp.float32)
-  dw_DV = head_weight_grad(x_MD, dlogits, copy_transpose=jax.default_backend() == "cpu")
-  return dx_MD.astype(x_MD.dtype), dw_DV.astype(w_DV.dtype)
-
-
-head_matmul.defvjp(_head_matmul_fwd, _head_matmul_bwd)
+def head_matmul(x_MD, w, matmul_dtype: str | None = None, w_transposed: bool = False):
+  """fp32 logits x @ w (w [D, V]; `w_transposed`: a tied embedding [V, D], x @ w^T),
+  operands in `matmul_dtype` (None: x's dtype); the weight gradient contracts over
+  tokens as `weight_grad` does. Operands of x's own dtype take w^T as a plain
+  [D, V] weight (the fp32 path, unchanged by the mixed one)."""
+  dt = jnp.dtype(matmul_dtype or x_MD.dtype)
+  if w_transposed and dt == x_MD.dtype:
+    w, w_transposed = w.T, False
+  return matmul(x_MD, w, dt.name, "float32", w_transposed)

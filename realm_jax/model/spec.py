@@ -44,6 +44,9 @@ class ModelSpec:
   tokenizer_vocab: int = 512
   dtype: str = "auto"        # compute dtype; "auto": `resolve_dtype`
   param_dtype: str = "auto"  # params (the optimizer keeps fp32 masters of lower ones)
+  # Operand dtype of the matmuls, accumulated in fp32 (`ModelConfig.matmul_dtype`); "auto":
+  # the compute dtype. bfloat16 with fp32 compute: mixed precision on CPUs with AMX.
+  matmul_dtype: str = "auto"
   remat: bool = False
   scan_layers: bool = True  # False: unrolled layers (faster backward for shallow models)
   # LoRA (`model.lora`): rank 0 trains every weight; rank r > 0 trains adapters of that rank
@@ -53,7 +56,7 @@ class ModelSpec:
   lora_targets: tuple[str, ...] = LORA_TARGETS
 
   def __post_init__(self):
-    for name in ("dtype", "param_dtype"):
+    for name in ("dtype", "param_dtype", "matmul_dtype"):
       if getattr(self, name) not in DTYPES:
         raise ValueError(f"model.{name}={getattr(self, name)!r}; use one of {DTYPES}")
     if self.tokenizer_vocab <= 0:
@@ -72,7 +75,9 @@ class ModelSpec:
       return None
     return LoraConfig(rank=self.lora_rank, alpha=self.lora_alpha, targets=tuple(self.lora_targets))
 
-  def model_dtypes(self, backend: str | None = None) -> dict[str, str]:
-    """ModelConfig fields {'param_dtype', 'dtype'} of this run, "auto" resolved."""
+  def model_dtypes(self, backend: str | None = None) -> dict[str, str | None]:
+    """ModelConfig fields {'param_dtype', 'dtype', 'matmul_dtype'} of this run, "auto"
+    resolved (matmul_dtype "auto": None, the compute dtype)."""
     return {"param_dtype": resolve_dtype(self.param_dtype, backend),
-            "dtype": resolve_dtype(self.dtype, backend)}
+            "dtype": resolve_dtype(self.dtype, backend),
+            "matmul_dtype": None if self.matmul_dtype == "auto" else self.matmul_dtype}

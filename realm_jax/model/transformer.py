@@ -122,12 +122,10 @@ class Transformer(nn.Module):
       x_BTD = x_BTD[:, -1:]
     elif logits_from:
       x_BTD = x_BTD[:, logits_from:]
-    if c.tie_embeddings:
-      w_DV = embed.embedding.T
-    else:
-      w_DV = LMHead(c, name="lm_head")()
+    w = embed.embedding if c.tie_embeddings else LMHead(c, name="lm_head")()  # [V, D] / [D, V]
     B, T, D = x_BTD.shape  # 2-D matmul, as in `Linear`
-    logits_BTV = head_matmul(x_BTD.reshape(B * T, D), w_DV.astype(x_BTD.dtype)).reshape(B, T, -1)
+    logits_BTV = head_matmul(x_BTD.reshape(B * T, D), w, c.matmul_dtype,
+                             w_transposed=c.tie_embeddings).reshape(B, T, -1)
     return constrain(logits_BTV, ("batch", "length", "vocab")), cache
 
 
