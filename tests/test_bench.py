@@ -1,5 +1,6 @@
 """Benchmark harness: FLOP formulas against a hand count, and a tiny end-to-end run."""
 
+import dataclasses
 import json
 
 import jax
@@ -65,6 +66,18 @@ def test_run_bench_without_training_and_with_given_params():
   assert "train fwd+bwd" not in bench.format_report(r)
 
 
+def test_mixed_matmul_bench_reads_the_bf16_matmul_peak():
+  """With bf16 matmul operands the yardstick is a bf16 x bf16 -> fp32 matmul's rate."""
+  shape = bench.BenchShape(sample_batch=2, prompt_len=4, new_tokens=3, matmul_sizes=(32,))
+  cfg = dataclasses.replace(TINY, matmul_dtype="bfloat16")
+  r = bench.run_bench(1, model_cfg=cfg, shape=shape, train=False)
+  assert r["matmul"]["operand_dtype"] == "bfloat16" and r["model"]["matmul_dtype"] == "bfloat16"
+  assert "(bfloat16 matmuls)" in bench.format_report(r)
+  assert "bfloat16 operands" in bench.format_report(r)
+  r32 = bench.run_bench(1, model_cfg=TINY, shape=shape, train=False)
+  assert r32["matmul"]["operand_dtype"] == "float32" and "bfloat16" not in bench.format_report(r32)
+
+
 def test_cli_smollm2_presets(monkeypatch, capsys):
   """`--model smollm2`: its shape, 3 sampler calls, 2 GRPO steps, no training/attention
   benches; `--repeats` / `--grpo-steps` override; the bench model keeps 5 and 5."""
@@ -80,7 +93,9 @@ def test_cli_smollm2_presets(monkeypatch, capsys):
   bench.main(["--model", "smollm2", "--json"])
   bench.main(["--model", "smollm2", "--repeats", "4", "--grpo-steps", "1", "--json"])
   bench.main(["--json"])
+  bench.main(["--model", "smollm2", "--matmul-dtype", "bfloat16", "--json"])
   smol = bench.bench_costs.MODELS["smollm2"]
+  assert seen[3][1] == dataclasses.replace(smol, matmul_dtype="bfloat16")
   assert seen[0] == (3, smol, None, False, ["grpo_step"], {"grpo_step": {"steps": 2}})
   assert seen[1][0] == 4 and seen[1][5] == {"grpo_step": {"steps": 1}}
   assert seen[2] == (5, bench.BENCH_MODEL, None, True, ["attention_fwd_bwd", "grpo_step"],
