@@ -196,13 +196,17 @@ def keep_results(name: str, seed: int, runs: str, out: str, sched: Schedule, com
 
 
 def _cpu_note(wd: str, rd: str) -> str:
-  """The CPU counts of the kept run and the new one: XLA:CPU splits reductions by thread
-  count, so bit-for-bit reproduction needs the same count in every segment."""
+  """The CPU counts of the kept run and the new one, and when they differ, that they matter:
+  XLA:CPU splits reductions by thread count, so bit-for-bit reproduction needs the same
+  count in every segment."""
   from experiments import reproduce_report
   with open(os.path.join(rd, "run_summary.json")) as f:
     kept = json.load(f).get("cpus") or "unrecorded"
   now = reproduce_report.wall_summary(wd)["cpus"]
-  return f"XLA:CPU's numbers depend on the CPU count: kept run {kept}, this one {now}"
+  if kept == now:
+    return f"both ran on {now} CPUs"
+  return (f"XLA:CPU's numbers depend on the CPU count: kept run {kept}, this one {now}; "
+          "pin the rerun to the kept count (taskset)")
 
 
 def execute(name: str, seed: int, runs: str, sched: Schedule, cache: str, run_cli=None,
@@ -215,7 +219,7 @@ def execute(name: str, seed: int, runs: str, sched: Schedule, cache: str, run_cl
   os.makedirs(wd, exist_ok=True)
   env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=cache,
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5")
-  n_cpus = len(cpus) if cpus else len(os.sched_getaffinity(0))
+  n_cpus = len(cpus) if cpus else reproduce_report.usable_cpus()
   with reproduce_report.timed(wd, n_cpus), open(os.path.join(wd, "reproduce.log"), "a") as log:
     for args in commands(name, seed, runs, sched):
       if run_cli is not None:

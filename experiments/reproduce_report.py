@@ -81,6 +81,11 @@ def load_run(workdir: str, harder_level: int) -> dict | None:
 WALL = "wall.jsonl"
 
 
+def usable_cpus() -> int:
+  """The CPUs this process may run on (all of them where affinity is unknown, e.g. macOS)."""
+  return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
 @contextlib.contextmanager
 def timed(workdir: str, cpus: int | None = None):
   """Appends this segment's [start, end, CPUs] to WORKDIR/wall.jsonl when it ends, stopped
@@ -88,7 +93,7 @@ def timed(workdir: str, cpus: int | None = None):
   those its processes may run on (default: this process's), since XLA:CPU's results
   depend on how many threads split its reductions."""
   t0 = time.time()
-  cpus = cpus if cpus is not None else len(os.sched_getaffinity(0))
+  cpus = cpus if cpus is not None else usable_cpus()
   try:
     yield
   finally:

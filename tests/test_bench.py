@@ -70,7 +70,14 @@ def test_mixed_matmul_bench_reads_the_bf16_matmul_peak():
   """With bf16 matmul operands the yardstick is a bf16 x bf16 -> fp32 matmul's rate."""
   shape = bench.BenchShape(sample_batch=2, prompt_len=4, new_tokens=3, matmul_sizes=(32,))
   cfg = dataclasses.replace(TINY, matmul_dtype="bfloat16")
-  r = bench.run_bench(1, model_cfg=cfg, shape=shape, train=False)
+  read = bench.bench_matmul
+  seen = []
+  bench.bench_matmul = lambda sizes, repeats, dtype: seen.append(dtype) or read(sizes, repeats, dtype)
+  try:
+    r = bench.run_bench(1, model_cfg=cfg, shape=shape, train=False)
+  finally:
+    bench.bench_matmul = read
+  assert seen == [jnp.dtype("bfloat16")] * 2  # before and after the workloads
   assert r["matmul"]["operand_dtype"] == "bfloat16" and r["model"]["matmul_dtype"] == "bfloat16"
   assert "(bfloat16 matmuls)" in bench.format_report(r)
   assert "bfloat16 operands" in bench.format_report(r)

@@ -84,26 +84,32 @@ def test_every_matmul_of_a_mixed_training_step_runs_as_a_bf16_library_dot_on_cpu
   operands are row-major, the weight in either orientation; others it converts to fp32, or,
   where a later pass folds a transpose into the dot, cannot run at all. The weight
   gradient's transposed copy (`layers.transposed_copy`), the tied head's untransposed
-  embedding and the barrier before the head's dw transpose keep every dot library-run.
+  embedding and the barrier before the head's dw transpose keep every dot library-run
+  (a fusion of a library kind: "__ynn_fusion" with jax 0.10).
   Forward, dx and dw of the 7 projections of the (scanned) layer and of the head: 24 bf16
   dots. Only attention's einsums stay fp32, by design."""
   tokens, mask = _batch()
   loss = lambda p: -jnp.sum(train_step.token_logprobs(p, MIXED, tokens, mask))
   dots = _dots(jax.jit(jax.grad(loss)).lower(PARAMS).compile().as_text())
   low = [(name, runner) for a, b, name, runner in dots if (a, b) == ("bf16", "bf16")]
-  assert len(low) == 3 * 7 + 3 and all(r == "__ynn_fusion" for _, r in low), low
+  assert len(low) == 3 * 7 + 3 and all(r for _, r in low), low  # every one library-run
   for proj in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"):
     assert sum(f"/{proj}/" in n for n, _ in low) == 3, (proj, low)
   rest = [d for d in dots if d[:2] != ("bf16", "bf16")]
   assert rest and all(d[:2] == ("f32", "f32") and "self_attn/BK" in d[2] for d in rest), rest
 
 
-def test_mixed_logprobs_are_within_bf16_operand_rounding_of_fp32():
-  """Only the matmul operands are rounded (2 layers of 7 projections + the head); a
-  log-prob then lands a few U from fp32, and the option must change something."""
+@pytest.mark.parametrize("tied", [True, False])
+def test_mixed_logprobs_are_within_bf16_operand_rounding_of_fp32(tied):
+  """Only the matmul operands are rounded (2 layers of 7 projections + the head, tied to
+  the embedding or its own [D, V] weight); a log-prob then lands a few U from fp32, and
+  the option must change something."""
   tokens, mask = _batch()
-  lp32 = np.asarray(train_step.token_logprobs(PARAMS, CFG, tokens, mask))
-  lpmx = np.asarray(train_step.token_logprobs(PARAMS, MIXED, tokens, mask))
+  cfg32 = dataclasses.replace(CFG, tie_embeddings=tied)
+  params = PARAMS if tied else model.init_params(cfg32, jax.random.key(0))
+  lp32 = np.asarray(train_step.token_logprobs(params, cfg32, tokens, mask))
+  lpmx = np.asarray(train_step.token_logprobs(
+      params, dataclasses.replace(cfg32, matmul_dtype="bfloat16"), tokens, mask))
   assert lpmx.dtype == np.float32
   gap = np.abs(lpmx - lp32)[mask[:, 1:]]
   assert gap.mean() < 2 * U and gap.max() < 8 * U, (gap.mean(), gap.max())
@@ -148,8 +154,11 @@ def test_matmul_dtype_reaches_the_model_config_from_the_spec():
   assert spec.ModelSpec().model_dtypes("cpu")["matmul_dtype"] is None  # auto: compute dtype
   assert spec.ModelSpec(matmul_dtype="bfloat16").model_dtypes("cpu") == {
       "param_dtype": "float32", "dtype": "float32", "matmul_dtype": "bfloat16"}
-  with pytest.raises(ValueError, match="model.matmul_dtype='int8'"):
-    spec.ModelSpec(matmul_dtype="int8")
+  for bad in ("int8", "float16"):  # fp16 would underflow the backward's cotangents
+    with pytest.raises(ValueError, match=f"model.matmul_dtype='{bad}'"):
+      spec.ModelSpec(matmul_dtype=bad)
+  with pytest.raises(ValueError, match="ModelConfig.matmul_dtype='float16'"):
+    dataclasses.replace(CFG, matmul_dtype="float16")
   with pytest.raises(ValueError, match="ModelConfig.matmul_dtype='fp8'"):
     dataclasses.replace(CFG, matmul_dtype="fp8")
 
@@ -201,3 +210,22 @@ def test_training_with_mixed_matmuls_follows_the_fp32_loss_curve():
   c32, cmx = curve(CFG), curve(MIXED)
   assert c32[-1] < c32[0] / 4 and cmx[-1] < cmx[0] / 4, (c32[[0, -1]], cmx[[0, -1]])
   assert np.max(np.abs(cmx - c32) / c32) < 0.05, np.abs(cmx - c32) / c32
+
+
+def test_lora_under_mixed_matmuls_starts_as_the_base_and_trains_only_adapters():
+  """Zero-initialised B: the adapted mixed model gives exactly the plain mixed model's
+  logits (bf16(0) = 0 adds nothing); the loss's gradient reaches B, not yet A (whose
+  gradient passes through B = 0)."""
+  from realm_jax.model import lora as lora_lib
+  from realm_jax.model.config import LoraConfig
+  cfg = dataclasses.replace(MIXED, lora=LoraConfig(rank=4, targets=("q_proj", "down_proj")))
+  params = model.init_params(cfg, jax.random.key(2))
+  trainable, frozen = lora_lib.split(params)
+  tokens, mask = _batch()
+  base_logits, _ = model.apply(frozen, MIXED, tokens, mask)
+  logits, _ = model.apply(params, cfg, tokens, mask)
+  np.testing.assert_array_equal(np.asarray(logits), np.asarray(base_logits))
+  loss = lambda t: -jnp.mean(train_step.token_logprobs(lora_lib.merge(t, frozen), cfg, tokens, mask))
+  g = jax.jit(jax.grad(loss))(trainable)
+  for proj in (g["model"]["layers"]["self_attn"]["q_proj"], g["model"]["layers"]["mlp"]["down_proj"]):
+    assert float(jnp.abs(proj["lora_a"]).max()) == 0 and float(jnp.abs(proj["lora_b"]).max()) > 0

@@ -300,3 +300,7 @@ def test_a_start_trained_again_that_answers_otherwise_names_both_cpu_counts(tmp_
     fh.write("[0.0, 60.0, 2]\n")
   with pytest.raises(RuntimeError, match=r"answers differently.*kept run \[1, 2\], this one \[2\]"):
     reproduce.keep_results("sft", 0, runs, out, SCHED, "commit")
+  with open(os.path.join(rd, "run_summary.json"), "w") as fh:
+    json.dump({"cpus": [2]}, fh)  # the same count: not blamed
+  with pytest.raises(RuntimeError, match=r"answers differently.*\(both ran on \[2\] CPUs\)$"):
+    reproduce.keep_results("sft", 0, runs, out, SCHED, "commit")

@@ -116,10 +116,13 @@ class ModelConfig:
       if getattr(self, name) is not None and getattr(self, name) < 1:
         raise ValueError(f"ModelConfig.{name} must be positive or None (automatic), "
                          f"got {getattr(self, name)}")
-    for name in ("param_dtype", "dtype") + tuple(
-        n for n in ("cache_dtype", "matmul_dtype") if getattr(self, n)):
+    for name in ("param_dtype", "dtype") + (("cache_dtype",) if self.cache_dtype else ()):
       if getattr(self, name) not in ("float32", "bfloat16", "float16"):
         raise ValueError(f"ModelConfig.{name}={getattr(self, name)!r}; use float32, bfloat16 or float16")
+    # fp16 operands would round the backward's cotangents too, with no loss scaling to keep
+    # small gradients from underflowing
+    if self.matmul_dtype not in (None, "float32", "bfloat16"):
+      raise ValueError(f"ModelConfig.matmul_dtype={self.matmul_dtype!r}; use float32 or bfloat16")
 
   @property
   def num_params(self) -> int:

@@ -1,8 +1,9 @@
 """Building blocks: RoPE, RMSNorm, Linear, the SwiGLU MLP and the fp32 head matmul.
 
 Axis legend as in `realm_jax.model` (B batch, T length, D model, N query heads,
-H head dim, F MLP, V vocab). Hand-written backward passes (`rms_norm`,
-`head_matmul`) are tested against autodiff of their formulas.
+H head dim, F MLP, V vocab). Hand-written backward passes (`rms_norm`, `matmul`,
+behind the head and the mixed-precision projections) are tested against autodiff of
+their formulas or against products of hand-rounded operands.
 """
 
 from __future__ import annotations

@@ -56,9 +56,11 @@ class ModelSpec:
   lora_targets: tuple[str, ...] = LORA_TARGETS
 
   def __post_init__(self):
-    for name in ("dtype", "param_dtype", "matmul_dtype"):
+    for name in ("dtype", "param_dtype"):
       if getattr(self, name) not in DTYPES:
         raise ValueError(f"model.{name}={getattr(self, name)!r}; use one of {DTYPES}")
+    if self.matmul_dtype not in ("auto", "float32", "bfloat16"):
+      raise ValueError(f"model.matmul_dtype={self.matmul_dtype!r}; use auto, float32 or bfloat16")
     if self.tokenizer_vocab <= 0:
       raise ValueError(f"model.tokenizer_vocab={self.tokenizer_vocab} must be > 0")
     if self.lora_rank < 0:
