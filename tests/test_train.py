@@ -104,9 +104,9 @@ def test_base_run_writes_params_tokenizer_metrics(micro_base):
   assert all(math.isfinite(r["loss"]) for r in rows if "loss" in r)
 
 
-def test_a_run_with_bf16_matmuls_trains_samples_and_evaluates(micro_base, tmp_path):
+def test_a_run_with_bf16_matmuls_trains_and_samples(micro_base, tmp_path):
   """model.matmul_dtype=bfloat16 reaches the run's ModelConfig and every stage (guided SFT,
-  RL with its sampler and reference, eval) runs on it."""
+  RL with its sampler and reference) runs on it."""
   wd = str(tmp_path / "mixed")
   train.run("realm_r1", wd, MICRO + small_stages("realm_r1") + [
       f"init_from={micro_base}", "model.matmul_dtype=bfloat16"])
@@ -116,9 +116,6 @@ def test_a_run_with_bf16_matmuls_trains_samples_and_evaluates(micro_base, tmp_pa
   assert [r["step"] for r in rows] == [0, 1]
   assert all(math.isfinite(r["loss"]) and math.isfinite(r["sampler_trainer_logp_gap"])
              for r in rows), rows
-  out = evaluate.run(wd, ["eval.num_questions=2"])
-  final = next(v for k, v in out.items() if k.startswith("final"))
-  assert len(final["without routes"]["correct"]) == 2
 
 
 @pytest.mark.parametrize("experiment", ["sft", "rft", "grpo", "cot_synth", "realm_zero", "realm_r1",
