@@ -66,17 +66,14 @@ def test_run_bench_without_training_and_with_given_params():
   assert "train fwd+bwd" not in bench.format_report(r)
 
 
-def test_mixed_matmul_bench_reads_the_bf16_matmul_peak():
+def test_mixed_matmul_bench_reads_the_bf16_matmul_peak(monkeypatch):
   """With bf16 matmul operands the yardstick is a bf16 x bf16 -> fp32 matmul's rate."""
   shape = bench.BenchShape(sample_batch=2, prompt_len=4, new_tokens=3, matmul_sizes=(32,))
   cfg = dataclasses.replace(TINY, matmul_dtype="bfloat16")
-  read = bench.bench_matmul
-  seen = []
-  bench.bench_matmul = lambda sizes, repeats, dtype: seen.append(dtype) or read(sizes, repeats, dtype)
-  try:
-    r = bench.run_bench(1, model_cfg=cfg, shape=shape, train=False)
-  finally:
-    bench.bench_matmul = read
+  read, seen = bench.bench_matmul, []
+  monkeypatch.setattr(bench, "bench_matmul",
+                      lambda sizes, repeats, dtype: seen.append(dtype) or read(sizes, repeats, dtype))
+  r = bench.run_bench(1, model_cfg=cfg, shape=shape, train=False)
   assert seen == [jnp.dtype("bfloat16")] * 2  # before and after the workloads
   assert r["matmul"]["operand_dtype"] == "bfloat16" and r["model"]["matmul_dtype"] == "bfloat16"
   assert "(bfloat16 matmuls)" in bench.format_report(r)
