@@ -240,17 +240,22 @@ def test_readme_question_ids_are_real_ids_of_the_builtin_domains(tmp_path):
 
 def test_generate_temperature_and_seed_reach_the_sampler(capsys, monkeypatch):
   """--temperature and --seed: the CLI's text is the sampler's, run here on the same model,
-  prompt, SamplingConfig and key; two seeds at T = 1 give two different texts. The model is
-  loaded once (loading through the CLI is `test_generate_with_smollm2_answers`)."""
+  prompt, SamplingConfig and key; two seeds at T = 1 give two different texts. The model is a
+  tiny random one behind SmolLM2's real tokenizer (what is checked is the flags' path, not the
+  weights; loading SmolLM2 through the CLI is `test_generate_with_smollm2_answers`)."""
   import jax
   import jax.numpy as jnp
   from realm_jax.cli import generate as inference
-  from realm_jax.model import pretrained, sampling
+  from realm_jax.model import pretrained, sampling, transformer
   path = inference.model_path("smollm2")
-  cfg, params = pretrained.load_pretrained(path)
   tok = pretrained.load_pretrained_tokenizer(path)
+  cfg = transformer.ModelConfig(vocab_size=tok.vocab_size, num_layers=2, d_model=32, num_heads=2,
+                                num_kv_heads=1, head_dim=16, mlp_dim=64, tie_embeddings=True)
+  params = transformer.init_params(cfg, jax.random.key(0))
   ids = tok.encode("Once upon a time", add_bos=True)
-  monkeypatch.setattr(inference.pretrained, "load_pretrained", lambda p: (cfg, params))
+  loaded = []
+  monkeypatch.setattr(inference.pretrained, "load_pretrained",
+                      lambda p: loaded.append(p) or (cfg, params))
 
   def direct(temperature, seed):
     scfg = sampling.SamplingConfig(max_new_tokens=10, temperature=temperature,
@@ -263,4 +268,5 @@ def test_generate_temperature_and_seed_reach_the_sampler(capsys, monkeypatch):
   cli.main(["generate", "--model", "smollm2", "--prompt", "Once upon a time",
             "--max-new-tokens", "10", "--temperature", "1.0", "--seed", "2"])
   text = capsys.readouterr().out.rstrip("\n")
+  assert loaded == [path]
   assert text == direct(1.0, 2) and text != direct(1.0, 1)

@@ -71,7 +71,10 @@ def test_two_cpu_processes_on_loopback(tmp_path):
   coordinator = f"127.0.0.1:{_free_loopback_port()}"
   procs = []
   for pid in range(2):
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2",
+    flags = [f for f in os.environ.get("XLA_FLAGS", "").split()  # the suite's, less its devices
+             if not f.startswith("--xla_force_host_platform_device_count")]
+    env = dict(os.environ, JAX_PLATFORMS="cpu",
+               XLA_FLAGS=" ".join([*flags, "--xla_force_host_platform_device_count=2"]),
                REALM_COORDINATOR=coordinator, REALM_NUM_PROCESSES="2", REALM_PROCESS_ID=str(pid))
     env.pop("TPU_WORKER_HOSTNAMES", None)
     procs.append(subprocess.Popen([sys.executable, str(script), str(tmp_path)], env=env, stdout=subprocess.PIPE,

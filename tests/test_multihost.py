@@ -47,8 +47,10 @@ def _launch(script, workdir, num_processes, devices_per_process) -> list[subproc
   coordinator = f"127.0.0.1:{_port()}"
   procs = []
   for pid in range(num_processes):
-    env = dict(os.environ, JAX_PLATFORMS="cpu",
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices_per_process}")
+    flags = [f for f in os.environ.get("XLA_FLAGS", "").split()  # the suite's, less its devices
+             if not f.startswith("--xla_force_host_platform_device_count")]
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=" ".join(
+        [*flags, f"--xla_force_host_platform_device_count={devices_per_process}"]))
     for k in ("REALM_COORDINATOR", "REALM_NUM_PROCESSES", "REALM_PROCESS_ID", "TPU_WORKER_HOSTNAMES"):
       env.pop(k, None)
     if num_processes > 1:
