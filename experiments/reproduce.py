@@ -28,7 +28,8 @@ and summary are kept under OUT/runs/seed{s}/NAME (small; committed), so a rerun,
 in this session or a later one on a machine without the run directories, runs
 only what is missing: an interrupted run resumes from its last checkpoint, and a
 finished start whose params are gone is trained again and must answer exactly as
-its kept results say. A failed run fails only the runs that start from it. The
+its kept results say. Kept results and run directories made under other overrides
+are refused, not reused. A failed run fails only the runs that start from it. The
 report is rewritten after every run.
 """
 
@@ -170,6 +171,36 @@ def to_run(names: list[str], seeds: int, out: str, runs: str, sched: Schedule) -
   return tasks
 
 
+OVERRIDES_FILE = "reproduce.json"  # in a run directory: the overrides it was trained under
+
+
+def _recorded(path: str) -> list[str] | None:
+  """The overrides a kept summary or a run directory records (None: unrecorded)."""
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    rec = json.load(f).get("overrides")
+  return None if rec is None else list(rec)
+
+
+def check_same_overrides(names: list[str], seeds: int, out: str, runs: str,
+                         sched: Schedule) -> None:
+  """Refuses, naming the file and the overrides that differ, to reuse a kept result or a run
+  directory made under other overrides (another schedule or `model.matmul_dtype`): it would
+  count as finished, or serve as a start, in a reproduction it does not belong to."""
+  for seed in range(seeds):
+    for n in names:
+      want = sched.overrides(n)
+      for path in (os.path.join(result_dir(out, seed, n), "run_summary.json"),
+                   os.path.join(run_dir(runs, seed, n), OVERRIDES_FILE)):
+        have = _recorded(path)
+        if have is not None and have != want:
+          only_have = [o for o in have if o not in want] or "nothing"
+          only_want = [o for o in want if o not in have] or "nothing"
+          raise ValueError(f"{path}: made with {only_have} where this reproduction has "
+                           f"{only_want}; give it its own --out and --runs")
+
+
 def keep_results(name: str, seed: int, runs: str, out: str, sched: Schedule, commit: str
                  ) -> None:
   """Copies a run's eval files and a summary (wall time, routes shown, validation curve)
@@ -190,7 +221,8 @@ def keep_results(name: str, seed: int, runs: str, out: str, sched: Schedule, com
     shutil.copyfile(os.path.join(wd, f), os.path.join(rd, f))
   summary = {**reproduce_report.wall_summary(wd), "commit": commit,
              "routes_shown": reproduce_report.routes_shown(wd),
-             "validation": reproduce_report.validation_curve(wd)}
+             "validation": reproduce_report.validation_curve(wd),
+             "overrides": sched.overrides(name)}
   with open(os.path.join(rd, "run_summary.json"), "w") as f:
     json.dump(summary, f, indent=1)
 
@@ -217,6 +249,8 @@ def execute(name: str, seed: int, runs: str, sched: Schedule, cache: str, run_cl
   from experiments import reproduce_report
   wd = run_dir(runs, seed, name)
   os.makedirs(wd, exist_ok=True)
+  with open(os.path.join(wd, OVERRIDES_FILE), "w") as f:
+    json.dump({"overrides": sched.overrides(name)}, f)
   env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=cache,
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5")
   n_cpus = len(cpus) if cpus else reproduce_report.usable_cpus()
@@ -306,6 +340,11 @@ def main(argv: list[str] | None = None, run_cli=None) -> int:
                    extra=tuple(args.overrides))
   command = "python -m experiments.reproduce " + " ".join(argv if argv is not None else sys.argv[1:])
   info = reproduce_report.run_info(command, args.out)
+  try:
+    check_same_overrides(names, args.seeds, args.out, args.runs, sched)
+  except ValueError as e:
+    print(f"reproduce: error: {e}", file=sys.stderr)
+    return 2
   os.makedirs(args.runs, exist_ok=True)
   cache = os.path.abspath(os.path.join(args.runs, "xla_cache"))
   tasks = to_run(names, args.seeds, args.out, args.runs, sched)

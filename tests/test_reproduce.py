@@ -228,8 +228,15 @@ def test_a_tiny_reproduction_runs_resumes_and_reports(tmp_path, capsys):
   assert set(r["seed_wall"]) == {"0"} and r["seed_wall"]["0"]["run_minutes"] > 0
   kept = tmp_path / "out" / "runs" / "seed0" / "grpo"
   assert json.loads((kept / "eval.json").read_text()) == grpo
-  curve = json.loads((kept / "run_summary.json").read_text())["validation"]
+  summary = json.loads((kept / "run_summary.json").read_text())
+  curve = summary["validation"]
   assert [(row[0], row[1]) for row in curve] == [("rl", 0), ("rl", 1)]  # validated every step
+  sched = reproduce.Schedule(sft_steps=3, rl_steps=2, extra=tuple(tiny))
+  for name in ("base", "sft", "grpo", "more_sft"):  # kept and in the run directory alike
+    rec = json.loads((tmp_path / "out" / "runs" / "seed0" / name / "run_summary.json").read_text())
+    in_run = json.loads((tmp_path / "runs" / "seed0" / name / "reproduce.json").read_text())
+    assert rec["overrides"] == in_run["overrides"] == sched.overrides(name), name
+  assert "rl.steps=2" in summary["overrides"] and "model.tiny.d_model=32" in summary["overrides"]
   calls.clear()
   assert reproduce.main(argv, run_cli=run_cli) == 0 and calls == []  # all kept: nothing runs
   # A new machine (no run directories) missing one result: its starts are trained again and
@@ -304,3 +311,53 @@ def test_a_start_trained_again_that_answers_otherwise_names_both_cpu_counts(tmp_
     json.dump({"cpus": [2]}, fh)  # the same count: not blamed
   with pytest.raises(RuntimeError, match=r"answers differently.*\(both ran on \[2\] CPUs\)$"):
     reproduce.keep_results("sft", 0, runs, out, SCHED, "commit")
+
+
+def test_results_kept_under_other_overrides_are_refused_naming_file_and_difference(tmp_path,
+                                                                                   capsys):
+  """A kept result or a run directory made under other overrides (here: fp32 where bf16
+  matmuls are asked) would count as finished or serve as a start: refused before anything
+  runs, in one line naming the file and what differs."""
+  out, runs = tmp_path / "out", tmp_path / "runs"
+  fp32, bf16 = reproduce.Schedule(), reproduce.Schedule(extra=("model.matmul_dtype=bfloat16",))
+  kept = out / "runs" / "seed0" / "sft"
+  kept.mkdir(parents=True)
+  (kept / "run_summary.json").write_text(json.dumps({"overrides": fp32.overrides("sft")}))
+  calls = []
+  argv = ["--out", str(out), "--runs", str(runs), "--seeds", "1", "--methods", "grpo"]
+  assert reproduce.main([*argv, "model.matmul_dtype=bfloat16"], run_cli=calls.append) == 2
+  err = capsys.readouterr().err
+  assert err == (f"reproduce: error: {kept / 'run_summary.json'}: made with nothing where this "
+                 "reproduction has ['model.matmul_dtype=bfloat16']; give it its own --out and "
+                 "--runs\n")
+  assert calls == [] and not runs.exists()
+  # The same overrides pass the check (here the run directories of base and sft are missing,
+  # so they are queued to train again).
+  assert reproduce.to_run(reproduce.with_starts(["grpo"]), 1, str(out), str(runs), fp32) == [
+      (0, "base"), (0, "sft"), (0, "grpo")]
+  reproduce.check_same_overrides(["base", "sft", "grpo"], 1, str(out), str(runs), fp32)
+  # A run directory (a start, or a run to resume) from another schedule: refused alike.
+  wd = runs / "seed0" / "base"
+  wd.mkdir(parents=True)
+  (wd / reproduce.OVERRIDES_FILE).write_text(json.dumps({"overrides": bf16.overrides("base")}))
+  with pytest.raises(ValueError, match=r"seed0/base/reproduce.json: made with "
+                                       r"\['model.matmul_dtype=bfloat16'\] where this "
+                                       r"reproduction has nothing"):
+    reproduce.check_same_overrides(["base", "sft", "grpo"], 1, str(out), str(runs), fp32)
+  # Kept results from before overrides were recorded are not second-guessed.
+  (wd / reproduce.OVERRIDES_FILE).unlink()
+  (kept / "run_summary.json").write_text(json.dumps({"cpus": [2]}))
+  reproduce.check_same_overrides(["base", "sft", "grpo"], 1, str(out), str(runs), bf16)
+
+
+def test_the_kept_results_record_the_default_schedule():
+  """The committed 3-seed results were made by `make reproduce` (the default schedule, no
+  overrides), as their summaries record; a bf16 reproduction into the same directory is
+  refused."""
+  out = os.path.join(os.path.dirname(os.path.dirname(__file__)), "experiments", "results",
+                     "reproduce")
+  names = list(reproduce.METHODS)
+  reproduce.check_same_overrides(names, 3, out, "/nonexistent", reproduce.Schedule())
+  with pytest.raises(ValueError, match="seed0/base/run_summary.json: made with nothing where"):
+    reproduce.check_same_overrides(names, 3, out, "/nonexistent",
+                                   reproduce.Schedule(extra=("model.matmul_dtype=bfloat16",)))
