@@ -45,6 +45,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections import Counter
 
 # ReaLM-R1's RL: MRPV prompts faded by EAAI, with the route-contrast term.
 R1 = ("rl.routes=eaai", "rl.mrpv.w_ver=0.5", "rl.mrpv.contrast_coef=0.1")
@@ -194,11 +195,14 @@ def check_same_overrides(names: list[str], seeds: int, out: str, runs: str,
       for path in (os.path.join(result_dir(out, seed, n), "run_summary.json"),
                    os.path.join(run_dir(runs, seed, n), OVERRIDES_FILE)):
         have = _recorded(path)
-        if have is not None and have != want:
-          only_have = [o for o in have if o not in want] or "nothing"
-          only_want = [o for o in want if o not in have] or "nothing"
-          raise ValueError(f"{path}: made with {only_have} where this reproduction has "
-                           f"{only_want}; give it its own --out and --runs")
+        if have is None or have == want:
+          continue
+        # the same overrides in another order differ too: of two settings of a key, the last wins
+        extra, missing = Counter(have) - Counter(want), Counter(want) - Counter(have)
+        what = (f"{list(extra.elements()) or 'nothing'} where this reproduction has "
+                f"{list(missing.elements()) or 'nothing'}" if extra or missing else
+                f"them in the order {have} where this reproduction has {want}")
+        raise ValueError(f"{path}: made with {what}; give it its own --out and --runs")
 
 
 def keep_results(name: str, seed: int, runs: str, out: str, sched: Schedule, commit: str
@@ -371,8 +375,7 @@ def main(argv: list[str] | None = None, run_cli=None) -> int:
     reproduce_report.write(args.out, args.seeds, names, sched, info)
 
   start_of = lambda t: (t[0], METHODS[t[1]].start) if METHODS[t[1]].start else None
-  # a task waits for its start only when the start runs too
-  in_tasks = set(tasks)
+  in_tasks = set(tasks)  # a task waits for its start only when the start runs too
   status = schedule_runs(tasks, lambda t: start_of(t) if start_of(t) in in_tasks else None,
                          args.jobs, work, on_done)
   reproduce_report.write(args.out, args.seeds, names, sched, info)
@@ -385,14 +388,11 @@ def main(argv: list[str] | None = None, run_cli=None) -> int:
 def with_starts(names: list[str]) -> list[str]:
   """`names` plus every run they start from, each after its start."""
   out: list[str] = []
-
-  def add(n):
-    if n not in out:
-      if METHODS[n].start:
-        add(METHODS[n].start)
-      out.append(n)
   for n in names:
-    add(n)
+    chain = [n]
+    while METHODS[chain[-1]].start:
+      chain.append(METHODS[chain[-1]].start)
+    out += [m for m in reversed(chain) if m not in out]
   return out
 
 

@@ -350,6 +350,31 @@ def test_results_kept_under_other_overrides_are_refused_naming_file_and_differen
   reproduce.check_same_overrides(["base", "sft", "grpo"], 1, str(out), str(runs), bf16)
 
 
+def test_overrides_in_another_order_are_refused_naming_both_orders(tmp_path):
+  """Of two settings of one key the last wins (ReaLM-R1's rl.routes=eaai, then no_fading's
+  rl.routes=always), so the same overrides in another order are another run: refused, with
+  both orders named, not as "made with nothing where this reproduction has nothing"."""
+  sched = reproduce.Schedule()
+  want = sched.overrides("no_fading")
+  assert want.index("rl.routes=eaai") < want.index("rl.routes=always")
+  swapped = [o for o in want if o != "rl.routes=eaai"] + ["rl.routes=eaai"]  # eaai wins
+  wd = tmp_path / "runs" / "seed0" / "no_fading"
+  wd.mkdir(parents=True)
+  (wd / reproduce.OVERRIDES_FILE).write_text(json.dumps({"overrides": swapped}))
+  with pytest.raises(ValueError) as e:
+    reproduce.check_same_overrides(["no_fading"], 1, str(tmp_path / "out"),
+                                   str(tmp_path / "runs"), sched)
+  assert str(e.value) == (f"{wd / reproduce.OVERRIDES_FILE}: made with them in the order "
+                          f"{swapped} where this reproduction has {want}; give it its own "
+                          "--out and --runs")
+  # A repeated override counts: one more copy is named as made with, nothing missing.
+  (wd / reproduce.OVERRIDES_FILE).write_text(json.dumps({"overrides": [*want, want[0]]}))
+  with pytest.raises(ValueError, match=rf"made with \['{want[0]}'\] where this reproduction "
+                                       r"has nothing;"):
+    reproduce.check_same_overrides(["no_fading"], 1, str(tmp_path / "out"),
+                                   str(tmp_path / "runs"), sched)
+
+
 def test_the_kept_results_record_the_default_schedule():
   """The committed 3-seed results were made by `make reproduce` (the default schedule, no
   overrides), as their summaries record; a bf16 reproduction into the same directory is
