@@ -40,19 +40,27 @@ evidence: install
 	$(VENV)/bin/realm-jax sweep experiments/sweeps/evidence_rl.py --out runs/sweeps/evidence_rl
 
 # Every method of docs/method.md §6 in the evidence setting, paired, on 3 seeds; results are
-# kept per run under experiments/results/reproduce/runs/, so a rerun (in this session or a
-# later one) runs only what is missing. reproduce-quick: one seed of the same schedule for the
+# kept per run under experiments/results/reproduce_bf16/runs/, so a rerun (in this session or
+# a later one) runs only what is missing. reproduce-quick: one seed of the same schedule for the
 # headline comparison only (ReaLM-R1 and both controls), whose runs the full one reuses.
-# REPRO_JOBS=2 runs two at a time, pinned to disjoint CPUs (on this 2-vCPU machine serial
-# runs are about as fast).
+# REPRO_DTYPE: the matmul operands (accumulated in fp32), each with its own results and runs:
+# bfloat16 (the default, about 3 h here; experiments/results/reproduce_bf16/) or float32
+# (about 4.2 h; experiments/results/reproduce/). REPRO_JOBS=2 runs two at a time, pinned to
+# disjoint CPUs (on this 2-vCPU machine serial runs are about as fast).
+REPRO_DTYPE ?= bfloat16
 REPRO_JOBS ?= 1
 REPRO_ARGS ?=
+REPRO_SET_bfloat16 := --out experiments/results/reproduce_bf16 --runs runs/reproduce_bf16 \
+  model.matmul_dtype=bfloat16
+REPRO_SET_float32 := --out experiments/results/reproduce --runs runs/reproduce
+REPRO_SET = $(or $(REPRO_SET_$(REPRO_DTYPE)),$(error REPRO_DTYPE=$(REPRO_DTYPE): use bfloat16 or float32))
+
 reproduce: install
-	$(PY) -m experiments.reproduce --seeds 3 --jobs $(REPRO_JOBS) $(REPRO_ARGS)
+	$(PY) -m experiments.reproduce --seeds 3 --jobs $(REPRO_JOBS) $(REPRO_SET) $(REPRO_ARGS)
 
 reproduce-quick: install
 	$(PY) -m experiments.reproduce --seeds 1 --jobs $(REPRO_JOBS) --methods more_sft,grpo,realm_r1 \
-	  $(REPRO_ARGS)
+	  $(REPRO_SET) $(REPRO_ARGS)
 
 # SmolLM2-135M-Instruct (the packaged GGUF, LoRA) on tariff level 0: SFT from the model as
 # loaded, 150 more SFT steps (sft_more), then GRPO and ReaLM-R1 from sft_more, each evaluated on 320 paired test questions

@@ -232,17 +232,9 @@ def keep_results(name: str, seed: int, runs: str, out: str, sched: Schedule, com
 
 
 def _cpu_note(wd: str, rd: str) -> str:
-  """The CPU counts of the kept run and the new one, and when they differ, that they matter:
-  XLA:CPU splits reductions by thread count, so bit-for-bit reproduction needs the same
-  count in every segment."""
   from experiments import reproduce_report
   with open(os.path.join(rd, "run_summary.json")) as f:
-    kept = json.load(f).get("cpus") or "unrecorded"
-  now = reproduce_report.wall_summary(wd)["cpus"]
-  if kept == now:
-    return f"both ran on {now} CPUs"
-  return (f"XLA:CPU's numbers depend on the CPU count: kept run {kept}, this one {now}; "
-          "pin the rerun to the kept count (taskset)")
+    return reproduce_report.retrain_note(json.load(f), reproduce_report.wall_summary(wd))
 
 
 def execute(name: str, seed: int, runs: str, sched: Schedule, cache: str, run_cli=None,

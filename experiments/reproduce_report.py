@@ -22,6 +22,7 @@ import contextlib
 import datetime
 import json
 import os
+import platform
 import subprocess
 import time
 
@@ -86,31 +87,66 @@ def usable_cpus() -> int:
   return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
+# The vector extensions XLA:CPU's kernels are chosen by: the same run on CPUs that differ in
+# them (or in jaxlib) differs in its last bits, in fp32 as in bf16 matmuls.
+ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_bf16")
+
+
+def host() -> str:
+  """This machine as far as XLA:CPU's numbers go: CPU model, ISA_FLAGS present, jaxlib."""
+  import jaxlib
+  model, flags = "", set()
+  if os.path.exists("/proc/cpuinfo"):
+    with open("/proc/cpuinfo") as f:
+      info = dict(ln.split(":", 1) for ln in f.read().split("\n\n")[0].splitlines() if ":" in ln)
+    info = {k.strip(): v.strip() for k, v in info.items()}
+    model, flags = info.get("model name", ""), set(info.get("flags", "").split())
+  isa = " ".join(f for f in ISA_FLAGS if f in flags) or "none of " + "/".join(ISA_FLAGS)
+  return f"{model or platform.machine()} [{isa}] jaxlib {jaxlib.__version__}"
+
+
 @contextlib.contextmanager
 def timed(workdir: str, cpus: int | None = None):
-  """Appends this segment's [start, end, CPUs] to WORKDIR/wall.jsonl when it ends, stopped
-  or not, so a run resumed across sessions reports the time of all its segments. CPUs:
-  those its processes may run on (default: this process's), since XLA:CPU's results
-  depend on how many threads split its reductions."""
+  """Appends this segment's [start, end, CPUs, host] to WORKDIR/wall.jsonl when it ends,
+  stopped or not, so a run resumed across sessions reports the time of all its segments.
+  CPUs: those its processes may run on (default: this process's), since XLA:CPU's results
+  depend on how many threads split its reductions; host: `host()`, since they depend on
+  the CPU's vector instructions too."""
   t0 = time.time()
   cpus = cpus if cpus is not None else usable_cpus()
   try:
     yield
   finally:
     with open(os.path.join(workdir, WALL), "a") as f:
-      f.write(json.dumps([round(t0, 1), round(time.time(), 1), cpus]) + "\n")
+      f.write(json.dumps([round(t0, 1), round(time.time(), 1), cpus, host()]) + "\n")
 
 
 def wall_summary(workdir: str) -> dict:
   """started (first segment), finished (last), wall_seconds (summed over the segments,
-  the gaps between sessions left out), segments, and cpus (the CPU counts the segments
-  ran on, where recorded), from WORKDIR/wall.jsonl."""
+  the gaps between sessions left out), segments, and the CPU counts and hosts the
+  segments ran on (where recorded), from WORKDIR/wall.jsonl."""
   with open(os.path.join(workdir, WALL)) as f:
     segs = [json.loads(line) for line in f if line.strip()]
   stamp = lambda t: time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t))
   return {"wall_seconds": round(sum(s[1] - s[0] for s in segs), 1), "started": stamp(segs[0][0]),
           "finished": stamp(segs[-1][1]), "segments": len(segs),
-          "cpus": sorted({s[2] for s in segs if len(s) > 2})}
+          "cpus": sorted({s[2] for s in segs if len(s) > 2}),
+          "hosts": sorted({s[3] for s in segs if len(s) > 3})}
+
+
+def retrain_note(kept: dict, now: dict) -> str:
+  """Why a start trained again may answer otherwise than its kept summary `kept` says, from
+  both runs' CPU counts and hosts (`wall_summary`): bit-for-bit reproduction needs the same
+  count in every segment, and the same kind of machine."""
+  kc, nc = kept.get("cpus") or "unrecorded", now["cpus"]
+  note = (f"both ran on {nc} CPUs" if kc == nc else
+          f"XLA:CPU's numbers depend on the CPU count: kept run {kc}, this one {nc}; pin the "
+          "rerun to the kept count (taskset)")
+  kh, nh = kept.get("hosts") or "unrecorded", now.get("hosts")
+  if nh and kh != nh:
+    note += (f"; and on the machine's vector instructions: kept run on {kh}, this one on {nh}; "
+             "run a seed's starts and the runs from them on one kind of machine")
+  return note
 
 
 def routes_shown(workdir: str) -> int:

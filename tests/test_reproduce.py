@@ -4,6 +4,7 @@ failures, and the report's paired numbers against hand-made eval files."""
 import dataclasses
 import json
 import os
+import platform
 import subprocess
 import sys
 import threading
@@ -281,19 +282,40 @@ def test_wall_time_sums_the_segments_of_a_resumed_run(tmp_path):
   with pytest.raises(KeyboardInterrupt), reproduce_report.timed(wd):
     raise KeyboardInterrupt
   with open(os.path.join(wd, "wall.jsonl")) as f:
-    (a, b, cpus), = [json.loads(line) for line in f]
+    (a, b, cpus, host), = [json.loads(line) for line in f]
   assert 0 <= b - a < 5 and cpus == len(os.sched_getaffinity(0))
-  # 10 min (an older record, CPUs not recorded), a 2 h gap, then 25 min on 1 CPU
+  assert host == reproduce_report.host()
+  # 10 min (an older record, CPUs not recorded), a 2 h gap, 25 min on 1 CPU of host A, then
+  # 5 min on host B
   with open(os.path.join(wd, "wall.jsonl"), "w") as f:
-    f.write("[1000.0, 1600.0]\n[8800.0, 10300.0, 1]\n")
+    f.write('[1000.0, 1600.0]\n[8800.0, 10300.0, 1]\n[10300.0, 10600.0, 1, "B"]\n'
+            '[10600.0, 10600.5, 1, "A"]\n')
   assert reproduce_report.wall_summary(wd) == {
-      "wall_seconds": 2100.0, "started": "1970-01-01 00:16:40 UTC",
-      "finished": "1970-01-01 02:51:40 UTC", "segments": 2, "cpus": [1]}
+      "wall_seconds": 2400.5, "started": "1970-01-01 00:16:40 UTC",
+      "finished": "1970-01-01 02:56:40 UTC", "segments": 4, "cpus": [1], "hosts": ["A", "B"]}
+
+
+def test_host_names_the_cpu_model_its_vector_extensions_and_jaxlib():
+  """Checked against /proc/cpuinfo read independently (first processor) and jaxlib."""
+  import jaxlib
+  h = reproduce_report.host()
+  assert h.endswith(f"] jaxlib {jaxlib.__version__}")
+  if not os.path.exists("/proc/cpuinfo"):
+    return
+  lines = open("/proc/cpuinfo").read().split("\n\n")[0].splitlines()
+  field = lambda k: next((ln.split(":", 1)[1].strip() for ln in lines
+                          if ln.split(":")[0].strip() == k), "")
+  assert h.startswith((field("model name") or platform.machine()) + " [")
+  isa = h[h.index("[") + 1:h.index("]")].split()
+  flags = field("flags").split()
+  if any(f in flags for f in reproduce_report.ISA_FLAGS):
+    assert isa == [f for f in reproduce_report.ISA_FLAGS if f in flags] and isa
 
 
 def test_a_start_trained_again_that_answers_otherwise_names_both_cpu_counts(tmp_path):
-  """XLA:CPU's numbers depend on the CPU count (its reductions split by thread), so the
-  refusal says which counts the kept run and the new one ran on."""
+  """XLA:CPU's numbers depend on the CPU count (its reductions split by thread) and on the
+  machine's vector instructions, so the refusal says which counts and hosts the kept run and
+  the new one ran on."""
   out, runs = str(tmp_path / "out"), str(tmp_path / "runs")
   rd, wd = reproduce.result_dir(out, 0, "sft"), reproduce.run_dir(runs, 0, "sft")
   for d, correct in ((rd, [1, 0, 1]), (wd, [1, 1, 1])):
@@ -310,6 +332,24 @@ def test_a_start_trained_again_that_answers_otherwise_names_both_cpu_counts(tmp_
   with open(os.path.join(rd, "run_summary.json"), "w") as fh:
     json.dump({"cpus": [2]}, fh)  # the same count: not blamed
   with pytest.raises(RuntimeError, match=r"answers differently.*\(both ran on \[2\] CPUs\)$"):
+    reproduce.keep_results("sft", 0, runs, out, SCHED, "commit")
+  # The machine counts too (its vector instructions): named when the hosts differ or the
+  # kept run's is unrecorded, not when they agree.
+  with open(os.path.join(wd, "wall.jsonl"), "w") as fh:
+    fh.write('[0.0, 60.0, 2, "EPYC [avx2 avx512f avx512_bf16] jaxlib 0.10.2"]\n')
+  for kept_hosts, named in ((["Xeon [avx2] jaxlib 0.10.2"], "['Xeon [avx2] jaxlib 0.10.2']"),
+                            (None, "unrecorded")):
+    with open(os.path.join(rd, "run_summary.json"), "w") as fh:
+      json.dump({"cpus": [2], "hosts": kept_hosts}, fh)
+    with pytest.raises(RuntimeError) as e:
+      reproduce.keep_results("sft", 0, runs, out, SCHED, "commit")
+    assert str(e.value).endswith(
+        f"(both ran on [2] CPUs; and on the machine's vector instructions: kept run on {named}, "
+        "this one on ['EPYC [avx2 avx512f avx512_bf16] jaxlib 0.10.2']; run a seed's starts and "
+        "the runs from them on one kind of machine)")
+  with open(os.path.join(rd, "run_summary.json"), "w") as fh:
+    json.dump({"cpus": [2], "hosts": ["EPYC [avx2 avx512f avx512_bf16] jaxlib 0.10.2"]}, fh)
+  with pytest.raises(RuntimeError, match=r"\(both ran on \[2\] CPUs\)$"):
     reproduce.keep_results("sft", 0, runs, out, SCHED, "commit")
 
 
@@ -375,14 +415,38 @@ def test_overrides_in_another_order_are_refused_naming_both_orders(tmp_path):
                                    str(tmp_path / "runs"), sched)
 
 
-def test_the_kept_results_record_the_default_schedule():
-  """The committed 3-seed results were made by `make reproduce` (the default schedule, no
-  overrides), as their summaries record; a bf16 reproduction into the same directory is
-  refused."""
-  out = os.path.join(os.path.dirname(os.path.dirname(__file__)), "experiments", "results",
-                     "reproduce")
+def _make_reproduce(*variables):
+  """The `experiments.reproduce` arguments `make -n reproduce VARIABLES` would run."""
+  root = os.path.dirname(os.path.dirname(__file__))
+  made = subprocess.run(["make", "-n", "reproduce", *variables], cwd=root, capture_output=True,
+                        text=True)
+  lines = [ln for ln in made.stdout.splitlines() if "-m experiments.reproduce" in ln]
+  return made, (lines[0].split("-m experiments.reproduce")[1].split() if lines else None)
+
+
+def test_make_reproduce_runs_each_precision_into_its_own_committed_results():
+  """`make reproduce` (bf16 matmuls by default; REPRO_DTYPE=float32 the other) points each
+  precision at its own committed results, whose summaries record exactly the overrides that
+  command passes; the other precision's overrides are refused there; an unknown REPRO_DTYPE
+  stops make in one line naming it."""
+  root = os.path.dirname(os.path.dirname(__file__))
   names = list(reproduce.METHODS)
-  reproduce.check_same_overrides(names, 3, out, "/nonexistent", reproduce.Schedule())
-  with pytest.raises(ValueError, match="seed0/base/run_summary.json: made with nothing where"):
-    reproduce.check_same_overrides(names, 3, out, "/nonexistent",
-                                   reproduce.Schedule(extra=("model.matmul_dtype=bfloat16",)))
+  dirs = {}
+  for variables in [(), ("REPRO_DTYPE=bfloat16",), ("REPRO_DTYPE=float32",)]:
+    made, args = _make_reproduce(*variables)
+    assert made.returncode == 0, made.stderr
+    out = os.path.join(root, args[args.index("--out") + 1])
+    extra = tuple(a for a in args if "=" in a)
+    assert args[args.index("--runs") + 1] == "runs/" + os.path.basename(out)
+    dirs[variables[0] if variables else "default"] = out
+    reproduce.check_same_overrides(names, 3, out, "/nonexistent", reproduce.Schedule(extra=extra))
+    other = () if extra else ("model.matmul_dtype=bfloat16",)
+    with pytest.raises(ValueError, match="seed0/base/run_summary.json: made with"):
+      reproduce.check_same_overrides(names, 3, out, "/nonexistent",
+                                     reproduce.Schedule(extra=other))
+  assert dirs["default"] == dirs["REPRO_DTYPE=bfloat16"] != dirs["REPRO_DTYPE=float32"]
+  assert dirs["REPRO_DTYPE=float32"].endswith(os.path.join("experiments", "results", "reproduce"))
+  made, args = _make_reproduce("REPRO_DTYPE=bf16")
+  assert made.returncode == 2 and args is None
+  assert len(made.stderr.splitlines()) == 1
+  assert made.stderr.rstrip().endswith("*** REPRO_DTYPE=bf16: use bfloat16 or float32.  Stop.")
