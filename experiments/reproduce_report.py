@@ -88,7 +88,7 @@ def usable_cpus() -> int:
 
 
 # The vector extensions XLA:CPU's kernels are chosen by: the same run on CPUs that differ in
-# them (or in jaxlib) differs in its last bits, in fp32 as in bf16 matmuls.
+# them (or in jaxlib) can differ in its last bits, in fp32 as in bf16 matmuls.
 ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_bf16")
 
 
