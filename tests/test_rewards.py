@@ -164,3 +164,28 @@ def test_a_reward_reads_its_columns_by_name_and_ignores_the_rest():
   completions, columns = _batch()
   r, _, _ = rewards.reward_matrix({"b": shown_bonus}, ["a", "bb", "ccc"], completions, columns)
   np.testing.assert_array_equal(r[:, 0], [3.0, 2.0, 5.0])
+
+
+def test_group_signal_names_the_columns_that_move_each_group():
+  # G = 3, four groups; columns answer (w 1), verification (w 0.5), format (w 0.1)
+  #   g0: answer 1,0,1 varies; verification constant; format constant -> answer alone
+  #   g1: answer all 1; verification 1, 0.5, 1 varies; format constant -> verification alone
+  #   g2: answer all 0; verification constant; format 1,0,1 varies       -> format alone
+  #   g3: answer 1,0,0 and verification 0,1,1 vary                       -> neither alone
+  r = np.array([[1, 1, 1], [0, 1, 1], [1, 1, 1],
+                [1, 1, 1], [1, .5, 1], [1, 1, 1],
+                [0, 0, 1], [0, 0, 0], [0, 0, 1],
+                [1, 0, 1], [0, 1, 1], [0, 1, 1]], np.float32)
+  names = ["answer", "verification", "format"]
+  m = rewards.group_signal(r, names, [1.0, 0.5, 0.1], 3)
+  assert m["signal/answer_varies"] == 2 / 4 and m["signal/answer_only"] == 1 / 4
+  assert m["signal/verification_varies"] == 2 / 4 and m["signal/verification_only"] == 1 / 4
+  assert m["signal/format_varies"] == 1 / 4 and m["signal/format_only"] == 1 / 4
+  # weight 0 on verification: it still varies, but never moves a group; g3 is answer's alone
+  m0 = rewards.group_signal(r, names, [1.0, 0.0, 0.1], 3)
+  assert m0["signal/verification_varies"] == 2 / 4 and m0["signal/verification_only"] == 0
+  assert m0["signal/answer_only"] == 2 / 4
+  with pytest.raises(ValueError, match="whole groups of 5"):
+    rewards.group_signal(r, names, [1.0, 0.5, 0.1], 5)
+  with pytest.raises(ValueError, match="2 weights"):
+    rewards.group_signal(r, names, [1.0, 0.5], 3)

@@ -105,7 +105,8 @@ def test_real_sampler_step_reports_the_metrics():
   state, m = loop.step(state, params, examples(), 0, 0)
   for k in ("reward", "accuracy", "accuracy_no_routes", "loss", "grad_norm", "eaai_clock",
             "kl_k3", "clip_frac", "entropy", "zero_variance_share", "sampler_trainer_logp_gap",
-            "reward/answer", "reward/verification", "reward/format", "p_routes"):
+            "reward/answer", "reward/verification", "reward/format", "p_routes",
+            "signal/verification_varies", "signal/verification_only"):
     assert k in m, k
   assert m["p_routes"] == 1.0 and int(state.step) == 1
   # One update from the rollout's own params: the trainer's numbers are the sampler's.

@@ -115,8 +115,10 @@ def score(prompts: PromptBatch, comps: Completions, G: int, reward_fns: dict[str
   texts_N = [t for t in prompts.texts for _ in range(G)]
   r_NR, names, metrics = rewards.reward_matrix(reward_fns, texts_N, comps.texts,
                                                reward_columns(prompts, comps, G))
-  reward_N = rewards.combine(r_NR, [weights[n] for n in names])
+  w_R = [weights[n] for n in names]
+  reward_N = rewards.combine(r_NR, w_R)
   N = len(reward_N)
+  metrics = dict(metrics, **rewards.group_signal(r_NR, names, w_R, G))
   return ScoredBatch(rewards_NR=r_NR, reward_N=reward_N, adv_N=np.zeros(N, np.float32),
                      keep_N=np.ones(N, bool), names=tuple(names), metrics=metrics)
 

@@ -181,6 +181,37 @@ def reward_matrix(reward_fns: Mapping[str, RewardFn], prompts: Sequence[str],
   return r_NR.astype(np.float32), names, metrics
 
 
+def group_signal(r_NR: np.ndarray, names: Sequence[str], weights_R: Sequence[float],
+                 group_size: int) -> dict[str, float]:
+  """Which reward columns move the group-relative advantage, shares over the B groups.
+
+      signal/{name}_varies  share of groups whose column `name` is not constant over G
+      signal/{name}_only    share of groups where the weighted column w_r R_r varies and every
+                            other weighted column is constant: the group's whole signal
+  A column that is constant within a group adds the same amount to its G rewards, which
+  group-relative advantages subtract, so it changes nothing there; `_only` counts the
+  groups that would get no signal (A = 0) without that column. A zero weight never varies
+  once weighted, so its `_only` is 0 while `_varies` still reports the raw column.
+  """
+  r_NR = np.asarray(r_NR, np.float32)
+  w = np.asarray(weights_R, np.float32).reshape(-1)
+  if r_NR.ndim != 2 or r_NR.shape[1] != len(names) or w.shape[0] != len(names):
+    raise ValueError(f"group_signal: reward matrix {r_NR.shape}, {len(names)} names and "
+                     f"{w.shape[0]} weights")
+  if group_size < 1 or r_NR.shape[0] % group_size:
+    raise ValueError(f"group_signal: {r_NR.shape[0]} rows are not whole groups of "
+                     f"{group_size}")
+  r_BGR = r_NR.reshape(-1, group_size, r_NR.shape[1])
+  varies_BR = np.any(r_BGR != r_BGR[:, :1], axis=1)
+  moves_BR = varies_BR & (w != 0)[None, :]
+  alone_BR = moves_BR & (moves_BR.sum(axis=1, keepdims=True) == 1)
+  metrics = {}
+  for r, name in enumerate(names):
+    metrics[f"signal/{name}_varies"] = float(varies_BR[:, r].mean()) if len(r_BGR) else 0.0
+    metrics[f"signal/{name}_only"] = float(alone_BR[:, r].mean()) if len(r_BGR) else 0.0
+  return metrics
+
+
 def combine(r_NR: np.ndarray, weights_R: Sequence[float]) -> np.ndarray:
   """R_N = sum_r w_r R_Nr, float32. `weights_R` follows the column order."""
   r_NR = np.asarray(r_NR, np.float32)
