@@ -1,0 +1,136 @@
+"""Where an RL run's learning signal comes from: the reward columns that vary within groups.
+
+A reward column that is the same for a group's G samples adds one amount to all of them,
+and group-relative advantages subtract it: it teaches nothing there. RL runs log, per
+step, the share of groups in which each column varies (`signal/{name}_varies`) and in
+which it alone varies among the weighted columns (`signal/{name}_only`: without it the
+group would have no signal); see `realm_jax.rl.rewards.group_signal`.
+
+    python -m experiments.group_signal --runs runs/reproduce_bf16 --seed 0 \\
+        --kept experiments/results/reproduce_bf16 --out experiments/results/reproduce_bf16 \\
+        model.matmul_dtype=bfloat16
+
+trains each method of `--methods` again from its start (the SFT start, or the base) in
+`--runs` (a finished `make reproduce`), with the reproduction's own overrides, into
+`--signal-runs`. Each run is the table's run again, now with the signal metrics: `same_as_kept` says whether its
+validation curve equals the kept one's. It writes OUT/group_signal.{json,md}: per method,
+the means over the RL steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+from experiments import reproduce, reproduce_report
+
+
+def train_args(name: str, seed: int, runs: str, signal_runs: str,
+               sched: reproduce.Schedule) -> list[str]:
+  """The reproduction's train call of `name` (its start in `runs`), writing to `signal_runs`."""
+  args = list(reproduce.commands(name, seed, runs, sched)[0])
+  args[args.index("--workdir") + 1] = reproduce.run_dir(signal_runs, seed, name)
+  return args
+
+
+def summarise(workdir: str) -> dict:
+  """Means over a run's RL steps of p_routes, zero_variance_share and the signal/* metrics;
+  `verification_varies_given_routes` = sum of verification_varies / sum of p_routes (the
+  share of route-carrying groups whose verification reward varies)."""
+  path = os.path.join(workdir, "metrics.jsonl")
+  rows = []
+  with open(path) as f:
+    for line in f:
+      m = json.loads(line)
+      if m.get("phase") == "rl" and "p_routes" in m:
+        rows.append(m)
+  rows = list({m["step"]: m for m in rows}.values())  # a resumed step counts once
+  if not rows:
+    raise ValueError(f"{path}: no RL step rows")
+  if not any(k.startswith("signal/") for k in rows[0]):
+    raise ValueError(f"{path}: no signal/* metrics; the run predates them: train it again")
+  mean = lambda k: sum(m[k] for m in rows) / len(rows)
+  out = {"steps": len(rows), "p_routes": mean("p_routes"),
+         "groups_with_signal": 1.0 - mean("zero_variance_share")}
+  out.update({k: mean(k) for k in sorted(rows[0]) if k.startswith("signal/")})
+  shown = sum(m["p_routes"] for m in rows)
+  if "signal/verification_varies" in rows[0]:
+    varies = sum(m["signal/verification_varies"] for m in rows)
+    out["verification_varies_given_routes"] = varies / shown if shown else 0.0
+  return out
+
+
+def same_as_kept(workdir: str, kept_summary: str) -> bool | None:
+  """Whether the run's validation curve equals the kept run's (None: nothing kept)."""
+  if not os.path.exists(kept_summary):
+    return None
+  with open(kept_summary) as f:
+    kept = json.load(f).get("validation")
+  return kept == reproduce_report.validation_curve(workdir) if kept else None
+
+
+def table(results: dict[str, dict]) -> str:
+  cols = [("steps", "RL steps"), ("p_routes", "prompts with routes"),
+          ("groups_with_signal", "groups with any signal"),
+          ("signal/answer_varies", "answer varies"), ("signal/answer_only", "answer alone"),
+          ("verification_varies_given_routes", "verification varies (of groups with routes)"),
+          ("signal/verification_only", "verification alone"),
+          ("signal/format_only", "format alone")]
+  lines = ["| method | same run as kept | " + " | ".join(c[1] for c in cols) + " |",
+           "|---|---|" + "---|" * len(cols)]
+  for name, r in results.items():
+    cells = [str(r[k]) if k == "steps" else (f"{r[k]:.3f}" if k in r else "") for k, _ in cols]
+    lines.append(f"| {name} | {r['same_as_kept']} | " + " | ".join(cells) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None, run_cli=None) -> int:
+  p = argparse.ArgumentParser(description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--runs", default="runs/reproduce_bf16", help="a reproduction's run directory")
+  p.add_argument("--kept", default="experiments/results/reproduce_bf16",
+                 help="its kept results (run_summary.json per run)")
+  p.add_argument("--signal-runs", default="runs/group_signal")
+  p.add_argument("--out", default="experiments/results/reproduce_bf16")
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--methods", default="realm_r1,no_verification")
+  p.add_argument("overrides", nargs="*",
+                 help="the reproduction's, e.g. model.matmul_dtype=bfloat16")
+  args = p.parse_args(argv)
+  names = [m for m in args.methods.split(",") if m]
+  rl = [m for m, v in reproduce.METHODS.items() if v.experiment == "evidence_rl" and m != "rft"]
+  bad = [m for m in names if m not in rl]
+  if bad or not names:
+    p.error(f"--methods: {', '.join(bad) or 'none'}: choose among the RL methods {', '.join(rl)}")
+  for start in sorted({reproduce.run_dir(args.runs, args.seed, reproduce.METHODS[m].start)
+                       for m in names}):
+    if not os.path.isdir(os.path.join(start, "params")):
+      p.error(f"--runs: {start} holds no trained start; run make reproduce first")
+  sched = reproduce.Schedule(extra=tuple(args.overrides))
+  results = {}
+  for name in names:
+    cli = train_args(name, args.seed, args.runs, args.signal_runs, sched)
+    wd = cli[cli.index("--workdir") + 1]
+    print(f"[group_signal] {name}: training into {wd}", flush=True)
+    if run_cli is not None:
+      run_cli(cli)
+    else:
+      subprocess.run([sys.executable, "-m", "realm_jax", *cli], check=True)
+    kept = os.path.join(reproduce.result_dir(args.kept, args.seed, name), "run_summary.json")
+    results[name] = dict(summarise(wd), same_as_kept=same_as_kept(wd, kept))
+  os.makedirs(args.out, exist_ok=True)
+  with open(os.path.join(args.out, "group_signal.json"), "w") as f:
+    json.dump({"seed": args.seed, "command": "python -m experiments.group_signal "
+               + " ".join(argv if argv is not None else sys.argv[1:]), "results": results}, f,
+              indent=1)
+  with open(os.path.join(args.out, "group_signal.md"), "w") as f:
+    f.write(table(results))
+  print(table(results))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
