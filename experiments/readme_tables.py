@@ -1,0 +1,72 @@
+"""The README's two reproduction tables from a reproduction's results.json.
+
+    python -m experiments.readme_tables experiments/results/reproduce_bf16/results.json
+
+prints the accuracy table (L0 and L1 without routes, L0 with routes, paired differences to
+the two controls) and every method against ReaLM-R1, in the README's wording: unicode
+minus signs, intervals as (low .. high), bold where an interval excludes 0.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+ROWS = {"base": "base", "sft": "SFT start", "more_sft": "control: SFT → more SFT",
+        "grpo": "control: SFT → GRPO", "rft": "RFT", "cot_synth": "CoT-synthesizer style",
+        "realm_r1": "ReaLM-R1", "no_negatives": "R1, no negatives",
+        "no_fading": "R1, no fading", "no_verification": "R1, no verification reward",
+        "no_contrast": "R1, no contrast term", "realm_zero": "ReaLM-Zero (from the base)"}
+
+
+def num(x: float) -> str:
+  """Three decimals, a signed unicode minus: 0.0123 -> "+0.012", -0.5 -> "−0.500"."""
+  return f"{x:+.3f}".replace("-", "−")
+
+
+def diff(d: dict | None) -> str:
+  """A paired difference with its interval, bold when the interval excludes 0."""
+  if not d:
+    return ""
+  text = f"{num(d['diff'])} ({num(d['ci_low'])} .. {num(d['ci_high'])})"
+  return f"**{text}**" if d["ci_low"] > 0 or d["ci_high"] < 0 else text
+
+
+def accuracy_table(results: dict) -> str:
+  head = ["run", "seeds", "L0", "L0 with routes", "L1", "L0 − GRPO", "L1 − GRPO",
+          "L0 − more SFT", "L1 − more SFT"]
+  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  for name, label in ROWS.items():
+    r = results["summary"].get(name)
+    if not r:
+      continue
+    acc = [f"{r[k]:.3f}" for k in ("l0 without routes", "l0 with routes", "l1 without routes")]
+    diffs = [diff(r.get(k)) for k in ("l0 - grpo", "l1 - grpo", "l0 - more_sft", "l1 - more_sft")]
+    lines.append("| " + " | ".join([label, str(r["seeds"]), *acc, *diffs]) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def against_r1_table(results: dict) -> str:
+  lines = ["| method − ReaLM-R1 | L0 | L0 with routes | L1 |", "|---|---|---|---|"]
+  for name, label in ROWS.items():
+    r = results["against_realm_r1"].get(name)
+    if r:
+      cells = [diff(r.get(k)) for k in ("l0 without routes", "l0 with routes", "l1 without routes")]
+      lines.append("| " + " | ".join([label, *cells]) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+  argv = sys.argv[1:] if argv is None else argv
+  if len(argv) != 1:
+    print("usage: python -m experiments.readme_tables RESULTS_JSON", file=sys.stderr)
+    return 2
+  with open(argv[0]) as f:
+    results = json.load(f)
+  print(accuracy_table(results))
+  print(against_r1_table(results), end="")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
