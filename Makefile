@@ -7,7 +7,7 @@ WORKDIR ?= runs/demo
 PYTEST_ARGS ?=
 SWEEP ?= experiments/sweeps/tiny_lr.py
 
-.PHONY: install test test-fast demo evidence reproduce reproduce-quick evidence-smollm2 bench bench-peers gpu-check sweep clean
+.PHONY: install test test-fast demo evidence reproduce reproduce-quick group-signal evidence-smollm2 bench bench-peers gpu-check sweep clean
 
 install: $(STAMP)
 
@@ -61,6 +61,12 @@ reproduce: install
 reproduce-quick: install
 	$(PY) -m experiments.reproduce --seeds 1 --jobs $(REPRO_JOBS) --methods more_sft,grpo,realm_r1 \
 	  $(REPRO_SET) $(REPRO_ARGS)
+
+# After make reproduce (same REPRO_DTYPE): seed 0's ReaLM-R1 and no-verification ablation
+# trained again with the signal/* metrics: which reward columns vary within GRPO groups
+# (about 15 min here; group_signal.{json,md} beside the results).
+group-signal: install
+	$(PY) -m experiments.group_signal $(REPRO_SET) $(REPRO_ARGS)
 
 # SmolLM2-135M-Instruct (the packaged GGUF, LoRA) on tariff level 0: SFT from the model as
 # loaded, 150 more SFT steps (sft_more), then GRPO and ReaLM-R1 from sft_more, each evaluated on 320 paired test questions

@@ -6,9 +6,9 @@ step, the share of groups in which each column varies (`signal/{name}_varies`) a
 which it alone varies among the weighted columns (`signal/{name}_only`: without it the
 group would have no signal); see `realm_jax.rl.rewards.group_signal`.
 
-    python -m experiments.group_signal --runs runs/reproduce_bf16 --seed 0 \\
-        --kept experiments/results/reproduce_bf16 --out experiments/results/reproduce_bf16 \\
-        model.matmul_dtype=bfloat16
+    make group-signal    # after make reproduce, with the same REPRO_DTYPE; that is
+    python -m experiments.group_signal --out experiments/results/reproduce_bf16 \\
+        --runs runs/reproduce_bf16 model.matmul_dtype=bfloat16
 
 trains each method of `--methods` again from its start (the SFT start, or the base) in
 `--runs` (a finished `make reproduce`), with the reproduction's own overrides, into
@@ -91,15 +91,17 @@ def main(argv: list[str] | None = None, run_cli=None) -> int:
   p = argparse.ArgumentParser(description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--runs", default="runs/reproduce_bf16", help="a reproduction's run directory")
-  p.add_argument("--kept", default="experiments/results/reproduce_bf16",
-                 help="its kept results (run_summary.json per run)")
-  p.add_argument("--signal-runs", default="runs/group_signal")
-  p.add_argument("--out", default="experiments/results/reproduce_bf16")
+  p.add_argument("--out", default="experiments/results/reproduce_bf16",
+                 help="its results (`make reproduce`'s --out); the table is written there")
+  p.add_argument("--kept", help="its kept results to compare with (default: --out)")
+  p.add_argument("--signal-runs", help="where the runs go (default: RUNS/group_signal)")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--methods", default="realm_r1,no_verification")
   p.add_argument("overrides", nargs="*",
                  help="the reproduction's, e.g. model.matmul_dtype=bfloat16")
   args = p.parse_args(argv)
+  args.kept = args.kept or args.out
+  args.signal_runs = args.signal_runs or os.path.join(args.runs, "group_signal")
   names = [m for m in args.methods.split(",") if m]
   rl = [m for m, v in reproduce.METHODS.items() if v.experiment == "evidence_rl" and m != "rft"]
   bad = [m for m in names if m not in rl]

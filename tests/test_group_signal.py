@@ -2,6 +2,7 @@
 
 import json
 import os
+import subprocess
 
 import pytest
 
@@ -111,3 +112,16 @@ def test_main_refuses_non_rl_methods_and_a_missing_start(tmp_path, capsys):
   with pytest.raises(SystemExit):
     group_signal.main(["--runs", str(tmp_path)])
   assert f"{tmp_path}/seed0/sft holds no trained start" in capsys.readouterr().err
+
+
+def test_make_group_signal_reads_the_reproduction_of_the_same_precision():
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  for variables, out, runs, extra in [
+      ((), "experiments/results/reproduce_bf16", "runs/reproduce_bf16",
+       ["model.matmul_dtype=bfloat16"]),
+      (("REPRO_DTYPE=float32",), "experiments/results/reproduce", "runs/reproduce", [])]:
+    made = subprocess.run(["make", "-n", "group-signal", *variables], cwd=root,
+                          capture_output=True, text=True, check=True)
+    line = next(ln for ln in made.stdout.splitlines() if "-m experiments.group_signal" in ln)
+    args = line.split("-m experiments.group_signal")[1].split()
+    assert args == ["--out", out, "--runs", runs, *extra]
