@@ -12,9 +12,10 @@ group would have no signal); see `realm_jax.rl.rewards.group_signal`.
 
 trains each method of `--methods` again from its start (the SFT start, or the base) in
 `--runs` (a finished `make reproduce`), with the reproduction's own overrides, into
-`--signal-runs`. Each run is the table's run again, now with the signal metrics: `same_as_kept` says whether its
-validation curve equals the kept one's. It writes OUT/group_signal.{json,md}: per method,
-the means over the RL steps.
+`--signal-runs`. Each run is the table's run again, now with the signal metrics:
+`same_as_kept` says whether its validation curve equals the kept one's (XLA:CPU's numbers
+depend on the CPU, and on the CPU count when the reproduction pinned runs with --jobs 2).
+It writes OUT/group_signal.{json,md}: per method, the means over the RL steps.
 """
 
 from __future__ import annotations
@@ -57,19 +58,23 @@ def summarise(workdir: str) -> dict:
          "groups_with_signal": 1.0 - mean("zero_variance_share")}
   out.update({k: mean(k) for k in sorted(rows[0]) if k.startswith("signal/")})
   shown = sum(m["p_routes"] for m in rows)
-  if "signal/verification_varies" in rows[0]:
+  if "signal/verification_varies" in rows[0]:  # None: no group had routes
     varies = sum(m["signal/verification_varies"] for m in rows)
-    out["verification_varies_given_routes"] = varies / shown if shown else 0.0
+    out["verification_varies_given_routes"] = varies / shown if shown else None
   return out
 
 
 def same_as_kept(workdir: str, kept_summary: str) -> bool | None:
   """Whether the run's validation curve equals the kept run's (None: nothing kept)."""
-  if not os.path.exists(kept_summary):
-    return None
-  with open(kept_summary) as f:
-    kept = json.load(f).get("validation")
+  kept = _kept(kept_summary).get("validation")
   return kept == reproduce_report.validation_curve(workdir) if kept else None
+
+
+def _kept(path: str) -> dict:
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    return json.load(f)
 
 
 def table(results: dict[str, dict]) -> str:
@@ -82,7 +87,8 @@ def table(results: dict[str, dict]) -> str:
   lines = ["| method | same run as kept | " + " | ".join(c[1] for c in cols) + " |",
            "|---|---|" + "---|" * len(cols)]
   for name, r in results.items():
-    cells = [str(r[k]) if k == "steps" else (f"{r[k]:.3f}" if k in r else "") for k, _ in cols]
+    cells = [str(r[k]) if k == "steps" else ("" if r.get(k) is None else f"{r[k]:.3f}")
+             for k, _ in cols]
     lines.append(f"| {name} | {r['same_as_kept']} | " + " | ".join(cells) + " |")
   return "\n".join(lines) + "\n"
 
@@ -97,6 +103,9 @@ def main(argv: list[str] | None = None, run_cli=None) -> int:
   p.add_argument("--signal-runs", help="where the runs go (default: RUNS/group_signal)")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--methods", default="realm_r1,no_verification")
+  p.add_argument("--sft-steps", type=int, default=reproduce.Schedule.sft_steps)
+  p.add_argument("--rl-steps", type=int, default=reproduce.Schedule.rl_steps)
+  p.add_argument("--rl-lr", type=float, default=reproduce.Schedule.rl_lr)
   p.add_argument("overrides", nargs="*",
                  help="the reproduction's, e.g. model.matmul_dtype=bfloat16")
   args = p.parse_args(argv)
@@ -107,11 +116,19 @@ def main(argv: list[str] | None = None, run_cli=None) -> int:
   bad = [m for m in names if m not in rl]
   if bad or not names:
     p.error(f"--methods: {', '.join(bad) or 'none'}: choose among the RL methods {', '.join(rl)}")
-  for start in sorted({reproduce.run_dir(args.runs, args.seed, reproduce.METHODS[m].start)
-                       for m in names}):
-    if not os.path.isdir(os.path.join(start, "params")):
-      p.error(f"--runs: {start} holds no trained start; run make reproduce first")
-  sched = reproduce.Schedule(extra=tuple(args.overrides))
+  for start in sorted({reproduce.METHODS[m].start for m in names}):
+    if not reproduce.has_params(args.runs, args.seed, start):
+      p.error(f"--runs: {reproduce.run_dir(args.runs, args.seed, start)} holds no finished "
+              "start (no DONE); run make reproduce first")
+  sched = reproduce.Schedule(sft_steps=args.sft_steps, rl_steps=args.rl_steps,
+                             rl_lr=args.rl_lr, extra=tuple(args.overrides))
+  kept = {m: os.path.join(reproduce.result_dir(args.kept, args.seed, m), "run_summary.json")
+          for m in names}
+  for name in names:  # the kept run's settings, or it would measure another run
+    made = _kept(kept[name]).get("overrides")
+    if made is not None and made != sched.overrides(name):
+      p.error(f"{kept[name]}: made with {made}, this run would use {sched.overrides(name)}; "
+              "pass the reproduction's overrides and sizes")
   results = {}
   for name in names:
     cli = train_args(name, args.seed, args.runs, args.signal_runs, sched)
@@ -121,8 +138,8 @@ def main(argv: list[str] | None = None, run_cli=None) -> int:
       run_cli(cli)
     else:
       subprocess.run([sys.executable, "-m", "realm_jax", *cli], check=True)
-    kept = os.path.join(reproduce.result_dir(args.kept, args.seed, name), "run_summary.json")
-    results[name] = dict(summarise(wd), same_as_kept=same_as_kept(wd, kept))
+    reproduce.require_done(wd)
+    results[name] = dict(summarise(wd), same_as_kept=same_as_kept(wd, kept[name]))
   os.makedirs(args.out, exist_ok=True)
   with open(os.path.join(args.out, "group_signal.json"), "w") as f:
     json.dump({"seed": args.seed, "command": "python -m experiments.group_signal "

@@ -39,8 +39,8 @@ def test_summarise_means_over_the_rl_steps(tmp_path):
   write_rows(wd, [
       {"phase": "rl", "step": 0, "valid_accuracy": 0.5},  # a validation row, no step metrics
       step(0, 1.0, 0.5, 0.25, 0.25, 0.0, 0.0, 0.0),
-      step(1, 0.5, 0.25, 0.5, 0.25, 0.25, 0.125, 0.125),
-      step(1, 0.5, 0.25, 0.5, 0.25, 0.25, 0.125, 0.125),  # resumed: counted once
+      step(1, 0.75, 0.75, 0.0, 0.0, 0.75, 0.75, 0.0),  # stopped here, then resumed:
+      step(1, 0.5, 0.25, 0.5, 0.25, 0.25, 0.125, 0.125),  # the later row counts, once
       step(2, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0),
       {"phase": "sft", "step": 5, "p_routes": 1.0}])
   r = group_signal.summarise(wd)
@@ -51,6 +51,15 @@ def test_summarise_means_over_the_rl_steps(tmp_path):
   assert r["signal/verification_only"] == pytest.approx(0.125 / 3)
   # 0.25 of all groups vary, of 1.5 groups' worth with routes: 1/6
   assert r["verification_varies_given_routes"] == pytest.approx(0.25 / 1.5)
+
+
+def test_summarise_leaves_verification_given_routes_undefined_without_routes(tmp_path):
+  wd = str(tmp_path / "grpo")
+  write_rows(wd, [step(0, 0.0, 0.5, 0.5, 0.5, 0.0, 0.0, 0.0)])
+  r = group_signal.summarise(wd)
+  assert r["verification_varies_given_routes"] is None and r["p_routes"] == 0.0
+  assert "| grpo | None | 1 | 0.000 | 0.500 | 0.500 | 0.500 |  | 0.000 | 0.000 |" in \
+      group_signal.table({"grpo": dict(r, same_as_kept=None)})
 
 
 def test_summarise_refuses_runs_without_the_signal_metrics(tmp_path):
@@ -78,11 +87,14 @@ def test_same_as_kept_compares_validation_curves(tmp_path):
 
 def test_main_trains_each_method_and_writes_the_table(tmp_path, capsys):
   runs, out = str(tmp_path / "runs"), str(tmp_path / "out")
-  os.makedirs(os.path.join(runs, "seed1", "sft", "params"))
+  for start in ("base", "sft"):
+    os.makedirs(os.path.join(runs, "seed1", start))
+    open(os.path.join(runs, "seed1", start, "DONE"), "w").close()
   kept = os.path.join(out, "runs", "seed1", "realm_r1")
   os.makedirs(kept)
+  made = reproduce.Schedule(extra=("model.matmul_dtype=bfloat16",)).overrides("realm_r1")
   with open(os.path.join(kept, "run_summary.json"), "w") as f:
-    json.dump({"validation": [["rl", 5, 0.75]]}, f)
+    json.dump({"validation": [["rl", 5, 0.75]], "overrides": made}, f)
   calls = []
 
   def fake_cli(args):
@@ -90,6 +102,7 @@ def test_main_trains_each_method_and_writes_the_table(tmp_path, capsys):
     wd = args[args.index("--workdir") + 1]
     write_rows(wd, [{"phase": "rl", "step": 5, "valid_accuracy": 0.75},
                     step(0, 1.0, 0.5, 0.5, 0.25, 0.75, 0.25, 0.0)])
+    open(os.path.join(wd, "DONE"), "w").close()
 
   argv = ["--runs", runs, "--kept", out, "--out", out, "--signal-runs", str(tmp_path / "s"),
           "--seed", "1", "model.matmul_dtype=bfloat16"]
@@ -103,6 +116,15 @@ def test_main_trains_each_method_and_writes_the_table(tmp_path, capsys):
   assert r1["verification_varies_given_routes"] == 0.75
   md = open(os.path.join(out, "group_signal.md")).read()
   assert "| realm_r1 | True | 1 | 1.000 | 0.500 | 0.500 | 0.250 | 0.750 | 0.250 | 0.000 |" in md
+  # fp32 against the kept bf16 run: refused before any training, naming the kept file
+  calls.clear()
+  with pytest.raises(SystemExit):
+    group_signal.main(argv[:-1], run_cli=fake_cli)
+  err = capsys.readouterr().err
+  assert f"{kept}/run_summary.json: made with {made}, this run would use" in err and not calls
+  # a run stopped before its last step (no DONE) is not summarised
+  with pytest.raises(RuntimeError, match="training stopped before its last step"):
+    group_signal.main([*argv, "--methods", "realm_zero"], run_cli=lambda a: None)
 
 
 def test_main_refuses_non_rl_methods_and_a_missing_start(tmp_path, capsys):
@@ -111,7 +133,7 @@ def test_main_refuses_non_rl_methods_and_a_missing_start(tmp_path, capsys):
   assert "--methods: sft, rft: choose among the RL methods" in capsys.readouterr().err
   with pytest.raises(SystemExit):
     group_signal.main(["--runs", str(tmp_path)])
-  assert f"{tmp_path}/seed0/sft holds no trained start" in capsys.readouterr().err
+  assert f"{tmp_path}/seed0/sft holds no finished start (no DONE)" in capsys.readouterr().err
 
 
 def test_make_group_signal_reads_the_reproduction_of_the_same_precision():

@@ -146,6 +146,10 @@ def test_filter_zero_variance_masks_whole_groups_and_they_give_no_gradient():
   cm = np.asarray(seen[0][0].completion_mask)
   assert cm[[0, 1, 4, 5]].sum() == 0 and np.all(cm[[2, 3, 6, 7]].sum(1) == M)
   assert m["zero_variance_share"] == 0.5 and m["kept_share"] == 0.5
+  # the plug-in alone (the built-ins weigh 0) moves groups 1 and 3
+  assert m["signal/tests.test_rl_loop:prompt_parity_varies"] == 0.5
+  assert m["signal/tests.test_rl_loop:prompt_parity_only"] == 0.5
+  assert m["signal/answer_only"] == m["signal/verification_only"] == 0.0
   # Only zero-variance groups (and no KL): nothing is trained.
   _, _, seen, (m,) = run_fake(rl_cfg(filter_zero_variance=True), reward="constant")
   assert np.asarray(seen[0][0].completion_mask).sum() == 0

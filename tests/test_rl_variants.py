@@ -98,6 +98,9 @@ def test_dynamic_sampling_refills_filtered_groups_with_fresh_prompts():
   # Q0 and Q2 had no reward variance: Q1, Q3 stay, the first two of Q4..Q7 (all with
   # variance) take their places; one extra rollout was enough.
   assert m["dynamic_sampling_rollouts"] == 1.0 and m["kept_share"] == 1.0
+  # the signal metrics describe the batch that trains (the first rollout's: half the groups)
+  assert m["signal/tests.test_rl_loop:prompt_parity_varies"] == 1.0
+  assert m["signal/tests.test_rl_loop:prompt_parity_only"] == 1.0
   tok = harness.ByteTok()
   heads = [tok.decode(list(np.asarray(seen[0][0].tokens)[r])).split(":")[0][-2:]
            for r in range(0, 8, 2)]

@@ -115,10 +115,8 @@ def score(prompts: PromptBatch, comps: Completions, G: int, reward_fns: dict[str
   texts_N = [t for t in prompts.texts for _ in range(G)]
   r_NR, names, metrics = rewards.reward_matrix(reward_fns, texts_N, comps.texts,
                                                reward_columns(prompts, comps, G))
-  w_R = [weights[n] for n in names]
-  reward_N = rewards.combine(r_NR, w_R)
+  reward_N = rewards.combine(r_NR, [weights[n] for n in names])
   N = len(reward_N)
-  metrics = dict(metrics, **rewards.group_signal(r_NR, names, w_R, G))
   return ScoredBatch(rewards_NR=r_NR, reward_N=reward_N, adv_N=np.zeros(N, np.float32),
                      keep_N=np.ones(N, bool), names=tuple(names), metrics=metrics)
 
@@ -343,6 +341,9 @@ class RLLoop:
     mean = lambda x, where: float(x[where].mean()) if where.any() else float("nan")
     reward_means = {f"reward/{n}": float(scored.rewards_NR[:, r].mean())
                     for r, n in enumerate(scored.names)}  # of the batch that trains
+    reward_means.update(rewards.group_signal(scored.rewards_NR, scored.names,
+                                             [self.weights[n] for n in scored.names],
+                                             self.cfg.group_size))
     return {
         **scored.metrics, **reward_means,
         "reward": float(scored.reward_N.mean()), "accuracy": float(acc_N.mean()),

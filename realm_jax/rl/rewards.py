@@ -190,8 +190,12 @@ def group_signal(r_NR: np.ndarray, names: Sequence[str], weights_R: Sequence[flo
                             other weighted column is constant: the group's whole signal
   A column that is constant within a group adds the same amount to its G rewards, which
   group-relative advantages subtract, so it changes nothing there; `_only` counts the
-  groups that would get no signal (A = 0) without that column. A zero weight never varies
-  once weighted, so its `_only` is 0 while `_varies` still reports the raw column.
+  groups whose task reward would be constant without that column (A = 0, unless
+  `loss.kl_in_reward` subtracts a varying KL penalty). A zero weight never varies once
+  weighted, so its `_only` is 0 while `_varies` still reports the raw column. These are
+  shares of groups, not of the gradient: a group moved only by a small weight gets a small
+  advantage under a pooled std (advantage `grpo`), a unit one under a per-group std
+  (`grpo_group`).
   """
   r_NR = np.asarray(r_NR, np.float32)
   w = np.asarray(weights_R, np.float32).reshape(-1)
