@@ -15,7 +15,8 @@ trains each method of `--methods` again from its start (the SFT start, or the ba
 `--signal-runs`. Each run is the table's run again, now with the signal metrics:
 `same_as_kept` says whether its validation curve equals the kept one's (XLA:CPU's numbers
 depend on the CPU, and on the CPU count when the reproduction pinned runs with --jobs 2).
-It writes OUT/group_signal.{json,md}: per method, the means over the RL steps.
+It writes OUT/group_signal.{json,md}: per method, the means over the RL steps
+(`--no-train`: of the runs already there).
 """
 
 from __future__ import annotations
@@ -61,6 +62,9 @@ def summarise(workdir: str) -> dict:
   if "signal/verification_varies" in rows[0]:  # None: no group had routes
     varies = sum(m["signal/verification_varies"] for m in rows)
     out["verification_varies_given_routes"] = varies / shown if shown else None
+    # r_ver is 0 without routes, so this is its mean over the completions that saw routes
+    r_ver = sum(m["reward/verification"] for m in rows)
+    out["verification_reward_given_routes"] = r_ver / shown if shown else None
   return out
 
 
@@ -83,6 +87,7 @@ def table(results: dict[str, dict]) -> str:
           ("signal/answer_varies", "answer varies"), ("signal/answer_only", "answer alone"),
           ("verification_varies_given_routes", "verification varies (of groups with routes)"),
           ("signal/verification_only", "verification alone"),
+          ("verification_reward_given_routes", "verdicts right (sampled, with routes)"),
           ("signal/format_only", "format alone")]
   lines = ["| method | same run as kept | " + " | ".join(c[1] for c in cols) + " |",
            "|---|---|" + "---|" * len(cols)]
@@ -103,6 +108,8 @@ def main(argv: list[str] | None = None, run_cli=None) -> int:
   p.add_argument("--signal-runs", help="where the runs go (default: RUNS/group_signal)")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--methods", default="realm_r1,no_verification")
+  p.add_argument("--no-train", action="store_true",
+                 help="tabulate the runs already in --signal-runs, training nothing")
   p.add_argument("--sft-steps", type=int, default=reproduce.Schedule.sft_steps)
   p.add_argument("--rl-steps", type=int, default=reproduce.Schedule.rl_steps)
   p.add_argument("--rl-lr", type=float, default=reproduce.Schedule.rl_lr)
@@ -133,8 +140,11 @@ def main(argv: list[str] | None = None, run_cli=None) -> int:
   for name in names:
     cli = train_args(name, args.seed, args.runs, args.signal_runs, sched)
     wd = cli[cli.index("--workdir") + 1]
-    print(f"[group_signal] {name}: training into {wd}", flush=True)
-    if run_cli is not None:
+    print(f"[group_signal] {name}: {'reading' if args.no_train else 'training into'} {wd}",
+          flush=True)
+    if args.no_train:
+      pass
+    elif run_cli is not None:
       run_cli(cli)
     else:
       subprocess.run([sys.executable, "-m", "realm_jax", *cli], check=True)

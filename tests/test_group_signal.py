@@ -16,8 +16,9 @@ def write_rows(workdir, rows):
       f.write(json.dumps(r) + "\n")
 
 
-def step(s, p_routes, zero, ans_v, ans_o, ver_v, ver_o, fmt_o, **extra):
+def step(s, p_routes, zero, ans_v, ans_o, ver_v, ver_o, fmt_o, r_ver=0.0, **extra):
   return {"phase": "rl", "step": s, "p_routes": p_routes, "zero_variance_share": zero,
+          "reward/verification": r_ver,
           "signal/answer_varies": ans_v, "signal/answer_only": ans_o,
           "signal/verification_varies": ver_v, "signal/verification_only": ver_o,
           "signal/format_varies": 0.0, "signal/format_only": fmt_o, **extra}
@@ -38,9 +39,9 @@ def test_summarise_means_over_the_rl_steps(tmp_path):
   wd = str(tmp_path / "run")
   write_rows(wd, [
       {"phase": "rl", "step": 0, "valid_accuracy": 0.5},  # a validation row, no step metrics
-      step(0, 1.0, 0.5, 0.25, 0.25, 0.0, 0.0, 0.0),
-      step(1, 0.75, 0.75, 0.0, 0.0, 0.75, 0.75, 0.0),  # stopped here, then resumed:
-      step(1, 0.5, 0.25, 0.5, 0.25, 0.25, 0.125, 0.125),  # the later row counts, once
+      step(0, 1.0, 0.5, 0.25, 0.25, 0.0, 0.0, 0.0, r_ver=0.5),
+      step(1, 0.75, 0.75, 0.0, 0.0, 0.75, 0.75, 0.0, r_ver=0.75),  # stopped, then resumed:
+      step(1, 0.5, 0.25, 0.5, 0.25, 0.25, 0.125, 0.125, r_ver=0.25),  # the later row, once
       step(2, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0),
       {"phase": "sft", "step": 5, "p_routes": 1.0}])
   r = group_signal.summarise(wd)
@@ -51,6 +52,8 @@ def test_summarise_means_over_the_rl_steps(tmp_path):
   assert r["signal/verification_only"] == pytest.approx(0.125 / 3)
   # 0.25 of all groups vary, of 1.5 groups' worth with routes: 1/6
   assert r["verification_varies_given_routes"] == pytest.approx(0.25 / 1.5)
+  # mean r_ver over the completions with routes: (0.5 * 16 + 0.25 * 16) / (16 + 8) of B = 16
+  assert r["verification_reward_given_routes"] == pytest.approx(0.5)
 
 
 def test_summarise_leaves_verification_given_routes_undefined_without_routes(tmp_path):
@@ -58,7 +61,8 @@ def test_summarise_leaves_verification_given_routes_undefined_without_routes(tmp
   write_rows(wd, [step(0, 0.0, 0.5, 0.5, 0.5, 0.0, 0.0, 0.0)])
   r = group_signal.summarise(wd)
   assert r["verification_varies_given_routes"] is None and r["p_routes"] == 0.0
-  assert "| grpo | None | 1 | 0.000 | 0.500 | 0.500 | 0.500 |  | 0.000 | 0.000 |" in \
+  assert r["verification_reward_given_routes"] is None
+  assert "| grpo | None | 1 | 0.000 | 0.500 | 0.500 | 0.500 |  | 0.000 |  | 0.000 |" in \
       group_signal.table({"grpo": dict(r, same_as_kept=None)})
 
 
@@ -101,7 +105,7 @@ def test_main_trains_each_method_and_writes_the_table(tmp_path, capsys):
     calls.append(args)
     wd = args[args.index("--workdir") + 1]
     write_rows(wd, [{"phase": "rl", "step": 5, "valid_accuracy": 0.75},
-                    step(0, 1.0, 0.5, 0.5, 0.25, 0.75, 0.25, 0.0)])
+                    step(0, 1.0, 0.5, 0.5, 0.25, 0.75, 0.25, 0.0, r_ver=0.625)])
     open(os.path.join(wd, "DONE"), "w").close()
 
   argv = ["--runs", runs, "--kept", out, "--out", out, "--signal-runs", str(tmp_path / "s"),
@@ -115,7 +119,13 @@ def test_main_trains_each_method_and_writes_the_table(tmp_path, capsys):
   assert r1["same_as_kept"] is True and nv["same_as_kept"] is None
   assert r1["verification_varies_given_routes"] == 0.75
   md = open(os.path.join(out, "group_signal.md")).read()
-  assert "| realm_r1 | True | 1 | 1.000 | 0.500 | 0.500 | 0.250 | 0.750 | 0.250 | 0.000 |" in md
+  assert ("| realm_r1 | True | 1 | 1.000 | 0.500 | 0.500 | 0.250 | 0.750 | 0.250 | 0.625 | "
+          "0.000 |") in md
+  # --no-train tabulates the runs already there, training nothing
+  os.remove(os.path.join(out, "group_signal.md"))
+  n = len(calls)
+  assert group_signal.main([*argv, "--no-train"], run_cli=fake_cli) == 0 and len(calls) == n
+  assert "| realm_r1 | True | 1 | 1.000 |" in open(os.path.join(out, "group_signal.md")).read()
   # fp32 against the kept bf16 run: refused before any training, naming the kept file
   calls.clear()
   with pytest.raises(SystemExit):
