@@ -66,7 +66,7 @@ def test_convergence_defaults():
   for stage in (cfg.base, cfg.sft, cfg.rl):
     assert (stage.eval_every, stage.patience, stage.min_delta, stage.select) == (0, 0, 0.0, "best")
   demo = configs.load_experiment("demo")  # the main job validates both stages it trains
-  assert (demo.sft.eval_every, demo.sft.patience, demo.sft.select) == (25, 4, "best")
+  assert (demo.sft.eval_every, demo.sft.patience, demo.sft.select) == (25, 0, "best")
   assert (demo.rl.eval_every, demo.rl.select) == (10, "best")
 
 
