@@ -142,12 +142,9 @@ def main(argv: list[str] | None = None, run_cli=None) -> int:
     wd = cli[cli.index("--workdir") + 1]
     print(f"[group_signal] {name}: {'reading' if args.no_train else 'training into'} {wd}",
           flush=True)
-    if args.no_train:
-      pass
-    elif run_cli is not None:
-      run_cli(cli)
-    else:
-      subprocess.run([sys.executable, "-m", "realm_jax", *cli], check=True)
+    if not args.no_train:
+      (run_cli or (lambda a: subprocess.run([sys.executable, "-m", "realm_jax", *a],
+                                             check=True)))(cli)
     reproduce.require_done(wd)
     results[name] = dict(summarise(wd), same_as_kept=same_as_kept(wd, kept[name]))
   os.makedirs(args.out, exist_ok=True)

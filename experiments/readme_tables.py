@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import sys
 
+from experiments import reproduce_report
+
 ROWS = {"base": "base", "sft": "SFT start", "more_sft": "control: SFT → more SFT",
         "grpo": "control: SFT → GRPO", "rft": "RFT", "cot_synth": "CoT-synthesizer style",
         "realm_r1": "ReaLM-R1", "no_negatives": "R1, no negatives",
@@ -25,11 +27,8 @@ def num(x: float) -> str:
 
 
 def diff(d: dict | None) -> str:
-  """A paired difference with its interval, bold when the interval excludes 0."""
-  if not d:
-    return ""
-  text = f"{num(d['diff'])} ({num(d['ci_low'])} .. {num(d['ci_high'])})"
-  return f"**{text}**" if d["ci_low"] > 0 or d["ci_high"] < 0 else text
+  """`reproduce_report.ci_cell` (table.md's cell) with unicode minus signs."""
+  return reproduce_report.ci_cell(d).replace("-", "−")
 
 
 def accuracy_table(results: dict) -> str:

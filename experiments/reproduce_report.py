@@ -252,7 +252,7 @@ def against_table(rows: dict, levels: tuple[int, int]) -> str:
   lines = [f"| method − ReaLM-R1 | L{l0} no routes | L{l0} with routes | L{l1} no routes |",
            "|---|---|---|---|"]
   for name, r in rows.items():
-    lines.append(f"| {name} | " + " | ".join(_ci(r[f"{lv} {st}"]) for lv, st in SETTINGS) + " |")
+    lines.append(f"| {name} | " + " | ".join(ci_cell(r[f"{lv} {st}"]) for lv, st in SETTINGS) + " |")
   return "\n".join(lines) + "\n"
 
 
@@ -271,7 +271,8 @@ def baselines(per: dict[str, list[dict | None]]) -> dict[str, dict[str, float]]:
   return {key: {b: float(np.mean(v)) for b, v in rows.items()} for key, rows in vals.items()}
 
 
-def _ci(d: dict | None) -> str:
+def ci_cell(d: dict | None) -> str:
+  """A paired difference with its interval, bold when the interval excludes 0."""
   if d is None:
     return ""
   mark = "**" if d["ci_low"] > 0 or d["ci_high"] < 0 else ""
@@ -293,8 +294,8 @@ def table(summary: dict, base: dict, k: int, levels: tuple[int, int], about: dic
     lines.append(
         f"| {name}: {about[name]} | {r['seeds']} | {_f(r[f'l0 without routes'])} | "
         f"{_f(r['l0 with routes'])} | {_f(r[f'pass@{k}'])} | {_f(r[f'maj@{k}'])} | "
-        f"{_f(r['route verdicts'])} | {_f(r['l1 without routes'])} | {_ci(r.get('l0 - grpo'))} | "
-        f"{_ci(r.get('l1 - grpo'))} | {_ci(r.get('l0 - more_sft'))} | {_ci(r.get('l1 - more_sft'))} "
+        f"{_f(r['route verdicts'])} | {_f(r['l1 without routes'])} | {ci_cell(r.get('l0 - grpo'))} | "
+        f"{ci_cell(r.get('l1 - grpo'))} | {ci_cell(r.get('l0 - more_sft'))} | {ci_cell(r.get('l1 - more_sft'))} "
         f"| {budgets[name]['cots']} | {budgets[name]['routes']:,.0f} |")
   names = sorted({b for rows in base.values() for b in rows})
   for b in names:
