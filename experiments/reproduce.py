@@ -92,7 +92,7 @@ class Schedule:
   it would cut EAAI's fade short, since validation shows no routes); the control
   SFT -> more SFT takes as many SFT updates, validated alike; RFT draws the same samples
   (2 rounds of rl_steps * 8 questions x 8) for as many updates."""
-  sft_steps: int = 1500
+  sft_steps: int = 3000
   rl_steps: int = 60
   rl_lr: float = 1e-4
   k: int = 4  # pass@k and maj@k at the training level
