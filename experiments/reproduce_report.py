@@ -330,7 +330,7 @@ def plot(summary: dict, path: str, levels: tuple[int, int]) -> None:
 def write(out: str, seeds: int, names: list[str], sched, info: dict) -> dict:
   """Rewrites OUT/table.md, results.json and paired.png from the kept results of every
   finished run (`reproduce.result_dir`), whichever session produced them."""
-  from experiments import reproduce
+  from experiments import convergence, reproduce
   per = {n: [load_run(reproduce.result_dir(out, s, n), sched.harder_level) for s in range(seeds)]
          for n in names}
   controls = tuple(c for c in ("grpo", "more_sft") if c in names)
@@ -377,6 +377,10 @@ def write(out: str, seeds: int, names: list[str], sched, info: dict) -> dict:
   if vs_r1:
     md += ("\nEvery other method against ReaLM-R1, paired as above (negative: ReaLM-R1 is "
            "better):\n\n" + against_table(vs_r1, levels))
+  conv = convergence.per_run(runs)
+  md += ("\nConvergence: each run's best validation accuracy (at step / of steps) and its late "
+         "gain, the best of its last fifth of steps minus the best before (> 0: still "
+         "improving when it ended):\n\n" + convergence.table(conv, seeds))
   os.makedirs(out, exist_ok=True)
   with open(os.path.join(out, "table.md"), "w") as f:
     f.write(md)
@@ -384,8 +388,7 @@ def write(out: str, seeds: int, names: list[str], sched, info: dict) -> dict:
                                                  "rl_steps": sched.rl_steps, "rl_lr": sched.rl_lr,
                                                  "k": sched.k, "levels": list(levels)},
             "seed_wall": seed_wall, "summary": summary, "against_realm_r1": vs_r1,
-            "baselines": base,
-            "teacher_budget": budgets}
+            "baselines": base, "teacher_budget": budgets, "convergence": conv}
   with open(os.path.join(out, "results.json"), "w") as f:
     json.dump(result, f, indent=2)
   if any(r.get("l0 - grpo") for r in summary.values()):

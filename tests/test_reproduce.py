@@ -232,6 +232,10 @@ def test_a_tiny_reproduction_runs_resumes_and_reports(tmp_path, capsys):
   summary = json.loads((kept / "run_summary.json").read_text())
   curve = summary["validation"]
   assert [(row[0], row[1]) for row in curve] == [("rl", 0), ("rl", 1)]  # validated every step
+  best = max(a for _, _, a in curve)
+  assert r["convergence"]["grpo"]["0"]["best"] == best
+  assert r["convergence"]["grpo"]["0"]["late_gain"] == curve[1][2] - curve[0][2]
+  assert "| grpo | " + f"{best:.3f} at " in (tmp_path / "out" / "table.md").read_text()
   sched = reproduce.Schedule(sft_steps=3, rl_steps=2, extra=tuple(tiny))
   for name in ("base", "sft", "grpo", "more_sft"):  # kept and in the run directory alike
     rec = json.loads((tmp_path / "out" / "runs" / "seed0" / name / "run_summary.json").read_text())
@@ -439,11 +443,18 @@ def test_make_reproduce_runs_each_precision_into_its_own_committed_results():
     extra = tuple(a for a in args if "=" in a)
     assert args[args.index("--runs") + 1] == "runs/" + os.path.basename(out)
     dirs[variables[0] if variables else "default"] = out
-    reproduce.check_same_overrides(names, 3, out, "/nonexistent", reproduce.Schedule(extra=extra))
+    sft = int(args[args.index("--sft-steps") + 1]) if "--sft-steps" in args else None
+    sched = reproduce.Schedule(sft_steps=sft or reproduce.Schedule.sft_steps, extra=extra)
+    reproduce.check_same_overrides(names, 3, out, "/nonexistent", sched)
+    # the start's schedule is checked too: the bf16 results' seed 0 start has its summary
+    assert os.path.exists(os.path.join(out, "runs", "seed0", "sft", "run_summary.json"))
+    with pytest.raises(ValueError, match="seed0/sft/run_summary.json: made with"):
+      reproduce.check_same_overrides(names, 3, out, "/nonexistent",
+                                     dataclasses.replace(sched, sft_steps=sched.sft_steps + 1))
     other = () if extra else ("model.matmul_dtype=bfloat16",)
     with pytest.raises(ValueError, match="seed0/base/run_summary.json: made with"):
       reproduce.check_same_overrides(names, 3, out, "/nonexistent",
-                                     reproduce.Schedule(extra=other))
+                                     dataclasses.replace(sched, extra=other))
   assert dirs["default"] == dirs["REPRO_DTYPE=bfloat16"] != dirs["REPRO_DTYPE=float32"]
   assert dirs["REPRO_DTYPE=float32"].endswith(os.path.join("experiments", "results", "reproduce"))
   made, args = _make_reproduce("REPRO_DTYPE=bf16")
