@@ -54,3 +54,43 @@ def table(conv: dict[str, dict[str, dict]], seeds: int) -> str:
                    f"{c['best']:.3f} at {c['best_step'] + 1}/{c['last_step'] + 1}{gain}")
     lines.append(f"| {name} | " + " | ".join(cells) + " |")
   return "\n".join(lines) + "\n"
+
+
+def mean_curve(by_seed: dict[int, list[tuple[int, float]]]) -> tuple[list[int], list[float]]:
+  """The steps every seed validated at, and the mean accuracy there."""
+  steps = sorted(set.intersection(*(set(s for s, _ in pts) for pts in by_seed.values())))
+  return steps, [sum(dict(pts)[s] for pts in by_seed.values()) / len(by_seed) for s in steps]
+
+
+def plot(summaries: dict[tuple[int, str], dict], path: str, skip=("realm_zero",)) -> bool:
+  """Validation curves: each seed's SFT start (left) and every method after it, mean over the
+  seeds that finished it (right, steps counted from the start; `skip`: ReaLM-Zero starts from
+  the base near 0 and would flatten the panel, the table has it). False (nothing written)
+  when no run has validated yet."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  curves: dict[str, dict[int, list]] = {}
+  for (seed, name), r in sorted(summaries.items()):
+    c = r.get("validation") or []
+    if c:
+      phase = c[-1][0]
+      curves.setdefault(name, {})[seed] = sorted((s + 1, a) for p, s, a in c if p == phase)
+  if not curves:
+    return False
+  fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.5))
+  for seed, pts in curves.get("sft", {}).items():
+    left.plot(*zip(*pts), marker=".", label=f"seed {seed}")
+  left.set(title="SFT start: validation accuracy", xlabel="SFT step", ylabel="accuracy")
+  for name, by_seed in curves.items():
+    if name == "sft" or name in skip:
+      continue
+    right.plot(*mean_curve(by_seed), marker=".", label=f"{name} ({len(by_seed)} seeds)")
+  right.set(title="after the start: validation accuracy, mean over seeds", xlabel="step")
+  for ax in (left, right):
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return True

@@ -10,6 +10,7 @@ writes to OUT:
                 trivial baselines as rows; the command, commit and wall times
   results.json  the same numbers
   paired.png    the differences to the control with their intervals
+  curves.png    validation curves: each seed's SFT start, each method's mean over seeds
 
 Runs compared question by question must have answered the same questions: each
 eval.json names its questions' digest, and a mismatch is an error naming both runs.
@@ -391,6 +392,7 @@ def write(out: str, seeds: int, names: list[str], sched, info: dict) -> dict:
             "baselines": base, "teacher_budget": budgets, "convergence": conv}
   with open(os.path.join(out, "results.json"), "w") as f:
     json.dump(result, f, indent=2)
+  convergence.plot(runs, os.path.join(out, "curves.png"))
   if any(r.get("l0 - grpo") for r in summary.values()):
     plot(summary, os.path.join(out, "paired.png"), levels)
   return result

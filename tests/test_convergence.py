@@ -42,3 +42,14 @@ def test_per_run_and_table():
   assert lines[0] == "| run | seed 0 | seed 1 | seed 2 |"
   assert lines[2] == ("| sft | 0.750 at 500/500, late gain +0.500 | "
                       "0.800 at 500/500, late gain +0.300 |  |")
+
+
+def test_mean_curve_keeps_the_steps_every_seed_validated_at(tmp_path):
+  by_seed = {0: [(6, 0.5), (12, 0.7)], 1: [(6, 0.25), (12, 0.5), (18, 0.9)]}
+  assert convergence.mean_curve(by_seed) == ([6, 12], [0.375, 0.6])
+  path = tmp_path / "curves.png"
+  runs = {(0, "sft"): {"validation": [["sft", 99, 0.5], ["sft", 199, 0.75]]},
+          (0, "grpo"): {"validation": [["rl", 5, 0.75], ["rl", 11, 0.8]]}}
+  assert convergence.plot(runs, str(path)) and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  assert not convergence.plot({(0, "base"): {"validation": []}}, str(tmp_path / "none.png"))
+  assert not (tmp_path / "none.png").exists()

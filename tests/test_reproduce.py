@@ -236,6 +236,7 @@ def test_a_tiny_reproduction_runs_resumes_and_reports(tmp_path, capsys):
   assert r["convergence"]["grpo"]["0"]["best"] == best
   assert r["convergence"]["grpo"]["0"]["late_gain"] == curve[1][2] - curve[0][2]
   assert "| grpo | " + f"{best:.3f} at " in (tmp_path / "out" / "table.md").read_text()
+  assert (tmp_path / "out" / "curves.png").stat().st_size > 0
   sched = reproduce.Schedule(sft_steps=3, rl_steps=2, extra=tuple(tiny))
   for name in ("base", "sft", "grpo", "more_sft"):  # kept and in the run directory alike
     rec = json.loads((tmp_path / "out" / "runs" / "seed0" / name / "run_summary.json").read_text())
