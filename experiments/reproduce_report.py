@@ -329,8 +329,8 @@ def plot(summary: dict, path: str, levels: tuple[int, int]) -> None:
 
 
 def write(out: str, seeds: int, names: list[str], sched, info: dict) -> dict:
-  """Rewrites OUT/table.md, results.json and paired.png from the kept results of every
-  finished run (`reproduce.result_dir`), whichever session produced them."""
+  """Rewrites OUT/table.md, results.json, paired.png and curves.png from the kept results of
+  every finished run (`reproduce.result_dir`), whichever session produced them."""
   from experiments import convergence, reproduce
   per = {n: [load_run(reproduce.result_dir(out, s, n), sched.harder_level) for s in range(seeds)]
          for n in names}
