@@ -12,15 +12,20 @@ from __future__ import annotations
 LATE = 0.2  # the share of a run's steps whose validations count as late
 
 
+def last_phase(curve: list[list]) -> list[tuple[int, float]]:
+  """(step, accuracy) of the phase `curve` ends with, by step (a run that trains in two
+  phases, such as a resumed base and its SFT, is judged on the one it ends with)."""
+  phase = curve[-1][0]
+  return sorted((s, a) for p, s, a in curve if p == phase)
+
+
 def curve_summary(curve: list[list], late: float = LATE) -> dict | None:
-  """{best, best_step, last_step, late_gain} of the last phase in `curve` (a run that trains
-  in two phases, such as a resumed base and its SFT, is judged on the one it ends with);
+  """{best, best_step, last_step, late_gain} of the last phase in `curve` (`last_phase`);
   late_gain is None without a validation both before and inside the late share. None
   without any validation."""
   if not curve:
     return None
-  phase = curve[-1][0]
-  points = sorted((s, a) for p, s, a in curve if p == phase)
+  points = last_phase(curve)
   last = points[-1][0]
   best_step, best = max(points, key=lambda p: (p[1], -p[0]))  # the first of equal bests
   cut = (1 - late) * (last + 1)
@@ -74,8 +79,7 @@ def plot(summaries: dict[tuple[int, str], dict], path: str, skip=("realm_zero",)
   for (seed, name), r in sorted(summaries.items()):
     c = r.get("validation") or []
     if c:
-      phase = c[-1][0]
-      curves.setdefault(name, {})[seed] = sorted((s + 1, a) for p, s, a in c if p == phase)
+      curves.setdefault(name, {})[seed] = [(s + 1, a) for s, a in last_phase(c)]
   if not curves:
     return False
   fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.5))
