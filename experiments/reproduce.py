@@ -247,22 +247,29 @@ def execute(name: str, seed: int, runs: str, sched: Schedule, cache: str, run_cl
   os.makedirs(wd, exist_ok=True)
   with open(os.path.join(wd, OVERRIDES_FILE), "w") as f:
     json.dump({"overrides": sched.overrides(name)}, f)
-  env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=cache,
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5")
   n_cpus = len(cpus) if cpus else reproduce_report.usable_cpus()
   with reproduce_report.timed(wd, n_cpus), open(os.path.join(wd, "reproduce.log"), "a") as log:
     for args in commands(name, seed, runs, sched):
-      if run_cli is not None:
-        run_cli(args)
-      else:
-        cmd = [sys.executable, "-m", "realm_jax", *args]
-        log.write(f"$ {' '.join(cmd)}\n")
-        log.flush()
-        pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
-        subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, check=True, env=env,
-                       preexec_fn=pin)
+      run_call(args, log, cache, run_cli, cpus)
       if args[0] == "train":
         require_done(wd)
+
+
+def run_call(args: list[str], log, cache: str, run_cli=None, cpus: set[int] | None = None
+             ) -> None:
+  """One CLI call: a `python -m realm_jax` subprocess logged to `log`, sharing the XLA
+  compilation cache `cache` and pinned to `cpus` when given (or `run_cli(args)` here)."""
+  if run_cli is not None:
+    run_cli(args)
+    return
+  env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=cache,
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5")
+  cmd = [sys.executable, "-m", "realm_jax", *args]
+  log.write(f"$ {' '.join(cmd)}\n")
+  log.flush()
+  pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
+  subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, check=True, env=env,
+                 preexec_fn=pin)
 
 
 def require_done(workdir: str) -> None:
