@@ -88,12 +88,15 @@ def main(argv: list[str] | None = None, run_cli=None) -> int:
                              extra=tuple(args.extra or ["model.matmul_dtype=bfloat16"]))
   kept_dir = reproduce.result_dir(args.out, args.seed, "sft")
   base = reproduce.run_dir(args.runs, args.seed, "base")
-  for need in (os.path.join(kept_dir, "eval.json"), os.path.join(base, "DONE")):
+  for need in (os.path.join(kept_dir, "eval.json"), os.path.join(kept_dir, "run_summary.json"),
+               os.path.join(base, "DONE")):
     if not os.path.exists(need):
       print(f"sft_schedule: error: {need} is missing: run the reproduction's seed "
             f"{args.seed} first", file=sys.stderr)
       return 2
-  kept_over = reproduce._recorded(os.path.join(kept_dir, "run_summary.json"))
+  with open(os.path.join(kept_dir, "run_summary.json")) as f:
+    kept_summary = json.load(f)
+  kept_over = kept_summary.get("overrides")
   if kept_over is not None and kept_over != sched.overrides("sft"):
     print(f"sft_schedule: error: {kept_dir}/run_summary.json was made with {kept_over}, not "
           f"{sched.overrides('sft')}: pass that reproduction's --sft-steps and --extra",
@@ -107,8 +110,6 @@ def main(argv: list[str] | None = None, run_cli=None) -> int:
       reproduce.run_call(call, log, cache, run_cli)
       if call[0] == "train":
         reproduce.require_done(wd)
-  with open(os.path.join(kept_dir, "run_summary.json")) as f:
-    kept_summary = json.load(f)
   res = {"seed": args.seed, "name": args.name, "overrides": [*sched.overrides("sft"), *args.overrides],
          "command": "python -m experiments.sft_schedule " + " ".join(argv if argv is not None else sys.argv[1:]),
          "commit": reproduce_report.run_info("", args.out)["commit"], "host": reproduce_report.host(),

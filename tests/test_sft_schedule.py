@@ -61,6 +61,8 @@ def test_refuses_without_the_kept_start_or_with_another_schedules(tmp_path, caps
   assert "\n" not in err and f"{out}/runs/seed0/sft/eval.json is missing" in err
   kept = out / "runs" / "seed0" / "sft"
   _eval(str(kept / "eval.json"), [1], [1])
+  assert sft_schedule.main(argv, run_cli=lambda a: None) == 2  # no run_summary.json: no run
+  assert "seed0/sft/run_summary.json is missing" in capsys.readouterr().err
   (kept / "run_summary.json").write_text(json.dumps({"overrides": ["sft.steps=1500"]}))
   os.makedirs(runs / "seed0" / "base")
   (runs / "seed0" / "base" / "DONE").write_text("")
