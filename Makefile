@@ -44,9 +44,10 @@ evidence: install
 # a later one) runs only what is missing. reproduce-quick: one seed of the same schedule for the
 # headline comparison only (ReaLM-R1 and both controls), whose runs the full one reuses.
 # REPRO_DTYPE: the matmul operands (accumulated in fp32), each with its own results and runs:
-# bfloat16 (the default: a 3,000-step SFT start, about 3.4 h here from nothing;
-# experiments/results/reproduce_bf16/) or float32 (the earlier 1,500-step SFT start, whose
-# committed results it resumes; about 4.2 h; experiments/results/reproduce/). REPRO_JOBS=2
+# bfloat16 (the default: a 4,500-step SFT start, batches within one length bucket, about 3.2 h
+# here from nothing; experiments/results/reproduce_bf16/) or float32 (the earlier 1,500-step
+# ungrouped start, whose committed results it resumes; about 4.2 h;
+# experiments/results/reproduce/). REPRO_JOBS=2
 # runs two at a time, pinned to disjoint CPUs (on this 2-vCPU machine serial runs are about
 # as fast).
 REPRO_DTYPE ?= bfloat16
@@ -54,7 +55,8 @@ REPRO_JOBS ?= 1
 REPRO_ARGS ?=
 REPRO_SET_bfloat16 := --out experiments/results/reproduce_bf16 --runs runs/reproduce_bf16 \
   model.matmul_dtype=bfloat16
-REPRO_SET_float32 := --out experiments/results/reproduce --runs runs/reproduce --sft-steps 1500
+REPRO_SET_float32 := --out experiments/results/reproduce --runs runs/reproduce --sft-steps 1500 \
+  --sft-ungrouped
 REPRO_SET = $(or $(REPRO_SET_$(REPRO_DTYPE)),$(error REPRO_DTYPE=$(REPRO_DTYPE): use bfloat16 or float32))
 
 reproduce: install

@@ -27,7 +27,7 @@ import os
 import subprocess
 import sys
 
-from experiments import reproduce, reproduce_report
+from experiments import reproduce, reproduce_report, run_queue
 
 
 def train_args(name: str, seed: int, runs: str, signal_runs: str,
@@ -110,9 +110,7 @@ def main(argv: list[str] | None = None, run_cli=None) -> int:
   p.add_argument("--methods", default="realm_r1,no_verification")
   p.add_argument("--no-train", action="store_true",
                  help="tabulate the runs already in --signal-runs, training nothing")
-  p.add_argument("--sft-steps", type=int, default=reproduce.Schedule.sft_steps)
-  p.add_argument("--rl-steps", type=int, default=reproduce.Schedule.rl_steps)
-  p.add_argument("--rl-lr", type=float, default=reproduce.Schedule.rl_lr)
+  reproduce.add_schedule_args(p)
   p.add_argument("overrides", nargs="*",
                  help="the reproduction's, e.g. model.matmul_dtype=bfloat16")
   args = p.parse_args(argv)
@@ -127,8 +125,7 @@ def main(argv: list[str] | None = None, run_cli=None) -> int:
     if not reproduce.has_params(args.runs, args.seed, start):
       p.error(f"--runs: {reproduce.run_dir(args.runs, args.seed, start)} holds no finished "
               "start (no DONE); run make reproduce first")
-  sched = reproduce.Schedule(sft_steps=args.sft_steps, rl_steps=args.rl_steps,
-                             rl_lr=args.rl_lr, extra=tuple(args.overrides))
+  sched = reproduce.schedule_from(args, args.overrides)
   kept = {m: os.path.join(reproduce.result_dir(args.kept, args.seed, m), "run_summary.json")
           for m in names}
   for name in names:  # the kept run's settings, or it would measure another run
@@ -145,7 +142,7 @@ def main(argv: list[str] | None = None, run_cli=None) -> int:
     if not args.no_train:
       (run_cli or (lambda a: subprocess.run([sys.executable, "-m", "realm_jax", *a],
                                              check=True)))(cli)
-    reproduce.require_done(wd)
+    run_queue.require_done(wd)
     results[name] = dict(summarise(wd), same_as_kept=same_as_kept(wd, kept[name]))
   os.makedirs(args.out, exist_ok=True)
   with open(os.path.join(args.out, "group_signal.json"), "w") as f:

@@ -11,8 +11,9 @@ answers, 256 validation and 512 test questions, drawn once (`data.seed`) and sha
 by every seed; the seed sets the initialisation, the data order and the sampling):
 
     base        the format warm-up from scratch (80 steps on 400 of the CoTs)
-    sft         guided distillation from `base` on the 2,000 CoTs, validated and kept at
-                its best: the start every method below shares
+    sft         guided distillation from `base` on the 2,000 CoTs (4,500 steps, batches
+                drawn within one length bucket), validated and kept at its best: the start
+                every method below shares
     more_sft    control: as many more SFT updates as RL takes steps
     grpo        control: GRPO, never routes
     rft, cot_synth, realm_r1 and its ablations     from `sft`, the same RL sample budget
@@ -36,16 +37,16 @@ report is rewritten after every run.
 from __future__ import annotations
 
 import argparse
-import concurrent.futures as futures
 import dataclasses
 import json
 import os
 import queue
 import shutil
-import subprocess
 import sys
 import time
 from collections import Counter
+
+from experiments.run_queue import cpu_slots, require_done, run_call, schedule_runs
 
 # ReaLM-R1's RL: MRPV prompts faded by EAAI, with the route-contrast term.
 R1 = ("rl.routes=eaai", "rl.mrpv.w_ver=0.5", "rl.mrpv.contrast_coef=0.1")
@@ -92,7 +93,8 @@ class Schedule:
   it would cut EAAI's fade short, since validation shows no routes); the control
   SFT -> more SFT takes as many SFT updates, validated alike; RFT draws the same samples
   (2 rounds of rl_steps * 8 questions x 8) for as many updates."""
-  sft_steps: int = 3000
+  sft_steps: int = 4500
+  sft_grouped: bool = True  # SFT batches drawn within one prompt-length bucket
   rl_steps: int = 60
   rl_lr: float = 1e-4
   k: int = 4  # pass@k and maj@k at the training level
@@ -102,7 +104,8 @@ class Schedule:
   def overrides(self, name: str) -> list[str]:
     m = METHODS[name]
     sized = {"sft": [f"sft.steps={self.sft_steps}", f"sft.eval_every={max(1, self.sft_steps // 15)}",
-                     "sft.patience=0", "sft.route_share=0.25"],
+                     "sft.patience=0", "sft.route_share=0.25",
+                     *(["sft.group_by_bucket=true"] if self.sft_grouped else [])],
              # the control's updates: as many as RL's, at RL's learning rate and validation
              "more_sft": [f"sft.steps={self.rl_steps}", f"sft.lr={self.rl_lr}",
                           f"sft.warmup={max(1, self.rl_steps // 8)}",
@@ -255,71 +258,6 @@ def execute(name: str, seed: int, runs: str, sched: Schedule, cache: str, run_cl
         require_done(wd)
 
 
-def run_call(args: list[str], log, cache: str, run_cli=None, cpus: set[int] | None = None
-             ) -> None:
-  """One CLI call: a `python -m realm_jax` subprocess logged to `log`, sharing the XLA
-  compilation cache `cache` and pinned to `cpus` when given (or `run_cli(args)` here)."""
-  if run_cli is not None:
-    run_cli(args)
-    return
-  env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=cache,
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5")
-  cmd = [sys.executable, "-m", "realm_jax", *args]
-  log.write(f"$ {' '.join(cmd)}\n")
-  log.flush()
-  pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
-  subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, check=True, env=env,
-                 preexec_fn=pin)
-
-
-def require_done(workdir: str) -> None:
-  """A train call that returns without DONE was stopped (SIGTERM saves and exits 0): its
-  eval would measure an unfinished run, so the run stops here and a rerun resumes it."""
-  if not os.path.exists(os.path.join(workdir, "DONE")):
-    raise RuntimeError(f"{workdir}: training stopped before its last step (no DONE); "
-                       "rerun the same command to resume it")
-
-
-def cpu_slots(jobs: int) -> list[set[int]]:
-  """This process's CPUs dealt into `jobs` disjoint sets, one per concurrent run: XLA's
-  thread pools of two unpinned runs on the same cores slow both far more than 2x. One job
-  (or fewer CPUs than jobs): no pinning."""
-  cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-  if jobs <= 1 or len(cpus) < jobs:
-    return []
-  return [set(cpus[i::jobs]) for i in range(jobs)]
-
-
-def schedule_runs(tasks: list[tuple[int, str]], start_of, jobs: int, work, on_done=None
-                  ) -> dict[tuple[int, str], str]:
-  """Runs `work(task)` for every task, at most `jobs` at once, a task only after the one it
-  starts from (`start_of(task)`, or None) finished. A failure fails the tasks that start
-  from it, directly or not; the rest run. Returns {task: "ok" | error line}."""
-  status: dict[tuple[int, str], str] = {}
-  pending = list(tasks)
-  with futures.ThreadPoolExecutor(max_workers=jobs) as pool:
-    running: dict[futures.Future, tuple[int, str]] = {}
-    while pending or running:
-      for t in list(pending):
-        dep = start_of(t)
-        if dep is not None and dep in status and status[dep] != "ok":
-          status[t] = f"not run: {dep[1]} (seed {dep[0]}) failed"
-          pending.remove(t)
-        elif (dep is None or status.get(dep) == "ok") and len(running) < jobs:
-          running[pool.submit(work, t)] = t
-          pending.remove(t)
-      if not running:
-        continue
-      done, _ = futures.wait(running, return_when=futures.FIRST_COMPLETED)
-      for fut in done:
-        t = running.pop(fut)
-        err = fut.exception()
-        status[t] = "ok" if err is None else f"{type(err).__name__}: {err}"
-        if on_done is not None:
-          on_done(t, status[t])
-  return status
-
-
 def main(argv: list[str] | None = None, run_cli=None) -> int:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--out", default="experiments/results/reproduce")
@@ -329,9 +267,7 @@ def main(argv: list[str] | None = None, run_cli=None) -> int:
                  help="runs at once, each pinned to its share of the CPUs (default 1)")
   p.add_argument("--methods", default=",".join(METHODS),
                  help="comma-separated; the runs they start from are added")
-  p.add_argument("--sft-steps", type=int, default=Schedule.sft_steps)
-  p.add_argument("--rl-steps", type=int, default=Schedule.rl_steps)
-  p.add_argument("--rl-lr", type=float, default=Schedule.rl_lr)
+  add_schedule_args(p)
   p.add_argument("overrides", nargs="*", help="for every run, e.g. eval.num_questions=64")
   args = p.parse_args(argv)
   from experiments import reproduce_report
@@ -339,8 +275,7 @@ def main(argv: list[str] | None = None, run_cli=None) -> int:
   if unknown:
     p.error(f"--methods: unknown {', '.join(unknown)}; choose from {', '.join(METHODS)}")
   names = with_starts([m for m in args.methods.split(",") if m])
-  sched = Schedule(sft_steps=args.sft_steps, rl_steps=args.rl_steps, rl_lr=args.rl_lr,
-                   extra=tuple(args.overrides))
+  sched = schedule_from(args, args.overrides)
   command = "python -m experiments.reproduce " + " ".join(argv if argv is not None else sys.argv[1:])
   info = reproduce_report.run_info(command, args.out)
   try:
@@ -382,6 +317,20 @@ def main(argv: list[str] | None = None, run_cli=None) -> int:
   for (seed, name), s in failed.items():
     print(f"[reproduce] seed {seed} {name}: {s} (log: {run_dir(args.runs, seed, name)}/reproduce.log)")
   return 1 if failed else 0
+
+
+def add_schedule_args(p: argparse.ArgumentParser) -> None:
+  """The schedule's sizes, for every driver that runs or reads a reproduction's runs."""
+  p.add_argument("--sft-steps", type=int, default=Schedule.sft_steps)
+  p.add_argument("--sft-ungrouped", action="store_true",
+                 help="SFT batches drawn across length buckets (the schedules before 4,500 steps)")
+  p.add_argument("--rl-steps", type=int, default=Schedule.rl_steps)
+  p.add_argument("--rl-lr", type=float, default=Schedule.rl_lr)
+
+
+def schedule_from(args: argparse.Namespace, extra) -> Schedule:
+  return Schedule(sft_steps=args.sft_steps, sft_grouped=not args.sft_ungrouped,
+                  rl_steps=args.rl_steps, rl_lr=args.rl_lr, extra=tuple(extra))
 
 
 def with_starts(names: list[str]) -> list[str]:

@@ -363,7 +363,8 @@ def write(out: str, seeds: int, names: list[str], sched, info: dict) -> dict:
   md = (f"# The reproduction in the evidence setting\n\n"
         f"Command: `{info['command']}`  \nCommit of this report: `{info['commit']}`; each run's "
         f"commit is in its `runs/seed*/*/run_summary.json`  \n"
-        f"Seeds asked: {seeds}; finished: {done}. Schedule: SFT {sched.sft_steps} steps, RL "
+        f"Seeds asked: {seeds}; finished: {done}. Schedule: SFT {sched.sft_steps} steps"
+        f"{' (batches within one length bucket)' if sched.sft_grouped else ''}, RL "
         f"{sched.rl_steps} steps of 16 x 8 at lr {sched.rl_lr:g}.\n\n"
         f"Accuracy: greedy, mean over the seeds a row finished (its seeds column). Differences: "
         f"paired, question by question within a seed, over the seeds both runs finished, mean "
@@ -386,6 +387,7 @@ def write(out: str, seeds: int, names: list[str], sched, info: dict) -> dict:
   with open(os.path.join(out, "table.md"), "w") as f:
     f.write(md)
   result = {**info, "seeds": seeds, "schedule": {"sft_steps": sched.sft_steps,
+                                                 "sft_grouped": sched.sft_grouped,
                                                  "rl_steps": sched.rl_steps, "rl_lr": sched.rl_lr,
                                                  "k": sched.k, "levels": list(levels)},
             "seed_wall": seed_wall, "summary": summary, "against_realm_r1": vs_r1,

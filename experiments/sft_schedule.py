@@ -22,7 +22,7 @@ import json
 import os
 import sys
 
-from experiments import convergence, reproduce, reproduce_report
+from experiments import convergence, reproduce, reproduce_report, run_queue
 from realm_jax.evaluation import paired
 
 SETTINGS = (("L0", "eval.json", "without routes"), ("L0 with routes", "eval.json", "with routes"),
@@ -77,15 +77,13 @@ def main(argv: list[str] | None = None, run_cli=None) -> int:
   p.add_argument("--name", required=True, help="the schedule's name: its workdir and files")
   p.add_argument("--out", default="experiments/results/reproduce_bf16")
   p.add_argument("--runs", default="runs/reproduce_bf16")
-  p.add_argument("--sft-steps", type=int, default=reproduce.Schedule.sft_steps,
-                 help="the reproduction's schedule the kept start was made with")
+  reproduce.add_schedule_args(p)  # the reproduction's schedule the kept start was made with
   p.add_argument("--extra", action="append",
                  help="one of the reproduction's overrides for every run, repeated for each "
                       "(default: model.matmul_dtype=bfloat16, as `make reproduce`)")
   p.add_argument("overrides", nargs="+", help="the other schedule, e.g. sft.steps=4500")
   args = p.parse_args(argv)
-  sched = reproduce.Schedule(sft_steps=args.sft_steps,
-                             extra=tuple(args.extra or ["model.matmul_dtype=bfloat16"]))
+  sched = reproduce.schedule_from(args, args.extra or ["model.matmul_dtype=bfloat16"])
   kept_dir = reproduce.result_dir(args.out, args.seed, "sft")
   base = reproduce.run_dir(args.runs, args.seed, "base")
   for need in (os.path.join(kept_dir, "eval.json"), os.path.join(kept_dir, "run_summary.json"),
@@ -99,7 +97,7 @@ def main(argv: list[str] | None = None, run_cli=None) -> int:
   kept_over = kept_summary.get("overrides")
   if kept_over is not None and kept_over != sched.overrides("sft"):
     print(f"sft_schedule: error: {kept_dir}/run_summary.json was made with {kept_over}, not "
-          f"{sched.overrides('sft')}: pass that reproduction's --sft-steps and --extra",
+          f"{sched.overrides('sft')}: pass that reproduction's --sft-steps, --sft-ungrouped and --extra",
           file=sys.stderr)
     return 2
   wd, calls = commands(args.seed, args.name, args.runs, sched, args.overrides)
@@ -107,9 +105,9 @@ def main(argv: list[str] | None = None, run_cli=None) -> int:
   cache = os.path.abspath(os.path.join(args.runs, "xla_cache"))
   with reproduce_report.timed(wd), open(os.path.join(wd, "sft_schedule.log"), "a") as log:
     for call in calls:
-      reproduce.run_call(call, log, cache, run_cli)
+      run_queue.run_call(call, log, cache, run_cli)
       if call[0] == "train":
-        reproduce.require_done(wd)
+        run_queue.require_done(wd)
   res = {"seed": args.seed, "name": args.name, "overrides": [*sched.overrides("sft"), *args.overrides],
          "command": "python -m experiments.sft_schedule " + " ".join(argv if argv is not None else sys.argv[1:]),
          "commit": reproduce_report.run_info("", args.out)["commit"], "host": reproduce_report.host(),

@@ -152,7 +152,7 @@ def test_make_group_signal_reads_the_reproduction_of_the_same_precision():
       ((), "experiments/results/reproduce_bf16", "runs/reproduce_bf16",
        ["model.matmul_dtype=bfloat16"]),
       (("REPRO_DTYPE=float32",), "experiments/results/reproduce", "runs/reproduce",
-       ["--sft-steps", "1500"])]:
+       ["--sft-steps", "1500", "--sft-ungrouped"])]:
     made = subprocess.run(["make", "-n", "group-signal", *variables], cwd=root,
                           capture_output=True, text=True, check=True)
     line = next(ln for ln in made.stdout.splitlines() if "-m experiments.group_signal" in ln)

@@ -32,7 +32,8 @@ def test_tables_from_a_hand_written_result():
       "| control: SFT → GRPO | −0.100 (−0.200 .. +0.050) |  |  |"
 
 
-@pytest.mark.parametrize("results", ["reproduce", "reproduce_bf16", "reproduce_bf16_sft1500"])
+@pytest.mark.parametrize("results", ["reproduce", "reproduce_bf16", "reproduce_bf16_sft3000",
+                                     "reproduce_bf16_sft1500"])
 def test_readme_shows_the_committed_results(results):
   with open(os.path.join(ROOT, "experiments", "results", results, "results.json")) as f:
     r = json.load(f)

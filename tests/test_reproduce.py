@@ -1,6 +1,7 @@
 """The reproduction: who starts from what with which budget, the scheduler's order and
 failures, and the report's paired numbers against hand-made eval files."""
 
+import argparse
 import dataclasses
 import json
 import os
@@ -13,7 +14,7 @@ import time
 import numpy as np
 import pytest
 
-from experiments import reproduce, reproduce_report
+from experiments import reproduce, reproduce_report, run_queue
 from realm_jax import configs
 from realm_jax.evaluation import paired
 
@@ -108,7 +109,7 @@ def test_scheduler_orders_by_start_bounds_jobs_and_fails_only_dependents():
     if t[1] == "a":
       raise RuntimeError("boom")
 
-  status = reproduce.schedule_runs([(0, n) for n in starts],
+  status = run_queue.schedule_runs([(0, n) for n in starts],
                                    lambda t: (0, starts[t[1]]) if starts[t[1]] else None, 2, work)
   assert peak[0] == 2
   for n, s in starts.items():
@@ -256,13 +257,13 @@ def test_a_tiny_reproduction_runs_resumes_and_reports(tmp_path, capsys):
 
 
 def test_concurrent_runs_get_disjoint_cpus_and_their_processes_are_pinned(monkeypatch, tmp_path):
-  monkeypatch.setattr(reproduce.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
-  assert reproduce.cpu_slots(2) == [{0, 2}, {1, 3}]
-  assert reproduce.cpu_slots(1) == [] and reproduce.cpu_slots(5) == []
+  monkeypatch.setattr(run_queue.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+  assert run_queue.cpu_slots(2) == [{0, 2}, {1, 3}]
+  assert run_queue.cpu_slots(1) == [] and run_queue.cpu_slots(5) == []
   monkeypatch.undo()
   seen = {}
   monkeypatch.setattr(reproduce, "commands", lambda *a: [["noop"]])
-  monkeypatch.setattr(reproduce.subprocess, "run", lambda cmd, **kw: seen.update(kw))
+  monkeypatch.setattr(run_queue.subprocess, "run", lambda cmd, **kw: seen.update(kw))
   cpu = min(os.sched_getaffinity(0))
   reproduce.execute("grpo", 0, str(tmp_path), SCHED, "cache", cpus={cpu})
   monkeypatch.undo()
@@ -444,14 +445,18 @@ def test_make_reproduce_runs_each_precision_into_its_own_committed_results():
     extra = tuple(a for a in args if "=" in a)
     assert args[args.index("--runs") + 1] == "runs/" + os.path.basename(out)
     dirs[variables[0] if variables else "default"] = out
-    sft = int(args[args.index("--sft-steps") + 1]) if "--sft-steps" in args else None
-    sched = reproduce.Schedule(sft_steps=sft or reproduce.Schedule.sft_steps, extra=extra)
+    parser = argparse.ArgumentParser()
+    reproduce.add_schedule_args(parser)
+    sched = reproduce.schedule_from(parser.parse_known_args(args)[0], extra)
     reproduce.check_same_overrides(names, 3, out, "/nonexistent", sched)
     # the start's schedule is checked too: the bf16 results' seed 0 start has its summary
     assert os.path.exists(os.path.join(out, "runs", "seed0", "sft", "run_summary.json"))
     with pytest.raises(ValueError, match="seed0/sft/run_summary.json: made with"):
       reproduce.check_same_overrides(names, 3, out, "/nonexistent",
                                      dataclasses.replace(sched, sft_steps=sched.sft_steps + 1))
+    with pytest.raises(ValueError, match="seed0/sft/run_summary.json: made with"):
+      reproduce.check_same_overrides(names, 3, out, "/nonexistent",
+                                     dataclasses.replace(sched, sft_grouped=not sched.sft_grouped))
     other = () if extra else ("model.matmul_dtype=bfloat16",)
     with pytest.raises(ValueError, match="seed0/base/run_summary.json: made with"):
       reproduce.check_same_overrides(names, 3, out, "/nonexistent",
