@@ -44,7 +44,7 @@ evidence: install
 # a later one) runs only what is missing. reproduce-quick: one seed of the same schedule for the
 # headline comparison only (ReaLM-R1 and both controls), whose runs the full one reuses.
 # REPRO_DTYPE: the matmul operands (accumulated in fp32), each with its own results and runs:
-# bfloat16 (the default: a 4,500-step SFT start, batches within one length bucket, about 3.2 h
+# bfloat16 (the default: a 4,500-step SFT start, batches within one length bucket, about 3.5 h
 # here from nothing; experiments/results/reproduce_bf16/) or float32 (the earlier 1,500-step
 # ungrouped start, whose committed results it resumes; about 4.2 h;
 # experiments/results/reproduce/). REPRO_JOBS=2
