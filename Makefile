@@ -7,7 +7,7 @@ WORKDIR ?= runs/demo
 PYTEST_ARGS ?=
 SWEEP ?= experiments/sweeps/tiny_lr.py
 
-.PHONY: install test test-fast demo evidence reproduce reproduce-quick group-signal evidence-smollm2 bench bench-peers gpu-check sweep clean
+.PHONY: install test test-fast demo evidence reproduce reproduce-quick reproduce-level1 group-signal evidence-smollm2 bench bench-peers gpu-check sweep clean
 
 install: $(STAMP)
 
@@ -65,6 +65,15 @@ reproduce: install
 reproduce-quick: install
 	$(PY) -m experiments.reproduce --seeds 1 --jobs $(REPRO_JOBS) --methods more_sft,grpo,realm_r1 \
 	  $(REPRO_SET) $(REPRO_ARGS)
+
+# After make reproduce: its level-0 base and SFT starts (copied), then more SFT, GRPO, the
+# CoT-synthesizer style and ReaLM-R1 on level 1, whose express and fragile rules the starts
+# never distilled, evaluated at levels 1 and 2 (experiments/results/reproduce_bf16_level1/).
+reproduce-level1: install
+	$(PY) -m experiments.reproduce --seeds 3 --jobs $(REPRO_JOBS) --level 1 \
+	  --starts runs/reproduce_bf16 --methods more_sft,grpo,cot_synth,realm_r1 \
+	  --out experiments/results/reproduce_bf16_level1 --runs runs/reproduce_bf16_level1 \
+	  model.matmul_dtype=bfloat16 $(REPRO_ARGS)
 
 # After make reproduce (same REPRO_DTYPE): seed 0's ReaLM-R1 and no-verification ablation
 # trained again with the signal/* metrics: which reward columns vary within GRPO groups

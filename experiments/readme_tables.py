@@ -2,9 +2,10 @@
 
     python -m experiments.readme_tables experiments/results/reproduce_bf16/results.json
 
-prints the accuracy table (L0 and L1 without routes, L0 with routes, paired differences to
-the two controls) and every method against ReaLM-R1, in the README's wording: unicode
-minus signs, intervals as (low .. high), bold where an interval excludes 0.
+prints the accuracy table (the training and the harder level without routes, the training
+level with routes, paired differences to the two controls) and every method against
+ReaLM-R1, in the README's wording: unicode minus signs, intervals as (low .. high), bold
+where an interval excludes 0.
 """
 
 from __future__ import annotations
@@ -31,9 +32,16 @@ def diff(d: dict | None) -> str:
   return reproduce_report.ci_cell(d).replace("-", "−")
 
 
+def levels(results: dict) -> tuple[str, str]:
+  """The training and harder levels' column labels: "L0", "L1" unless the schedule says."""
+  lo, hi = results.get("schedule", {}).get("levels", (0, 1))
+  return f"L{lo}", f"L{hi}"
+
+
 def accuracy_table(results: dict) -> str:
-  head = ["run", "seeds", "L0", "L0 with routes", "L1", "L0 − GRPO", "L1 − GRPO",
-          "L0 − more SFT", "L1 − more SFT"]
+  lo, hi = levels(results)
+  head = ["run", "seeds", lo, f"{lo} with routes", hi, f"{lo} − GRPO", f"{hi} − GRPO",
+          f"{lo} − more SFT", f"{hi} − more SFT"]
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for name, label in ROWS.items():
     r = results["summary"].get(name)
@@ -46,7 +54,8 @@ def accuracy_table(results: dict) -> str:
 
 
 def against_r1_table(results: dict) -> str:
-  lines = ["| method − ReaLM-R1 | L0 | L0 with routes | L1 |", "|---|---|---|---|"]
+  lo, hi = levels(results)
+  lines = [f"| method − ReaLM-R1 | {lo} | {lo} with routes | {hi} |", "|---|---|---|---|"]
   for name, label in ROWS.items():
     r = results["against_realm_r1"].get(name)
     if r:

@@ -24,6 +24,11 @@ without routes, pass@k and maj@k without) and at level 1 without routes, harder 
 anything trained. `experiments/reproduce_report.py` pairs the methods question by question
 and writes the table, the plot and the wall times to OUT.
 
+`--level 1 --starts runs/reproduce_bf16` (`make reproduce-level1`) asks where routes carry
+what the start lacks: the same base and SFT starts (copied, not trained again), then RL
+and more SFT on level 1, whose express and fragile rules SFT never distilled (only the
+routes, and more SFT's level-1 CoTs, show them), every run evaluated at level 1 and 2.
+
 Runs are subprocesses of the CLI, `--jobs` at a time. A finished run's eval files
 and summary are kept under OUT/runs/seed{s}/NAME (small; committed), so a rerun,
 in this session or a later one on a machine without the run directories, runs
@@ -98,6 +103,7 @@ class Schedule:
   rl_steps: int = 60
   rl_lr: float = 1e-4
   k: int = 4  # pass@k and maj@k at the training level
+  level: int = 0  # RL, more SFT and every evaluation at this level; base and SFT at level 0
   harder_level: int = 1
   extra: tuple[str, ...] = ()  # overrides for every run (e.g. smaller eval sets in tests)
 
@@ -117,7 +123,11 @@ class Schedule:
       sized = [f"rl.steps={self.rl_steps}", f"rl.lr={self.rl_lr}",
                f"rl.warmup={max(1, self.rl_steps // 8)}",
                f"rl.eval_every={max(1, self.rl_steps // 10)}"]
-    return [*sized, *self.extra, *m.overrides]
+    return [*sized, *(self.at_level() if m.start else []), *self.extra, *m.overrides]
+
+  def at_level(self) -> list[str]:
+    """The data override of the runs trained, and of every run evaluated, at `level`."""
+    return [f"data.difficulty={self.level}"] if self.level else []
 
 
 def run_dir(runs: str, seed: int, name: str) -> str:
@@ -129,7 +139,7 @@ def commands(name: str, seed: int, runs: str, sched: Schedule) -> list[list[str]
   m, wd = METHODS[name], run_dir(runs, seed, name)
   start = [f"init_from={run_dir(runs, seed, m.start)}"] if m.start else []
   train = ["train", m.experiment, "--workdir", wd, f"seed={seed}", *start, *sched.overrides(name)]
-  extra = list(sched.extra)
+  extra = [*sched.at_level(), *sched.extra]
   # only what the report reads: pass@k and maj@k without routes, the harder level without
   return [train,
           ["eval", "--workdir", wd, "eval.final_only=true", f"eval.k={sched.k}",
@@ -185,6 +195,24 @@ def _recorded(path: str) -> list[str] | None:
   with open(path) as f:
     rec = json.load(f).get("overrides")
   return None if rec is None else list(rec)
+
+
+def copy_starts(names: list[str], seeds: int, runs: str, starts: str, sched: Schedule) -> None:
+  """Copies the finished runs others start from (base, sft) out of another reproduction's run
+  directories when this one lacks them, if made under the same overrides: `--level 1 --starts
+  runs/reproduce_bf16` reuses `make reproduce`'s level-0 starts instead of training them again."""
+  for seed in range(seeds):
+    for n in [n for n in names if any(METHODS[m].start == n for m in names)]:
+      src, dst = run_dir(starts, seed, n), run_dir(runs, seed, n)
+      if has_params(runs, seed, n) or not has_params(starts, seed, n):
+        continue
+      have = _recorded(os.path.join(src, OVERRIDES_FILE))
+      if have != sched.overrides(n):
+        raise ValueError(f"{src}: made with overrides {have} where this reproduction's {n} has "
+                         f"{sched.overrides(n)}; drop --starts")
+      if os.path.exists(dst):
+        raise ValueError(f"{dst}: unfinished; delete it to copy {src} there, or drop --starts")
+      shutil.copytree(src, dst)
 
 
 def check_same_overrides(names: list[str], seeds: int, out: str, runs: str,
@@ -267,6 +295,8 @@ def main(argv: list[str] | None = None, run_cli=None) -> int:
                  help="runs at once, each pinned to its share of the CPUs (default 1)")
   p.add_argument("--methods", default=",".join(METHODS),
                  help="comma-separated; the runs they start from are added")
+  p.add_argument("--starts", metavar="RUNS",
+                 help="another reproduction's --runs: its finished base and SFT starts are copied")
   add_schedule_args(p)
   p.add_argument("overrides", nargs="*", help="for every run, e.g. eval.num_questions=64")
   args = p.parse_args(argv)
@@ -279,6 +309,8 @@ def main(argv: list[str] | None = None, run_cli=None) -> int:
   command = "python -m experiments.reproduce " + " ".join(argv if argv is not None else sys.argv[1:])
   info = reproduce_report.run_info(command, args.out)
   try:
+    if args.starts:
+      copy_starts(names, args.seeds, args.runs, args.starts, sched)
     check_same_overrides(names, args.seeds, args.out, args.runs, sched)
   except ValueError as e:
     print(f"reproduce: error: {e}", file=sys.stderr)
@@ -326,11 +358,15 @@ def add_schedule_args(p: argparse.ArgumentParser) -> None:
                  help="SFT batches drawn across length buckets (the schedules before 4,500 steps)")
   p.add_argument("--rl-steps", type=int, default=Schedule.rl_steps)
   p.add_argument("--rl-lr", type=float, default=Schedule.rl_lr)
+  p.add_argument("--level", type=int, default=Schedule.level,
+                 help="RL, more SFT and every evaluation at this level (harder: the next one); "
+                      "base and SFT stay at level 0")
 
 
 def schedule_from(args: argparse.Namespace, extra) -> Schedule:
   return Schedule(sft_steps=args.sft_steps, sft_grouped=not args.sft_ungrouped,
-                  rl_steps=args.rl_steps, rl_lr=args.rl_lr, extra=tuple(extra))
+                  rl_steps=args.rl_steps, rl_lr=args.rl_lr, level=args.level,
+                  harder_level=args.level + 1, extra=tuple(extra))
 
 
 def with_starts(names: list[str]) -> list[str]:

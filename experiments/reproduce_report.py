@@ -156,8 +156,7 @@ def routes_shown(workdir: str) -> int:
   path = os.path.join(workdir, "metrics.jsonl")
   if not os.path.exists(path):
     return 0
-  per_step = {}
-  run = {}
+  per_step, run = {}, {}
   if os.path.exists(os.path.join(workdir, "run.json")):
     with open(os.path.join(workdir, "run.json")) as f:
       run = json.load(f)
@@ -170,16 +169,15 @@ def routes_shown(workdir: str) -> int:
   return int(round(sum(per_step.values())))
 
 
-def teacher_cots(name: str) -> str:
+def teacher_cots(name: str, level: int = 0) -> str:
   """The teacher CoTs a method consumed through its starts: the base warm-up reads 400 of
-  the 2,000 that SFT distils (SFT also shows a quarter of them with their route pools)."""
+  the 2,000 that SFT distils (SFT also shows a quarter of them with their route pools); at
+  `level` > 0 more SFT draws its updates from as many CoTs of that level."""
   from experiments import evidence, reproduce
-  chain, n = [], name
-  while n is not None:
-    chain.append(n)
-    n = reproduce.METHODS[n].start
+  chain = reproduce.with_starts([name])
   cfg = evidence.get_config()
-  return f"{cfg.sft.num_items:,}" if "sft" in chain else f"{cfg.base.num_items:,}"
+  more = f" + {cfg.sft.num_items:,} of level {level}" if level and name == "more_sft" else ""
+  return (f"{cfg.sft.num_items:,}" if "sft" in chain else f"{cfg.base.num_items:,}") + more
 
 
 def check_same_questions(a: dict, b: dict) -> None:
@@ -337,7 +335,7 @@ def write(out: str, seeds: int, names: list[str], sched, info: dict) -> dict:
   controls = tuple(c for c in ("grpo", "more_sft") if c in names)
   summary = summarize(per, sched.k, controls)
   base = baselines(per)
-  levels = (0, sched.harder_level)
+  levels = (sched.level, sched.harder_level)
   runs = {}
   for s in range(seeds):
     for n in names:
@@ -345,7 +343,7 @@ def write(out: str, seeds: int, names: list[str], sched, info: dict) -> dict:
       if os.path.exists(p):
         with open(p) as f:
           runs[(s, n)] = json.load(f)
-  budgets = {n: {"cots": teacher_cots(n),
+  budgets = {n: {"cots": teacher_cots(n, sched.level),
                  "routes": float(np.mean([r["routes_shown"] for (s, m), r in runs.items() if m == n]
                                          or [0]))} for n in names}
   seed_wall = {}
@@ -365,7 +363,9 @@ def write(out: str, seeds: int, names: list[str], sched, info: dict) -> dict:
         f"commit is in its `runs/seed*/*/run_summary.json`  \n"
         f"Seeds asked: {seeds}; finished: {done}. Schedule: SFT {sched.sft_steps} steps"
         f"{' (batches within one length bucket)' if sched.sft_grouped else ''}, RL "
-        f"{sched.rl_steps} steps of 16 x 8 at lr {sched.rl_lr:g}.\n\n"
+        f"{sched.rl_steps} steps of 16 x 8 at lr {sched.rl_lr:g}"
+        f"{f'; RL and more SFT at level {sched.level}, from level-0 starts' if sched.level else ''}"
+        ".\n\n"
         f"Accuracy: greedy, mean over the seeds a row finished (its seeds column). Differences: "
         f"paired, question by question within a seed, over the seeds both runs finished, mean "
         f"over seeds, 95% two-level bootstrap interval (seeds, and questions: one resample "
