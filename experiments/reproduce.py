@@ -89,6 +89,7 @@ METHODS: dict[str, Method] = {
                          "ReaLM-Zero: MRPV + EAAI from the base (ablation: no distillation)"),
 }
 CONTROL = "grpo"
+STARTS = ("base", "sft")  # trained at level 0 whatever the schedule's level
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,7 +124,7 @@ class Schedule:
       sized = [f"rl.steps={self.rl_steps}", f"rl.lr={self.rl_lr}",
                f"rl.warmup={max(1, self.rl_steps // 8)}",
                f"rl.eval_every={max(1, self.rl_steps // 10)}"]
-    return [*sized, *(self.at_level() if m.start else []), *self.extra, *m.overrides]
+    return [*sized, *(self.at_level() if name not in STARTS else []), *self.extra, *m.overrides]
 
   def at_level(self) -> list[str]:
     """The data override of the runs trained, and of every run evaluated, at `level`."""
