@@ -273,7 +273,8 @@ def execute(name: str, seed: int, runs: str, sched: Schedule, cache: str, run_cl
             cpus: set[int] | None = None) -> None:
   """Runs one method's commands, each a subprocess logged to the workdir's reproduce.log
   and pinned to `cpus` when given (or `run_cli(args)` in this process). Each call's time is
-  added to the run's wall.jsonl, stopped or not (`reproduce_report.wall_summary`)."""
+  added to the run's wall.jsonl, stopped or not (`reproduce_report.wall_summary`). A finished
+  run is only evaluated."""
   from experiments import reproduce_report
   wd = run_dir(runs, seed, name)
   os.makedirs(wd, exist_ok=True)
@@ -282,6 +283,8 @@ def execute(name: str, seed: int, runs: str, sched: Schedule, cache: str, run_cl
   n_cpus = len(cpus) if cpus else reproduce_report.usable_cpus()
   with reproduce_report.timed(wd, n_cpus), open(os.path.join(wd, "reproduce.log"), "a") as log:
     for args in commands(name, seed, runs, sched):
+      if args[0] == "train" and has_params(runs, seed, name):
+        continue  # finished (here, or copied by `copy_starts`): train would only resume to its end
       run_call(args, log, cache, run_cli, cpus)
       if args[0] == "train":
         require_done(wd)

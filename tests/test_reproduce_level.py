@@ -1,0 +1,171 @@
+"""`reproduce --level N --starts RUNS`: RL and more SFT on a level the level-0 starts never
+distilled, every run evaluated at N and N + 1 on the same questions, the starts copied
+from another reproduction only when they were made under the same overrides."""
+
+import argparse
+import dataclasses
+import json
+import os
+import subprocess
+
+import numpy as np
+import pytest
+
+from experiments import readme_tables, reproduce, reproduce_report
+from realm_jax import configs
+
+ROOT = os.path.dirname(os.path.dirname(__file__))
+L1 = reproduce.Schedule(sft_steps=300, rl_steps=40, level=1, harder_level=2)
+
+
+def _config(name, sched):
+  m = reproduce.METHODS[name]
+  ov = [o for o in reproduce.commands(name, 0, "runs/r", sched)[0][4:] if "=" in o]
+  return configs.load_experiment(m.experiment, ov)
+
+
+def test_starts_stay_at_level_0_and_every_other_run_trains_at_the_level():
+  cfgs = {n: _config(n, L1) for n in reproduce.METHODS}
+  assert cfgs["base"].data.difficulty == cfgs["sft"].data.difficulty == 0
+  others = set(reproduce.METHODS) - {"base", "sft"}
+  assert {cfgs[n].data.difficulty for n in others} == {1}
+  # one data set for every trained run, the start's the same but for its level
+  assert len({cfgs[n].data for n in others}) == 1
+  assert cfgs["sft"].data == dataclasses.replace(cfgs["grpo"].data, difficulty=0)
+  # level 0 (the default) adds no override, so `make reproduce`'s kept results still resume;
+  # level 1 adds only the data's level
+  plain = reproduce.Schedule(sft_steps=300, rl_steps=40)
+  for n in reproduce.METHODS:
+    assert not any(o.startswith("data.difficulty") for o in plain.overrides(n)), n
+    assert [o for o in L1.overrides(n) if o != "data.difficulty=1"] == plain.overrides(n), n
+
+
+def test_every_run_is_evaluated_at_the_level_and_the_next():
+  for name in ("base", "sft", "grpo"):
+    _, ev, harder = reproduce.commands(name, 0, "R", L1)
+    assert "data.difficulty=1" in ev and not any(a.startswith("eval.difficulty") for a in ev)
+    assert "data.difficulty=1" in harder and "eval.difficulty=2" in harder
+  assert reproduce.result_files(L1) == ["eval.json", "eval_d2.json", "run_summary.json"]
+
+
+def _fake_run(runs, name, overrides, done=True):
+  d = os.path.join(runs, "seed0", name)
+  os.makedirs(d)
+  with open(os.path.join(d, reproduce.OVERRIDES_FILE), "w") as f:
+    json.dump({"overrides": overrides}, f)
+  if done:
+    open(os.path.join(d, "DONE"), "w").close()
+  return d
+
+
+def test_copy_starts_copies_only_finished_starts_made_under_the_same_overrides(tmp_path):
+  src, dst = str(tmp_path / "a"), str(tmp_path / "b")
+  names = reproduce.with_starts(["grpo"])
+  _fake_run(src, "base", L1.overrides("base"))
+  _fake_run(src, "sft", L1.overrides("sft"))
+  _fake_run(src, "grpo", L1.overrides("grpo"))
+  reproduce.copy_starts(names, 1, dst, src, L1)
+  assert sorted(os.listdir(os.path.join(dst, "seed0"))) == ["base", "sft"]  # not grpo
+  assert os.path.exists(os.path.join(dst, "seed0", "sft", "DONE"))
+  reproduce.copy_starts(names, 1, dst, src, L1)  # present: nothing to do
+
+  other = str(tmp_path / "c")
+  _fake_run(other, "base", L1.overrides("base"))
+  _fake_run(other, "sft", ["sft.steps=9", *L1.overrides("sft")])
+  with pytest.raises(ValueError, match=r"c/seed0/sft: made with overrides \['sft.steps=9'"):
+    reproduce.copy_starts(names, 1, str(tmp_path / "d"), other, L1)
+
+  half = str(tmp_path / "e")
+  _fake_run(half, "sft", L1.overrides("sft"), done=False)
+  with pytest.raises(ValueError, match=r"e/seed0/sft: unfinished; delete it"):
+    reproduce.copy_starts(names, 1, half, src, L1)
+  unfinished = str(tmp_path / "f")
+  _fake_run(unfinished, "base", L1.overrides("base"), done=False)
+  reproduce.copy_starts(["base"], 1, str(tmp_path / "g"), unfinished, L1)
+  assert not os.path.exists(tmp_path / "g")  # an unfinished start is not copied
+
+
+TINY = ["model.tiny.num_layers=1", "model.tiny.d_model=32", "model.tiny.num_heads=2",
+        "model.tiny.num_kv_heads=1", "model.tiny.head_dim=16", "model.tiny.mlp_dim=64",
+        "data.num_train=48", "data.num_valid=8", "data.num_eval=8", "eval.num_questions=8",
+        "eval.max_new_tokens=12", "eval.batch_size=8", "base.steps=2", "base.num_items=16",
+        "sft.num_items=32", "rl.batch_prompts=2", "rl.group_size=2", "rl.max_new_tokens=12",
+        "checkpoint_every=1000", "mesh=1,1,1"]
+
+
+def test_a_tiny_level_1_reproduction_reuses_the_level_0_starts_and_pairs_every_run(tmp_path):
+  from realm_jax.cli import main as cli_main
+  calls = []
+
+  def run_cli(args):
+    calls.append(args[0])
+    cli_main.main(args)
+
+  common = ["--seeds", "1", "--sft-steps", "3", "--rl-steps", "2", *TINY]
+  level0 = ["--out", str(tmp_path / "out0"), "--runs", str(tmp_path / "runs0"), "--methods", "base,sft"]
+  assert reproduce.main([*level0, *common], run_cli=run_cli) == 0
+  sft0 = tmp_path / "runs0" / "seed0" / "sft"
+  trained = {p: (sft0 / p).read_bytes() for p in ("metrics.jsonl", "DONE")}
+  argv = ["--out", str(tmp_path / "out1"), "--runs", str(tmp_path / "runs1"), "--level", "1",
+          "--starts", str(tmp_path / "runs0"), "--methods", "grpo,more_sft", *common]
+  calls.clear()
+  assert reproduce.main(argv, run_cli=run_cli) == 0
+  # base and sft (copied, finished) are evaluated only; grpo and more_sft trained too
+  assert calls == ["eval", "eval"] * 2 + ["train", "eval", "eval"] * 2
+  sft1 = tmp_path / "runs1" / "seed0" / "sft"
+  # the copied start was not trained again: its metrics and marker are those of level 0's
+  assert {p: (sft1 / p).read_bytes() for p in trained} == trained
+  grpo_run = json.loads((tmp_path / "runs1" / "seed0" / "grpo" / "run.json").read_text())
+  assert grpo_run["config"]["data"]["difficulty"] == 1
+  evals = {n: json.loads((tmp_path / "runs1" / "seed0" / n / "eval.json").read_text())
+           for n in ("base", "sft", "grpo", "more_sft")}
+  assert {e["difficulty"] for e in evals.values()} == {1}
+  assert len({e["questions_sha256"] for e in evals.values()}) == 1  # paired: same questions
+  harder = {n: json.loads((tmp_path / "runs1" / "seed0" / n / "eval_d2.json").read_text())
+            for n in evals}
+  assert {e["difficulty"] for e in harder.values()} == {2}
+  assert len({e["questions_sha256"] for e in harder.values()}) == 1
+  r = json.loads((tmp_path / "out1" / "results.json").read_text())
+  assert r["schedule"]["levels"] == [1, 2]
+  fin = lambda e: next(v for k, v in e["results"].items() if k.startswith("final"))
+  want = np.mean(np.subtract(fin(evals["sft"])["without routes"]["correct"],
+                             fin(evals["grpo"])["without routes"]["correct"]))
+  assert r["summary"]["sft"]["l0 - grpo"]["diff"] == pytest.approx(want)
+  assert r["teacher_budget"]["more_sft"]["cots"] == "2,000 + 2,000 of level 1"
+  assert r["teacher_budget"]["grpo"]["cots"] == "2,000"
+  table = (tmp_path / "out1" / "table.md").read_text()
+  assert "RL and more SFT at level 1, from level-0 starts" in table
+  assert "| L1 no routes | L1 with routes |" in table and "| L2 no routes |" in table
+  md = readme_tables.accuracy_table(r)
+  assert md.splitlines()[0] == ("| run | seeds | L1 | L1 with routes | L2 | L1 − GRPO | L2 − GRPO "
+                                "| L1 − more SFT | L2 − more SFT |")
+  assert readme_tables.against_r1_table(r).startswith("| method − ReaLM-R1 | L1 | L1 with routes | L2 |")
+
+
+def test_make_reproduce_level1_reuses_the_committed_bf16_starts():
+  """`make reproduce-level1` copies `make reproduce`'s starts: its schedule gives base and
+  SFT exactly the overrides the committed bf16 starts record, and its trained runs level 1."""
+  made = subprocess.run(["make", "-n", "reproduce-level1"], cwd=ROOT, capture_output=True, text=True)
+  assert made.returncode == 0, made.stderr
+  line = " ".join(made.stdout.split("\\\n")).split("-m experiments.reproduce")[1]
+  args = line.split()
+  assert args[args.index("--level") + 1] == "1"
+  assert args[args.index("--starts") + 1] == "runs/reproduce_bf16"
+  parser = argparse.ArgumentParser()
+  reproduce.add_schedule_args(parser)
+  sched = reproduce.schedule_from(parser.parse_known_args(args)[0],
+                                  [a for a in args if "=" in a])
+  assert (sched.level, sched.harder_level) == (1, 2)
+  for name in ("base", "sft"):
+    kept = os.path.join(ROOT, "experiments", "results", "reproduce_bf16", "runs", "seed0", name,
+                        "run_summary.json")
+    with open(kept) as f:
+      assert json.load(f)["overrides"] == sched.overrides(name), name
+  assert "data.difficulty=1" in sched.overrides("realm_r1")
+
+
+def test_teacher_budget_counts_more_sfts_cots_of_the_level():
+  assert reproduce_report.teacher_cots("more_sft") == "2,000"
+  assert reproduce_report.teacher_cots("more_sft", 1) == "2,000 + 2,000 of level 1"
+  assert reproduce_report.teacher_cots("realm_r1", 1) == "2,000"
+  assert reproduce_report.teacher_cots("realm_zero", 1) == "400"
