@@ -126,9 +126,15 @@ class Schedule:
                f"rl.eval_every={max(1, self.rl_steps // 10)}"]
     return [*sized, *(self.at_level() if name not in STARTS else []), *self.extra, *m.overrides]
 
-  def at_level(self) -> list[str]:
-    """The data override of the runs trained, and of every run evaluated, at `level`."""
-    return [f"data.difficulty={self.level}"] if self.level else []
+  def at_level(self, harder: bool = False) -> list[str]:
+    """The overrides of the runs trained, and of every run evaluated, at `level` 1: its
+    questions, and room for them. Measured with the starts' tokenizer, a level-1 prompt
+    with two routes takes up to 359 tokens (a fifth over the tiny setting's 320, whose
+    tail alone would be kept), a teacher CoT up to 147 (a level-2 one up to 370)."""
+    if not self.level:
+      return []
+    return [f"data.difficulty={self.level}", "data.prompt_buckets=96,160,256,320,384",
+            "rl.max_new_tokens=192", f"eval.max_new_tokens={384 if harder else 192}"]
 
 
 def run_dir(runs: str, seed: int, name: str) -> str:
@@ -140,13 +146,13 @@ def commands(name: str, seed: int, runs: str, sched: Schedule) -> list[list[str]
   m, wd = METHODS[name], run_dir(runs, seed, name)
   start = [f"init_from={run_dir(runs, seed, m.start)}"] if m.start else []
   train = ["train", m.experiment, "--workdir", wd, f"seed={seed}", *start, *sched.overrides(name)]
-  extra = [*sched.at_level(), *sched.extra]
+  extra = list(sched.extra)
   # only what the report reads: pass@k and maj@k without routes, the harder level without
   return [train,
           ["eval", "--workdir", wd, "eval.final_only=true", f"eval.k={sched.k}",
-           "eval.sample_routes=without", *extra],
+           "eval.sample_routes=without", *sched.at_level(), *extra],
           ["eval", "--workdir", wd, "eval.final_only=true", "eval.k=1", "eval.routes=without",
-           f"eval.difficulty={sched.harder_level}", *extra]]
+           f"eval.difficulty={sched.harder_level}", *sched.at_level(harder=True), *extra]]
 
 
 RESULT_FILES = ("eval.json", "eval_d{level}.json", "run_summary.json")
@@ -362,7 +368,7 @@ def add_schedule_args(p: argparse.ArgumentParser) -> None:
                  help="SFT batches drawn across length buckets (the schedules before 4,500 steps)")
   p.add_argument("--rl-steps", type=int, default=Schedule.rl_steps)
   p.add_argument("--rl-lr", type=float, default=Schedule.rl_lr)
-  p.add_argument("--level", type=int, default=Schedule.level,
+  p.add_argument("--level", type=int, default=Schedule.level, choices=(0, 1),
                  help="RL, more SFT and every evaluation at this level (harder: the next one); "
                       "base and SFT stay at level 0")
 

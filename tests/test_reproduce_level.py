@@ -31,13 +31,19 @@ def test_starts_stay_at_level_0_and_every_other_run_trains_at_the_level():
   assert {cfgs[n].data.difficulty for n in others} == {1}
   # one data set for every trained run, the start's the same but for its level
   assert len({cfgs[n].data for n in others}) == 1
-  assert cfgs["sft"].data == dataclasses.replace(cfgs["grpo"].data, difficulty=0)
+  assert cfgs["sft"].data == dataclasses.replace(cfgs["grpo"].data, difficulty=0,
+                                                 prompt_buckets=(96, 160, 256, 320))
   # level 0 (the default) adds no override, so `make reproduce`'s kept results still resume;
   # level 1 adds only the data's level
   plain = reproduce.Schedule(sft_steps=300, rl_steps=40)
   for n in reproduce.METHODS:
     assert not any(o.startswith("data.difficulty") for o in plain.overrides(n)), n
-    assert [o for o in L1.overrides(n) if o != "data.difficulty=1"] == plain.overrides(n), n
+    assert [o for o in L1.overrides(n) if o not in L1.at_level()] == plain.overrides(n), n
+  assert set(L1.at_level()) <= set(L1.overrides("grpo")) and set(L1.at_level()).isdisjoint(
+      L1.overrides("sft"))
+  # room for level 1: the prompt with its routes and the completion are not cut
+  assert cfgs["realm_r1"].data.prompt_buckets[-1] >= 359 and cfgs["realm_r1"].rl.max_new_tokens >= 147
+  assert cfgs["sft"].data.prompt_buckets[-1] == 320
 
 
 def test_every_run_is_evaluated_at_the_level_and_the_next():
@@ -45,6 +51,7 @@ def test_every_run_is_evaluated_at_the_level_and_the_next():
     _, ev, harder = reproduce.commands(name, 0, "R", L1)
     assert "data.difficulty=1" in ev and not any(a.startswith("eval.difficulty") for a in ev)
     assert "data.difficulty=1" in harder and "eval.difficulty=2" in harder
+    assert "eval.max_new_tokens=192" in ev and harder[-1 - len(L1.extra)] == "eval.max_new_tokens=384"
   assert reproduce.result_files(L1) == ["eval.json", "eval_d2.json", "run_summary.json"]
 
 
