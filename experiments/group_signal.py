@@ -15,8 +15,10 @@ trains each method of `--methods` again from its start (the SFT start, or the ba
 `--signal-runs`. Each run is the table's run again, now with the signal metrics:
 `same_as_kept` says whether its validation curve equals the kept one's (XLA:CPU's numbers
 depend on the CPU, and on the CPU count when the reproduction pinned runs with --jobs 2).
-It writes OUT/group_signal.{json,md}: per method, the means over the RL steps
-(`--no-train`: of the runs already there).
+It writes OUT/group_signal.{json,md} (`_seed{s}` added for seeds other than 0): per method,
+the means over the RL steps (`--no-train`: of the runs already there, e.g. `--signal-runs`
+the reproduction's own `--runs`), with the token entropy and the prompts and completions
+cut to their length limits.
 """
 
 from __future__ import annotations
@@ -58,6 +60,9 @@ def summarise(workdir: str) -> dict:
   out = {"steps": len(rows), "p_routes": mean("p_routes"),
          "groups_with_signal": 1.0 - mean("zero_variance_share")}
   out.update({k: mean(k) for k in sorted(rows[0]) if k.startswith("signal/")})
+  # how much the policy still explores, and whether its prompts or completions were cut
+  out.update({k: mean(k) for k in ("entropy", "truncated") if k in rows[0]})
+  out["prompts_cut"] = int(sum(m.get("prompts_too_long", 0) for m in rows))
   shown = sum(m["p_routes"] for m in rows)
   if "signal/verification_varies" in rows[0]:  # None: no group had routes
     varies = sum(m["signal/verification_varies"] for m in rows)
@@ -88,11 +93,13 @@ def table(results: dict[str, dict]) -> str:
           ("verification_varies_given_routes", "verification varies (of groups with routes)"),
           ("signal/verification_only", "verification alone"),
           ("verification_reward_given_routes", "verdicts right (sampled, with routes)"),
-          ("signal/format_only", "format alone")]
+          ("signal/format_only", "format alone"), ("entropy", "token entropy, nats"),
+          ("truncated", "completions cut"), ("prompts_cut", "prompts cut")]
   lines = ["| method | same run as kept | " + " | ".join(c[1] for c in cols) + " |",
            "|---|---|" + "---|" * len(cols)]
   for name, r in results.items():
-    cells = [str(r[k]) if k == "steps" else ("" if r.get(k) is None else f"{r[k]:.3f}")
+    cells = [str(r[k]) if k in ("steps", "prompts_cut") else
+             ("" if r.get(k) is None else f"{r[k]:.3f}")
              for k, _ in cols]
     lines.append(f"| {name} | {r['same_as_kept']} | " + " | ".join(cells) + " |")
   return "\n".join(lines) + "\n"
@@ -145,11 +152,12 @@ def main(argv: list[str] | None = None, run_cli=None) -> int:
     run_queue.require_done(wd)
     results[name] = dict(summarise(wd), same_as_kept=same_as_kept(wd, kept[name]))
   os.makedirs(args.out, exist_ok=True)
-  with open(os.path.join(args.out, "group_signal.json"), "w") as f:
+  stem = os.path.join(args.out, "group_signal" + (f"_seed{args.seed}" if args.seed else ""))
+  with open(stem + ".json", "w") as f:
     json.dump({"seed": args.seed, "command": "python -m experiments.group_signal "
                + " ".join(argv if argv is not None else sys.argv[1:]), "results": results}, f,
               indent=1)
-  with open(os.path.join(args.out, "group_signal.md"), "w") as f:
+  with open(stem + ".md", "w") as f:
     f.write(table(results))
   print(table(results))
   return 0

@@ -39,10 +39,14 @@ def test_summarise_means_over_the_rl_steps(tmp_path):
   wd = str(tmp_path / "run")
   write_rows(wd, [
       {"phase": "rl", "step": 0, "valid_accuracy": 0.5},  # a validation row, no step metrics
-      step(0, 1.0, 0.5, 0.25, 0.25, 0.0, 0.0, 0.0, r_ver=0.5),
-      step(1, 0.75, 0.75, 0.0, 0.0, 0.75, 0.75, 0.0, r_ver=0.75),  # stopped, then resumed:
-      step(1, 0.5, 0.25, 0.5, 0.25, 0.25, 0.125, 0.125, r_ver=0.25),  # the later row, once
-      step(2, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0),
+      step(0, 1.0, 0.5, 0.25, 0.25, 0.0, 0.0, 0.0, r_ver=0.5, entropy=0.5, truncated=0.0,
+           prompts_too_long=2),
+      step(1, 0.75, 0.75, 0.0, 0.0, 0.75, 0.75, 0.0, r_ver=0.75, entropy=9.0, truncated=1.0,
+           prompts_too_long=7),  # stopped, then resumed:
+      step(1, 0.5, 0.25, 0.5, 0.25, 0.25, 0.125, 0.125, r_ver=0.25, entropy=0.25,
+           truncated=0.5, prompts_too_long=1),  # the later row, once
+      step(2, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, entropy=0.0, truncated=0.25,
+           prompts_too_long=0),
       {"phase": "sft", "step": 5, "p_routes": 1.0}])
   r = group_signal.summarise(wd)
   assert r["steps"] == 3
@@ -54,6 +58,8 @@ def test_summarise_means_over_the_rl_steps(tmp_path):
   assert r["verification_varies_given_routes"] == pytest.approx(0.25 / 1.5)
   # mean r_ver over the completions with routes: (0.5 * 16 + 0.25 * 16) / (16 + 8) of B = 16
   assert r["verification_reward_given_routes"] == pytest.approx(0.5)
+  assert r["entropy"] == pytest.approx(0.25) and r["truncated"] == pytest.approx(0.25)
+  assert r["prompts_cut"] == 3  # 2 + 1 + 0 prompts cut to the longest bucket
 
 
 def test_summarise_leaves_verification_given_routes_undefined_without_routes(tmp_path):
@@ -62,7 +68,7 @@ def test_summarise_leaves_verification_given_routes_undefined_without_routes(tmp
   r = group_signal.summarise(wd)
   assert r["verification_varies_given_routes"] is None and r["p_routes"] == 0.0
   assert r["verification_reward_given_routes"] is None
-  assert "| grpo | None | 1 | 0.000 | 0.500 | 0.500 | 0.500 |  | 0.000 |  | 0.000 |" in \
+  assert "| grpo | None | 1 | 0.000 | 0.500 | 0.500 | 0.500 |  | 0.000 |  | 0.000 |  |  | 0 |" in \
       group_signal.table({"grpo": dict(r, same_as_kept=None)})
 
 
@@ -105,7 +111,8 @@ def test_main_trains_each_method_and_writes_the_table(tmp_path, capsys):
     calls.append(args)
     wd = args[args.index("--workdir") + 1]
     write_rows(wd, [{"phase": "rl", "step": 5, "valid_accuracy": 0.75},
-                    step(0, 1.0, 0.5, 0.5, 0.25, 0.75, 0.25, 0.0, r_ver=0.625)])
+                    step(0, 1.0, 0.5, 0.5, 0.25, 0.75, 0.25, 0.0, r_ver=0.625, entropy=0.125,
+                         truncated=0.25, prompts_too_long=3)])
     open(os.path.join(wd, "DONE"), "w").close()
 
   argv = ["--runs", runs, "--kept", out, "--out", out, "--signal-runs", str(tmp_path / "s"),
@@ -113,19 +120,20 @@ def test_main_trains_each_method_and_writes_the_table(tmp_path, capsys):
   assert group_signal.main(argv, run_cli=fake_cli) == 0
   assert [c[1] for c in calls] == ["evidence_rl", "evidence_rl"]
   assert all("model.matmul_dtype=bfloat16" in c and "seed=1" in c for c in calls)
-  with open(os.path.join(out, "group_signal.json")) as f:
+  assert not os.path.exists(os.path.join(out, "group_signal.json"))  # seed 0's name
+  with open(os.path.join(out, "group_signal_seed1.json")) as f:
     saved = json.load(f)
   r1, nv = saved["results"]["realm_r1"], saved["results"]["no_verification"]
   assert r1["same_as_kept"] is True and nv["same_as_kept"] is None
   assert r1["verification_varies_given_routes"] == 0.75
-  md = open(os.path.join(out, "group_signal.md")).read()
+  md = open(os.path.join(out, "group_signal_seed1.md")).read()
   assert ("| realm_r1 | True | 1 | 1.000 | 0.500 | 0.500 | 0.250 | 0.750 | 0.250 | 0.625 | "
-          "0.000 |") in md
+          "0.000 | 0.125 | 0.250 | 3 |") in md
   # --no-train tabulates the runs already there, training nothing
-  os.remove(os.path.join(out, "group_signal.md"))
+  os.remove(os.path.join(out, "group_signal_seed1.md"))
   n = len(calls)
   assert group_signal.main([*argv, "--no-train"], run_cli=fake_cli) == 0 and len(calls) == n
-  assert "| realm_r1 | True | 1 | 1.000 |" in open(os.path.join(out, "group_signal.md")).read()
+  assert "| realm_r1 | True | 1 | 1.000 |" in open(os.path.join(out, "group_signal_seed1.md")).read()
   # fp32 against the kept bf16 run: refused before any training, naming the kept file
   calls.clear()
   with pytest.raises(SystemExit):

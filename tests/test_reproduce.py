@@ -197,6 +197,15 @@ def test_routes_shown_counts_each_step_once(tmp_path):
   assert reproduce_report.routes_shown(str(tmp_path)) == 16 * 2 + 8 * 2
 
 
+# a reproduction in seconds: a one-layer model, a few questions, steps and tokens
+TINY = ["model.tiny.num_layers=1", "model.tiny.d_model=32", "model.tiny.num_heads=2",
+        "model.tiny.num_kv_heads=1", "model.tiny.head_dim=16", "model.tiny.mlp_dim=64",
+        "data.num_train=48", "data.num_valid=8", "data.num_eval=8", "eval.num_questions=8",
+        "eval.max_new_tokens=12", "eval.batch_size=8", "base.steps=2", "base.num_items=16",
+        "sft.num_items=32", "rl.batch_prompts=2", "rl.group_size=2", "rl.max_new_tokens=12",
+        "checkpoint_every=1000", "mesh=1,1,1"]
+
+
 def test_a_tiny_reproduction_runs_resumes_and_reports(tmp_path, capsys):
   """The real CLI (in this process) on a tiny schedule: base -> sft -> grpo and more_sft;
   the report pairs them on the same questions; a rerun trains nothing."""
@@ -207,12 +216,7 @@ def test_a_tiny_reproduction_runs_resumes_and_reports(tmp_path, capsys):
     calls.append(args[0])
     cli_main.main(args)
 
-  tiny = ["model.tiny.num_layers=1", "model.tiny.d_model=32", "model.tiny.num_heads=2",
-          "model.tiny.num_kv_heads=1", "model.tiny.head_dim=16", "model.tiny.mlp_dim=64",
-          "data.num_train=48", "data.num_valid=8", "data.num_eval=8", "eval.num_questions=8",
-          "eval.max_new_tokens=12", "eval.batch_size=8", "base.steps=2", "base.num_items=16",
-          "sft.num_items=32", "rl.batch_prompts=2", "rl.group_size=2", "rl.max_new_tokens=12",
-          "checkpoint_every=1000", "mesh=1,1,1"]
+  tiny = TINY
   argv = ["--out", str(tmp_path / "out"), "--runs", str(tmp_path / "runs"), "--seeds", "1",
           "--jobs", "1", "--methods", "grpo,more_sft", "--sft-steps", "3", "--rl-steps", "2", *tiny]
   assert reproduce.main(argv, run_cli=run_cli) == 0

@@ -13,6 +13,7 @@ import pytest
 
 from experiments import readme_tables, reproduce, reproduce_report
 from realm_jax import configs
+from tests.test_reproduce import TINY
 
 ROOT = os.path.dirname(os.path.dirname(__file__))
 L1 = reproduce.Schedule(sft_steps=300, rl_steps=40, level=1, harder_level=2)
@@ -88,16 +89,8 @@ def test_copy_starts_copies_only_finished_starts_made_under_the_same_overrides(t
     reproduce.copy_starts(names, 1, half, src, L1)
   unfinished = str(tmp_path / "f")
   _fake_run(unfinished, "base", L1.overrides("base"), done=False)
-  reproduce.copy_starts(["base"], 1, str(tmp_path / "g"), unfinished, L1)
+  reproduce.copy_starts(["base", "sft"], 1, str(tmp_path / "g"), unfinished, L1)
   assert not os.path.exists(tmp_path / "g")  # an unfinished start is not copied
-
-
-TINY = ["model.tiny.num_layers=1", "model.tiny.d_model=32", "model.tiny.num_heads=2",
-        "model.tiny.num_kv_heads=1", "model.tiny.head_dim=16", "model.tiny.mlp_dim=64",
-        "data.num_train=48", "data.num_valid=8", "data.num_eval=8", "eval.num_questions=8",
-        "eval.max_new_tokens=12", "eval.batch_size=8", "base.steps=2", "base.num_items=16",
-        "sft.num_items=32", "rl.batch_prompts=2", "rl.group_size=2", "rl.max_new_tokens=12",
-        "checkpoint_every=1000", "mesh=1,1,1"]
 
 
 def test_a_tiny_level_1_reproduction_reuses_the_level_0_starts_and_pairs_every_run(tmp_path):
