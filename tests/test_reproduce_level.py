@@ -11,8 +11,9 @@ import subprocess
 import numpy as np
 import pytest
 
-from experiments import readme_tables, reproduce, reproduce_report
+from experiments import readme_tables, reproduce, reproduce_report, rule_split
 from realm_jax import configs
+from realm_jax.rl import corpus
 from tests.test_reproduce import TINY
 
 ROOT = os.path.dirname(os.path.dirname(__file__))
@@ -140,6 +141,28 @@ def test_a_tiny_level_1_reproduction_reuses_the_level_0_starts_and_pairs_every_r
   assert md.splitlines()[0] == ("| run | seeds | L1 | L1 with routes | L2 | L1 − GRPO | L2 − GRPO "
                                 "| L1 − more SFT | L2 − more SFT |")
   assert readme_tables.against_r1_table(r).startswith("| method − ReaLM-R1 | L1 | L1 with routes | L2 |")
+  # the rule split, against an independent labelling: a level-1 tariff question needs a rule
+  # level 0 never uses (R5, R6) exactly when its parcel is express or fragile
+  res = rule_split.split(str(tmp_path / "out1"))
+  assert res["level"] == 1 and set(res["results"]) == set(evals)
+  cfg = configs.load_experiment("evidence_rl", [*TINY, "data.difficulty=1"])
+  test = corpus.build_run_data(cfg.data).eval[:cfg.eval.num_questions]
+  new = np.array([p["express"] or p["fragile"] for ex in test for p in ex.meta["params"]["parcels"]])
+  assert new.any() and not new.all()  # both groups present in these 8 questions
+  for n, e in evals.items():
+    for setting in ("without routes", "with routes"):
+      c = np.asarray(fin(e)[setting]["correct"], bool)
+      for g, mask in (("no new rule", ~new), ("a new rule", new)):
+        got = res["results"][n][setting][g]
+        assert got["questions"] == mask.sum() and got["accuracy"] == pytest.approx(c[mask].mean())
+  assert "| grpo | 1 | " in rule_split.markdown(res)
+  kept = tmp_path / "out1" / "runs" / "seed0" / "grpo" / "eval.json"
+  e = json.loads(kept.read_text())
+  kept.write_text(json.dumps(dict(e, questions_sha256="0" * 64)))
+  with pytest.raises(ValueError, match="grpo/eval.json: tested other questions"):
+    rule_split.split(str(tmp_path / "out1"))
+  with pytest.raises(ValueError, match="out0/results.json: trained at level 0"):
+    rule_split.split(str(tmp_path / "out0"))
 
 
 def test_make_reproduce_level1_reuses_the_committed_bf16_starts():
