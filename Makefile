@@ -68,12 +68,18 @@ reproduce-quick: install
 
 # After make reproduce: its level-0 base and SFT starts (copied), then more SFT, GRPO, the
 # CoT-synthesizer style and ReaLM-R1 on level 1, whose express and fragile rules the starts
-# never distilled, evaluated at levels 1 and 2 (experiments/results/reproduce_bf16_level1/).
+# never distilled, evaluated at levels 1 and 2 (experiments/results/reproduce_bf16_level1/);
+# then each run's accuracy on the questions that need those rules (rule_split.md) and seed 0's
+# RL signal, read from its runs (group_signal.md).
 reproduce-level1: install
 	$(PY) -m experiments.reproduce --seeds 3 --jobs $(REPRO_JOBS) --level 1 \
 	  --starts runs/reproduce_bf16 --methods more_sft,grpo,cot_synth,realm_r1 \
 	  --out experiments/results/reproduce_bf16_level1 --runs runs/reproduce_bf16_level1 \
 	  model.matmul_dtype=bfloat16 $(REPRO_ARGS)
+	$(PY) -m experiments.rule_split experiments/results/reproduce_bf16_level1
+	$(PY) -m experiments.group_signal --runs runs/reproduce_bf16_level1 --level 1 \
+	  --out experiments/results/reproduce_bf16_level1 --signal-runs runs/reproduce_bf16_level1 \
+	  --no-train --methods grpo,cot_synth,realm_r1 model.matmul_dtype=bfloat16
 
 # After make reproduce (same REPRO_DTYPE): seed 0's ReaLM-R1 and no-verification ablation
 # trained again with the signal/* metrics: which reward columns vary within GRPO groups

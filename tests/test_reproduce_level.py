@@ -170,8 +170,15 @@ def test_make_reproduce_level1_reuses_the_committed_bf16_starts():
   SFT exactly the overrides the committed bf16 starts record, and its trained runs level 1."""
   made = subprocess.run(["make", "-n", "reproduce-level1"], cwd=ROOT, capture_output=True, text=True)
   assert made.returncode == 0, made.stderr
-  line = " ".join(made.stdout.split("\\\n")).split("-m experiments.reproduce")[1]
-  args = line.split()
+  lines = " ".join(made.stdout.split("\\\n")).splitlines()
+  args = next(ln for ln in lines if "-m experiments.reproduce " in ln).split(
+      "-m experiments.reproduce ")[1].split()
+  # then the rule split and seed 0's RL signal of the same results, from its run directories
+  assert any(ln.endswith("-m experiments.rule_split experiments/results/reproduce_bf16_level1")
+             for ln in lines)
+  signal = next(ln for ln in lines if "-m experiments.group_signal" in ln).split()
+  assert signal[signal.index("--level") + 1] == "1" and "--no-train" in signal
+  assert signal[signal.index("--signal-runs") + 1] == args[args.index("--runs") + 1]
   assert args[args.index("--level") + 1] == "1"
   assert args[args.index("--starts") + 1] == "runs/reproduce_bf16"
   parser = argparse.ArgumentParser()
