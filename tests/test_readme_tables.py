@@ -33,11 +33,16 @@ def test_tables_from_a_hand_written_result():
 
 
 @pytest.mark.parametrize("results", ["reproduce", "reproduce_bf16", "reproduce_bf16_sft3000",
-                                     "reproduce_bf16_sft1500"])
+                                     "reproduce_bf16_sft1500", "reproduce_bf16_level1"])
 def test_readme_shows_the_committed_results(results):
-  with open(os.path.join(ROOT, "experiments", "results", results, "results.json")) as f:
+  d = os.path.join(ROOT, "experiments", "results", results)
+  with open(os.path.join(d, "results.json")) as f:
     r = json.load(f)
   with open(os.path.join(ROOT, "README.md")) as f:
     readme = f.read()
   assert readme_tables.accuracy_table(r) in readme
   assert readme_tables.against_r1_table(r) in readme
+  for extra in ("rule_split.md", "group_signal.md"):  # the level-1 experiment's other tables
+    if r["schedule"]["levels"][0] > 0:
+      with open(os.path.join(d, extra)) as f:
+        assert f.read() in readme, extra
