@@ -105,8 +105,12 @@ class Schedule:
   rl_lr: float = 1e-4
   k: int = 4  # pass@k and maj@k at the training level
   level: int = 0  # RL, more SFT and every evaluation at this level; base and SFT at level 0
-  harder_level: int = 1
   extra: tuple[str, ...] = ()  # overrides for every run (e.g. smaller eval sets in tests)
+
+  @property
+  def harder_level(self) -> int:
+    """The level every run is also tested at: the next one."""
+    return self.level + 1
 
   def overrides(self, name: str) -> list[str]:
     m = METHODS[name]
@@ -376,7 +380,7 @@ def add_schedule_args(p: argparse.ArgumentParser) -> None:
 def schedule_from(args: argparse.Namespace, extra) -> Schedule:
   return Schedule(sft_steps=args.sft_steps, sft_grouped=not args.sft_ungrouped,
                   rl_steps=args.rl_steps, rl_lr=args.rl_lr, level=args.level,
-                  harder_level=args.level + 1, extra=tuple(extra))
+                  extra=tuple(extra))
 
 
 def with_starts(names: list[str]) -> list[str]:

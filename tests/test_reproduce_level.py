@@ -17,7 +17,7 @@ from realm_jax.rl import corpus
 from tests.test_reproduce import TINY
 
 ROOT = os.path.dirname(os.path.dirname(__file__))
-L1 = reproduce.Schedule(sft_steps=300, rl_steps=40, level=1, harder_level=2)
+L1 = reproduce.Schedule(sft_steps=300, rl_steps=40, level=1)
 
 
 def _config(name, sched):
