@@ -47,18 +47,24 @@ def _questions(data_cfg, n: int):
   return corpus.build_run_data(data_cfg).eval[:n], set().union(*(cited(ex.cot) for ex in level0))
 
 
+def new_rule_labels(name: str, overrides: list[str], level: int, eval_path: str) -> np.ndarray:
+  """Per test question of the eval file at `level`, whether it needs a rule no level-0 CoT
+  cites; the file must hold the questions `overrides` give (its digest)."""
+  with open(eval_path) as f:
+    digest = json.load(f)["questions_sha256"]
+  test, known = questions(name, overrides, level)
+  if questions_digest(test) != digest:
+    raise ValueError(f"{eval_path}: tested other questions than its recorded overrides give at "
+                     f"level {level}; it cannot be split")
+  return np.array([bool(cited(ex.cot) - known) for ex in test])
+
+
 def split_run(result_dir: str, name: str, level: int) -> dict:
   """{setting: {group: (correct, questions)}} of one kept run's eval.json."""
   with open(os.path.join(result_dir, "run_summary.json")) as f:
     overrides = json.load(f)["overrides"]
   path = os.path.join(result_dir, "eval.json")
-  with open(path) as f:
-    digest = json.load(f)["questions_sha256"]
-  test, known = questions(name, overrides, level)
-  if questions_digest(test) != digest:
-    raise ValueError(f"{path}: tested other questions than its recorded overrides give at "
-                     f"level {level}; it cannot be split")
-  new = np.array([bool(cited(ex.cot) - known) for ex in test])
+  new = new_rule_labels(name, overrides, level, path)
   out = {}
   for setting, c in reproduce_report.correctness(path).items():
     c = np.asarray(c, bool)

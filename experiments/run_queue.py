@@ -1,6 +1,6 @@
 """Running a reproduction's CLI calls: one subprocess per call (a shared XLA compilation
 cache, optionally pinned to CPUs), and a scheduler that runs tasks after the ones they start
-from, a few at a time. Shared by `experiments.reproduce`, `sft_schedule` and `group_signal`."""
+from, a few at a time. Shared by `experiments.reproduce`, `variant` and `group_signal`."""
 
 from __future__ import annotations
 
