@@ -259,7 +259,12 @@ def _supervised(phase: str, scfg, ctx: Context, sft_ctx: distill.SFTContext, par
   teacher, dropped = distill.verified_teacher_examples(ctx.data.train[:scfg.num_items])
   # One generator per phase: a resumed run that skips a finished phase draws the same pairs.
   rng = np.random.default_rng([cfg.seed, PHASES.index(phase)])
-  pairs = corpus.sft_pairs(teacher, rng, cfg.rl.mrpv, scfg.route_share, cfg.rl.mrpv.num_routes)
+  routed = None
+  if scfg.route_level is not None:  # routed items from another level's training questions
+    level = corpus.build_run_data(dataclasses.replace(cfg.data, difficulty=scfg.route_level))
+    routed = distill.verified_teacher_examples(level.train[:scfg.num_items])[0]
+  pairs = corpus.sft_pairs(teacher, rng, cfg.rl.mrpv, scfg.route_share, cfg.rl.mrpv.num_routes,
+                           routed)
   sft_ctx.writer.write_once(f"{phase}_teacher", 0, {"teacher_examples": len(teacher),
                                                     "teacher_dropped": dropped})
   teacher = None

@@ -147,20 +147,27 @@ def route_prompt(ex: Example, rng: np.random.Generator, cfg: mrpv.MRPVConfig, nu
 
 
 def sft_pairs(examples: Sequence[Example], rng: np.random.Generator, cfg: mrpv.MRPVConfig,
-              route_share: float, num_routes: int) -> list[tuple[str, str]]:
+              route_share: float, num_routes: int,
+              route_examples: Sequence[Example] | None = None) -> list[tuple[str, str]]:
   """Guided-distillation targets: the teacher's (rule-citing) CoT; the student sees no rules.
 
   With probability `route_share` an item with routes is shown them with gold verdicts (the
   MRPV format); its positive route is then usually the target CoT, so keep it small (the
-  `SFTConfig` default is 0: question only, METHOD §4).
+  `SFTConfig` default is 0: question only, METHOD §4). With `route_examples` (e.g. a harder
+  level's questions), item i's routed version is route_examples[i] (cycled) instead: those
+  questions are seen only with their routes, so following a verified route is the only way
+  to their targets.
   """
+  if route_examples is not None and not len(route_examples):
+    raise ValueError("sft_pairs: route_examples is empty (no teacher CoT of that level verified)")
   pairs = []
-  for ex in examples:
+  for i, ex in enumerate(examples):
     if not ex.cot:
       continue
-    if ex.routes and rng.random() < route_share:
-      prompt, labels, _ = route_prompt(ex, rng, cfg, num_routes)
-      pairs.append((prompt, format_completion(ex.cot, ex.answer, labels)))
+    routed = ex if route_examples is None else route_examples[i % len(route_examples)]
+    if routed.routes and routed.cot and rng.random() < route_share:
+      prompt, labels, _ = route_prompt(routed, rng, cfg, num_routes)
+      pairs.append((prompt, format_completion(routed.cot, routed.answer, labels)))
     else:
       pairs.append((mrpv.build_prompt(ex.question, [], cfg), format_completion(ex.cot, ex.answer)))
   return pairs

@@ -13,6 +13,9 @@ class SFTConfig:
   and a gold `<verify>` block (the MRPV format). Default 0: guided distillation's student
   sees the question only (METHOD §4); with a share > 0 that share of items shows routes
   whose positive is usually the target CoT itself, a copy task rather than distillation.
+  route_level: the routed items show questions of this data level instead (their routes,
+  gold verdicts and CoTs; None: the run's level), drawn from that level's training split, so a
+  start learns to follow a verified route where it has no rules of its own.
   num_items: how many training items the stage sees (None: all).
   kd_alpha/kd_temperature/kd_teacher: token-level KD mix (forward KL at
   temperature T, weight alpha) when the teacher is a model sharing the
@@ -25,6 +28,7 @@ class SFTConfig:
   weight_decay: float = 0.01
   grad_clip: float = 1.0
   route_share: float = 0.0
+  route_level: int | None = None
   num_items: int | None = None
   kd_alpha: float = 0.0
   kd_temperature: float = 1.0
@@ -54,6 +58,9 @@ class SFTConfig:
                        f"{self.batch_size}")
     if not 0.0 <= self.route_share <= 1.0:
       raise ValueError(f"sft.route_share must be in [0, 1], got {self.route_share}")
+    if self.route_level is not None and not (self.route_level >= 0 and self.route_share > 0):
+      raise ValueError(f"sft.route_level={self.route_level} needs a level >= 0 and "
+                       f"sft.route_share > 0 (got {self.route_share})")
     if not 0.0 <= self.kd_alpha <= 1.0:
       raise ValueError(f"sft.kd_alpha must be in [0, 1], got {self.kd_alpha}")
     check_convergence(self, "sft")
