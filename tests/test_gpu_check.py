@@ -53,8 +53,13 @@ def test_quick_check_writes_every_section(tmp_path):
   assert set(g["phase_median_s"]) == {"rollout", "reward", "reference", "update"}
   assert g["flop_limit_s"]["update"] == pytest.approx(g["flops"]["update"] / dev["bf16_peak_flops"])
   rl = r["sections"]["rl_run"]
-  assert rl["rl_steps"] == 2 and rl["rl_metric_rows"] == 2 and rl["questions"] == 4
-  assert len(rl["greedy_accuracy"]) == 2  # RL start and end
+  assert rl["experiment"] == "evidence" and rl["sft_steps"] == 3
+  assert rl["rl_steps"] == 3 and rl["rl_metric_rows"] == 3 and rl["questions"] == 4
+  assert list(rl["greedy_accuracy"]) == ["start (sft)", "final (rl)"]  # from scratch: no as-loaded
+  assert rl["pace"]["rl"]["steps_timed"] == 2 and rl["pace"]["sft"]["steps_timed"] == 2
+  assert rl["pace"]["rl"]["steps_per_s"] == pytest.approx(1 / rl["pace"]["rl"]["step_s"])
+  assert rl["pace"]["rl"]["rollout_tokens_per_s"] > 0 and rl["pace"]["sft"]["tokens_per_s"] > 0
+  assert 0 <= rl["last_rl_metrics"]["p_routes"] <= 1  # ReaLM-R1: routes scheduled by EAAI
   for acc in rl["greedy_accuracy"].values():
     assert acc["n"] == 4 and 0 <= acc["accuracy"] <= 1
 
@@ -95,3 +100,31 @@ def test_device_rows_and_default_out(monkeypatch):
   assert gpu_check.default_out() == "/some/out/gpu_check.json"
   monkeypatch.delenv("OUT")
   assert gpu_check.default_out() == "gpu_check.json"
+
+
+def test_pace_takes_medians_without_the_compiling_step():
+  rl = [{"time_rollout": 50.0, "time_reward": 1.0, "time_reference": 9.0, "time_update": 40.0,
+         "rollout_tokens_per_s": 10.0},  # compiles: left out
+        {"time_rollout": 2.0, "time_reward": 0.5, "time_reference": 1.0, "time_update": 1.5,
+         "rollout_tokens_per_s": 300.0},
+        {"time_rollout": 3.0, "time_reward": 0.5, "time_reference": 1.0, "time_update": 2.5,
+         "rollout_tokens_per_s": 200.0},
+        {"time_rollout": 4.0, "time_reward": 0.5, "time_reference": 2.0, "time_update": 3.5,
+         "rollout_tokens_per_s": 100.0}]
+  p = gpu_check.pace(rl, "rl")
+  # step times 5, 7 and 10 s: median 7
+  assert p["steps_timed"] == 3 and p["step_s"] == 7.0 and p["steps_per_s"] == pytest.approx(1 / 7)
+  assert p["rollout_tokens_per_s"] == 200.0
+  assert p["phase_median_s"] == {"rollout": 3.0, "reward": 0.5, "reference": 1.0, "update": 2.5}
+  sft = gpu_check.pace([{"tokens_per_s": 1.0}, {"tokens_per_s": 4.0}, {"tokens_per_s": 6.0}], "sft")
+  assert sft == {"steps_timed": 2, "tokens_per_s": 5.0}
+
+
+def test_full_rl_run_is_the_real_slm_experiment_with_realm_r1():
+  from realm_jax import configs
+  s = gpu_check.full_spec()
+  cfg = configs.load_experiment(s.experiment, list(s.rl_overrides))  # valid as written
+  assert s.experiment == "evidence_smollm2" and cfg.model.pretrained == "smollm2"
+  assert cfg.model.lora_rank > 0 and cfg.sft.steps == 100 and cfg.sft.route_share > 0
+  assert (cfg.rl.steps, cfg.rl.routes, cfg.rl.mrpv.contrast_coef) == (20, "eaai", 0.1)
+  assert cfg.rl.mrpv.w_ver > 0 and cfg.eval.num_questions == 128

