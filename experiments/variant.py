@@ -10,7 +10,8 @@ a key wins), evaluates it as the reproduction does, and pairs it with the kept r
     python -m experiments.variant --level 1 --out experiments/results/reproduce_bf16_level1 \\
         --runs runs/reproduce_bf16_level1 --run grpo --name temp2 rl.temperature=2
 
-Writes OUT/variants/seed{s}_RUN_NAME.{json,md}: accuracy of both runs at the training level
+Writes OUT/variants/seed{s}_RUN_NAME.{json,md} (and the run's eval files to
+OUT/variants/seed{s}/RUN/NAME/, for `experiments.variant_table`): accuracy of both runs at the training level
 with and without routes and at the harder level, each difference with its 95% interval and
 McNemar p (at level >= 1 also on the test questions that need a rule the level-0 start never
 distilled, `experiments.rule_split`), both validation curves in brief
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 
 import numpy as np
@@ -48,6 +50,11 @@ def commands(run: str, seed: int, name: str, runs: str, sched: reproduce.Schedul
     args[args.index("--workdir") + 1] = wd
   calls[0] += overrides
   return wd, calls
+
+
+def variant_dir(out: str, seed: int, run: str, name: str) -> str:
+  """Where a variant's eval files are kept beside its summary."""
+  return os.path.join(out, "variants", f"seed{seed}", run, name)
 
 
 def _pair(kept, new) -> dict:
@@ -147,7 +154,11 @@ def main(argv: list[str] | None = None, run_cli=None) -> int:
          "wall": {"kept": kept_summary["wall_seconds"],
                   "new": reproduce_report.wall_summary(wd)["wall_seconds"]}}
   out = os.path.join(args.out, "variants")
-  os.makedirs(out, exist_ok=True)
+  kept_evals = variant_dir(args.out, args.seed, args.run, args.name)
+  os.makedirs(kept_evals, exist_ok=True)
+  for f in reproduce.result_files(sched):
+    if f.startswith("eval"):  # small; committed, so tables across variants need no run dirs
+      shutil.copyfile(os.path.join(wd, f), os.path.join(kept_evals, f))
   stem = os.path.join(out, f"seed{args.seed}_{args.run}_{args.name}")
   with open(stem + ".json", "w") as f:
     json.dump(res, f, indent=1)

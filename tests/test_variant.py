@@ -152,6 +152,9 @@ def test_a_tiny_level_1_rl_setting_pairs_with_the_kept_run_and_splits_the_new_ru
     r = res["paired"][f"{label}, a new rule"]
     assert r["n"] == new.sum() and r["kept"] == pytest.approx(kept[new].mean())
     assert r["diff"] == pytest.approx(hot[new].mean() - kept[new].mean())
+  kept_evals = os.path.join(out1, "variants", "seed0", "grpo", "hot")
+  assert sorted(os.listdir(kept_evals)) == ["eval.json", "eval_d2.json"]
+  assert open(os.path.join(kept_evals, "eval.json")).read() == open(os.path.join(wd, "eval.json")).read()
   calls.clear()
   assert variant.main(argv, run_cli=run_cli) == 0  # trained: evaluated only
   assert [c[0] for c in calls] == ["eval", "eval"]
