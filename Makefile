@@ -7,7 +7,7 @@ WORKDIR ?= runs/demo
 PYTEST_ARGS ?=
 SWEEP ?= experiments/sweeps/tiny_lr.py
 
-.PHONY: install test test-fast demo evidence reproduce reproduce-quick reproduce-level1 group-signal evidence-smollm2 bench bench-peers gpu-check sweep clean
+.PHONY: install test test-fast demo evidence reproduce reproduce-quick reproduce-level1 route-start group-signal evidence-smollm2 bench bench-peers gpu-check sweep clean
 
 install: $(STAMP)
 
@@ -80,6 +80,25 @@ reproduce-level1: install
 	$(PY) -m experiments.group_signal --runs runs/reproduce_bf16_level1 --level 1 \
 	  --out experiments/results/reproduce_bf16_level1 --signal-runs runs/reproduce_bf16_level1 \
 	  --no-train --methods grpo,cot_synth,realm_r1 model.matmul_dtype=bfloat16
+
+# After make reproduce-level1: a start that must follow verified routes (its distillation shows
+# level-1 questions only with their routes, sft.route_level=1), then GRPO, ReaLM-R1 and more SFT
+# from it on level 1, each paired with the others and with the level-1 runs from the plain
+# start (variants/table_from_routes_l1.md). Kept variants are skipped.
+L1_SET := --level 1 --out experiments/results/reproduce_bf16_level1 --runs runs/reproduce_bf16_level1
+ROUTE_SEEDS := 0 1 2
+route-start: install
+	for s in $(ROUTE_SEEDS); do \
+	  $(PY) -m experiments.variant $(L1_SET) --skip-kept --seed $$s --run sft --name routes_l1 \
+	    sft.route_level=1 data.sft_buckets=128,192,256,384,512,576 || exit 1; \
+	  for m in grpo realm_r1 more_sft; do \
+	    $(PY) -m experiments.variant $(L1_SET) --skip-kept --seed $$s --run $$m --name from_routes_l1 \
+	      init_from=runs/reproduce_bf16_level1/variants/seed$$s/sft/routes_l1 || exit 1; \
+	  done; \
+	done
+	$(PY) -m experiments.variant_table experiments/results/reproduce_bf16_level1 \
+	  --name from_routes_l1 --start sft:routes_l1 --kept sft,grpo,realm_r1,more_sft \
+	  --runs grpo,realm_r1,more_sft --seeds $(words $(ROUTE_SEEDS))
 
 # After make reproduce (same REPRO_DTYPE): seed 0's ReaLM-R1 and no-verification ablation
 # trained again with the signal/* metrics: which reward columns vary within GRPO groups

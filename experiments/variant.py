@@ -112,8 +112,14 @@ def main(argv: list[str] | None = None, run_cli=None) -> int:
   p.add_argument("--extra", action="append",
                  help="one of the reproduction's overrides for every run, repeated for each "
                       "(default: model.matmul_dtype=bfloat16, as `make reproduce`)")
+  p.add_argument("--skip-kept", action="store_true",
+                  help="do nothing when this variant's summary is already kept in OUT")
   p.add_argument("overrides", nargs="+", help="the other setting, e.g. sft.steps=4500")
   args = p.parse_args(argv)
+  stem = os.path.join(args.out, "variants", f"seed{args.seed}_{args.run}_{args.name}")
+  if args.skip_kept and os.path.exists(stem + ".json"):
+    print(f"variant: {stem}.json is kept: skipped")
+    return 0
   sched = reproduce.schedule_from(args, args.extra or ["model.matmul_dtype=bfloat16"])
   kept_dir = reproduce.result_dir(args.out, args.seed, args.run)
   start = reproduce.run_dir(args.runs, args.seed, reproduce.METHODS[args.run].start)
@@ -153,13 +159,11 @@ def main(argv: list[str] | None = None, run_cli=None) -> int:
                     "new": convergence.curve_summary(reproduce_report.validation_curve(wd))},
          "wall": {"kept": kept_summary["wall_seconds"],
                   "new": reproduce_report.wall_summary(wd)["wall_seconds"]}}
-  out = os.path.join(args.out, "variants")
   kept_evals = variant_dir(args.out, args.seed, args.run, args.name)
   os.makedirs(kept_evals, exist_ok=True)
   for f in reproduce.result_files(sched):
     if f.startswith("eval"):  # small; committed, so tables across variants need no run dirs
       shutil.copyfile(os.path.join(wd, f), os.path.join(kept_evals, f))
-  stem = os.path.join(out, f"seed{args.seed}_{args.run}_{args.name}")
   with open(stem + ".json", "w") as f:
     json.dump(res, f, indent=1)
   with open(stem + ".md", "w") as f:

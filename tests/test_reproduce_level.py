@@ -199,3 +199,17 @@ def test_teacher_budget_counts_more_sfts_cots_of_the_level():
   assert reproduce_report.teacher_cots("more_sft", 1) == "2,000 + 2,000 of level 1"
   assert reproduce_report.teacher_cots("realm_r1", 1) == "2,000"
   assert reproduce_report.teacher_cots("realm_zero", 1) == "400"
+
+
+def test_make_route_start_trains_each_seeds_start_then_the_methods_from_it():
+  """`make route-start`: per seed the variant start (level-1 questions only with routes), then
+  GRPO, ReaLM-R1 and more SFT with init_from that start, then one table over the seeds."""
+  made = subprocess.run(["make", "-n", "route-start"], cwd=ROOT, capture_output=True, text=True)
+  assert made.returncode == 0, made.stderr
+  text = " ".join(made.stdout.replace("\\\n", " ").split())
+  assert text.count("--run sft --name routes_l1 sft.route_level=1") == 1  # in the seed loop
+  assert "for s in 0 1 2" in text and "for m in grpo realm_r1 more_sft" in text
+  assert "init_from=runs/reproduce_bf16_level1/variants/seed$s/sft/routes_l1" in text
+  assert text.split("experiments.variant_table")[1].split()[-2:] == ["--seeds", "3"]
+  # the level-1 route items fit the buckets: up to 536 tokens with the starts' tokenizer
+  assert "data.sft_buckets=128,192,256,384,512,576" in text

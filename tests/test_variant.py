@@ -158,3 +158,6 @@ def test_a_tiny_level_1_rl_setting_pairs_with_the_kept_run_and_splits_the_new_ru
   calls.clear()
   assert variant.main(argv, run_cli=run_cli) == 0  # trained: evaluated only
   assert [c[0] for c in calls] == ["eval", "eval"]
+  calls.clear()
+  assert variant.main(["--skip-kept", *argv], run_cli=run_cli) == 0  # kept: nothing runs
+  assert calls == []
