@@ -25,7 +25,7 @@ import sys
 
 import numpy as np
 
-from experiments import reproduce, reproduce_report, rule_split, variant
+from experiments import readme_tables, reproduce, reproduce_report, rule_split, variant
 from realm_jax.evaluation import paired
 
 
@@ -86,7 +86,7 @@ def markdown(res: dict, level: int, control: str) -> str:
            "|---|---|" + "---|" * (2 * len(labels) - 1)]
   for r, row in res.items():
     acc = [f"{row[x]['accuracy']:.3f}" for x in labels]
-    diff = [reproduce_report.ci_cell(row[x].get("minus_control")) for x in labels[:4]]
+    diff = [readme_tables.diff(row[x].get("minus_control")) for x in labels[:4]]
     lines.append(f"| {r} | {row['seeds']} | " + " | ".join(acc + diff) + " |")
   q = {x: res[next(iter(res))][x]["questions"] for x in labels}
   return "\n".join(lines) + f"\n\nQuestions per seed: {q}.\n"

@@ -46,3 +46,12 @@ def test_readme_shows_the_committed_results(results):
     if r["schedule"]["levels"][0] > 0:
       with open(os.path.join(d, extra)) as f:
         assert f.read() in readme, extra
+
+
+def test_readme_shows_the_committed_route_start_table():
+  path = os.path.join(ROOT, "experiments", "results", "reproduce_bf16_level1", "variants",
+                      "table_from_routes_l1.md")
+  with open(path) as f:
+    table = f.read().split("\n\nQuestions per seed")[0]
+  with open(os.path.join(ROOT, "README.md")) as f:
+    assert table in f.read()

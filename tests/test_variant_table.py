@@ -54,7 +54,8 @@ def test_pairs_the_variant_runs_with_each_other_and_the_kept_runs(tmp_path, monk
   assert "minus_control" not in g["L1"]  # the control itself
   assert res["kept grpo"]["L1"]["minus_control"]["diff"] == pytest.approx(-0.5)
   md = open(os.path.join(out, "variants", "table_x.md")).read()
-  assert "| realm_r1 (x) | 2 | 0.750 |" in md and "Command: `python -m experiments.variant_table" in md
+  assert "| realm_r1 (x) | 2 | 0.750 |" in md and "| kept grpo | 2 | 0.000 |" in md
+  assert "**−0.500 (" in md  # the README's numbers: unicode minus, bold when 0 is outside and "Command: `python -m experiments.variant_table" in md
   capsys.readouterr()
   # another question set in one run: refused in one line, naming the file
   _eval(variant.variant_dir(out, 1, "grpo", "x"), *runs[("grpo", 1)], digest="other")
