@@ -48,9 +48,10 @@ def test_readme_shows_the_committed_results(results):
         assert f.read() in readme, extra
 
 
-def test_readme_shows_the_committed_route_start_table():
+@pytest.mark.parametrize("name", ["from_routes_l1", "from_routes_l1_rl180"])
+def test_readme_shows_the_committed_route_start_tables(name):
   path = os.path.join(ROOT, "experiments", "results", "reproduce_bf16_level1", "variants",
-                      "table_from_routes_l1.md")
+                      f"table_{name}.md")
   with open(path) as f:
     table = f.read().split("\n\nQuestions per seed")[0]
   with open(os.path.join(ROOT, "README.md")) as f:
