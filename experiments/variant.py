@@ -34,10 +34,10 @@ from realm_jax.evaluation import paired
 
 
 def settings(level: int) -> list[tuple[str, str, str]]:
-  """(label, eval file, setting) of what the reproduction measures at `level`."""
-  return [(f"L{level}", "eval.json", "without routes"),
-          (f"L{level} with routes", "eval.json", "with routes"),
-          (f"L{level + 1}", f"eval_d{level + 1}.json", "without routes")]
+  """(label, `reproduce_report.load_run` key, setting) of what the reproduction measures at
+  `level` ("l0": its eval.json at the level, "l1": the harder level's)."""
+  return [(f"L{level}", "l0", "without routes"), (f"L{level} with routes", "l0", "with routes"),
+          (f"L{level + 1}", "l1", "without routes")]
 
 
 def commands(run: str, seed: int, name: str, runs: str, sched: reproduce.Schedule,
@@ -64,14 +64,16 @@ def _pair(kept, new) -> dict:
 
 
 def compare(kept_dir: str, new_dir: str, level: int, new_rule=None) -> dict:
-  """{setting: paired difference new - kept} over the settings both eval files hold; with
-  `new_rule` (a bool per test question at `level`) also on the questions that need a new rule."""
+  """{setting: paired difference new - kept}, each eval file pair on the same questions (else a
+  ValueError naming both files); with `new_rule` (a bool per test question at `level`) also on the questions that need a new rule."""
+  kept_run, new_run = (reproduce_report.load_run(d, level + 1) for d in (kept_dir, new_dir))
+  for k in ("l0", "l1"):  # paired only on the same questions
+    reproduce_report.check_same_questions(kept_run[k], new_run[k])
   out = {}
-  for label, f, key in settings(level):
-    kept = reproduce_report.correctness(os.path.join(kept_dir, f))[key]
-    new = reproduce_report.correctness(os.path.join(new_dir, f))[key]
+  for label, k, key in settings(level):
+    kept, new = (run[k]["results"][key]["correct"] for run in (kept_run, new_run))
     out[label] = _pair(kept, new)
-    if new_rule is not None and f == "eval.json":
+    if new_rule is not None and k == "l0":
       sub = lambda c: np.asarray(c, bool)[new_rule]
       out[f"{label}, a new rule"] = _pair(sub(kept), sub(new))
   return out
@@ -145,16 +147,18 @@ def main(argv: list[str] | None = None, run_cli=None) -> int:
       if call[0] == "train":
         run_queue.require_done(wd)
   new_rule = None
-  if args.level:  # both eval files must hold the questions the kept overrides give
+  if args.level:  # the kept eval file must hold the questions its overrides give
     new_rule = rule_split.new_rule_labels(args.run, sched.overrides(args.run), args.level,
                                           os.path.join(kept_dir, "eval.json"))
-    rule_split.new_rule_labels(args.run, sched.overrides(args.run), args.level,
-                               os.path.join(wd, "eval.json"))
+  try:
+    pairs = compare(kept_dir, wd, args.level, new_rule)
+  except ValueError as e:
+    return _error(str(e))
   res = {"seed": args.seed, "run": args.run, "name": args.name,
          "overrides": [*sched.overrides(args.run), *args.overrides],
          "command": "python -m experiments.variant " + " ".join(argv if argv is not None else sys.argv[1:]),
          "commit": reproduce_report.run_info("", args.out)["commit"], "host": reproduce_report.host(),
-         "paired": compare(kept_dir, wd, args.level, new_rule),
+         "paired": pairs,
          "curves": {"kept": convergence.curve_summary(kept_summary["validation"]),
                     "new": convergence.curve_summary(reproduce_report.validation_curve(wd))},
          "wall": {"kept": kept_summary["wall_seconds"],

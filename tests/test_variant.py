@@ -48,6 +48,12 @@ def test_compare_pairs_each_setting_question_by_question(tmp_path):
   assert r["L0"]["p_value"] == 1.0  # one discordant question: exact McNemar 2 * 0.5
   assert r["L0 with routes"]["diff"] == 0.0 and r["L0 with routes"]["n"] == 4
   assert r["L1"]["diff"] == 0.0 and r["L1"]["ci_low"] == r["L1"]["ci_high"] == 0.0
+  with open(new / "eval_d1.json") as f:
+    moved = dict(json.load(f), questions_sha256="other")
+  with open(new / "eval_d1.json", "w") as f:
+    json.dump(moved, f)
+  with pytest.raises(ValueError, match=r"new/eval_d1.json evaluated different questions"):
+    variant.compare(str(kept), str(new), level=0)  # never paired across question sets
   md = variant.markdown({"seed": 0, "run": "sft", "name": "x", "overrides": ["a=1"], "command": "c",
                               "paired": r, "wall": {"kept": 600.0, "new": 300.0},
                               "curves": {k: {"best": 0.5, "best_step": 99, "last_step": 199,

@@ -52,8 +52,8 @@ import traceback
 from typing import Any, Callable
 
 import jax
-import numpy as np
 import jax.numpy as jnp
+import numpy as np
 
 from realm_jax import model as model_lib
 from realm_jax.cli import bench, bench_costs, bench_grpo
